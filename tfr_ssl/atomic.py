@@ -1,0 +1,71 @@
+"""Artifacts are written to a temporary sibling and renamed into place.
+
+A reader therefore sees either the previous complete artifact or the new
+complete one, never a half-written one, even after `kill -9`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str) -> Iterator[str]:
+  """Yields a temporary directory that replaces `path` on success.
+
+  The old `path`, if any, stays in place until the new one is complete; on an
+  exception the temporary directory is removed and `path` is untouched.
+
+  Args:
+    path: The final directory.
+
+  Yields:
+    The temporary directory to write into.
+  """
+  path = os.path.abspath(path)
+  parent = os.path.dirname(path)
+  os.makedirs(parent, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
+  try:
+    yield tmp
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  old = None
+  if os.path.exists(path):
+    old = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.old-", dir=parent)
+    os.rmdir(old)
+    os.rename(path, old)
+  os.rename(tmp, path)
+  if old:
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` to `path` through a temporary file and a rename."""
+  path = os.path.abspath(path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(
+    prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path)
+  )
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise
+
+
+def write_json(path: str, value: Any) -> None:
+  """Writes `value` as indented JSON, atomically."""
+  write_text(path, json.dumps(value, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,396 @@
+"""Typed configuration for every stage of the pipeline.
+
+One default `Config()` describes the embedded demo; experiments override single
+fields (`config.override({"ssl.alpha": 0.3})`) rather than repeating literals.
+Every field carries its help text in `metadata["help"]`, which the binaries turn
+into absl flags, so a field documented here is a flag there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from typing import Any
+
+
+def _field(default: Any, help_text: str, **kwargs: Any) -> Any:
+  """A dataclass field with help text (and an optional list of choices)."""
+  metadata = {"help": help_text}
+  if "choices" in kwargs:
+    metadata["choices"] = tuple(kwargs.pop("choices"))
+  if isinstance(default, (list, tuple)):
+    return dataclasses.field(
+      default_factory=lambda: tuple(default), metadata=metadata, **kwargs
+    )
+  return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+@dataclasses.dataclass
+class SyntheticConfig:
+  """The embedded synthetic source (see data/README.md for the model).
+
+  Attributes:
+    num_items: Items in the corpus.
+    num_users: Users (queries).
+    num_interactions: Interactions drawn before de-duplication.
+    zipf_exponent: Exponent of the Zipf-like item popularity.
+    num_topics: Latent topics that users and categories load on.
+    seed: Seed of the generator; the same seed gives the same files.
+  """
+
+  num_items: int = _field(20_000, "Items in the synthetic corpus.")
+  num_users: int = _field(20_000, "Users in the synthetic data.")
+  num_interactions: int = _field(1_000_000, "Synthetic interactions to draw.")
+  zipf_exponent: float = _field(1.1, "Zipf exponent of item popularity.")
+  num_topics: int = _field(32, "Latent topics of the synthetic generator.")
+  seed: int = _field(0, "Seed of the synthetic generator.")
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Which data, how it is split, and where prepared data is cached.
+
+  Attributes:
+    source: `synthetic`, `movielens` or `csv`.
+    data_dir: Directory of the raw files (movielens, csv).
+    cache_dir: Root of the TFDS cache of prepared datasets.
+    min_rating: MovieLens ratings at or above this count as positives.
+    split: `random` holdout by interaction or `temporal` by timestamp.
+    validation_fraction: Share of interactions held out for validation.
+    test_fraction: Share of interactions held out for test.
+    train_fraction: Uniform share of the training split that is kept.
+    seed: Seed of the split and of the train_fraction subsample.
+    synthetic: Settings of the synthetic source.
+  """
+
+  source: str = _field(
+    "synthetic", "Data source.", choices=("synthetic", "movielens", "csv")
+  )
+  data_dir: str = _field("", "Directory of raw files (movielens, csv).")
+  cache_dir: str = _field(
+    "~/.cache/tfr_ssl", "Root directory of the prepared-data cache."
+  )
+  min_rating: float = _field(
+    4.0, "MovieLens: ratings >= this value are positives."
+  )
+  split: str = _field("random", "Split kind.", choices=("random", "temporal"))
+  validation_fraction: float = _field(0.1, "Validation share.")
+  test_fraction: float = _field(0.1, "Test share.")
+  train_fraction: float = _field(
+    1.0, "Keep this uniform share of the training split (sparsity study)."
+  )
+  seed: int = _field(0, "Seed of the split.")
+  synthetic: SyntheticConfig = dataclasses.field(
+    default_factory=SyntheticConfig
+  )
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """The two towers and the main retrieval task.
+
+  Attributes:
+    task: `user_to_item` (query tower over query features) or `item_to_item`
+      (query tower over the previous item's features through the shared item
+      encoder, the paper's main task).
+    embedding_dim: Width of every feature embedding table.
+    query_layers: Hidden layer widths of the query tower MLP.
+    item_layers: Hidden layer widths of the item tower MLP.
+    output_dim: Width of the L2-normalised tower outputs.
+    temperature: Softmax temperature on cosine scores.
+    loss: `softmax` (listwise in-batch), `pointwise` or `pairwise`.
+    pairwise_loss: `logistic` or `hinge` for the pairwise loss.
+    margin: Margin of the hinge pairwise loss (in cosine units).
+    logq: Sampling-bias correction: `none`, `static` (training counts) or
+      `streaming` (Yi et al. 2019 estimator).
+    estimator_buckets: Hash buckets of the streaming estimator.
+    estimator_hashes: Hash functions (1 = Algorithm 2, >1 = Algorithm 3).
+    estimator_lr: Learning rate `a` of the streaming estimator.
+    remove_accidental_hits: Drop in-batch negatives with the positive's id.
+    hard_negatives: Keep only this many hardest negatives per row (0 = all).
+    mixed_negatives: Extra negatives per batch drawn from the corpus.
+    mixed_negative_sampling: `uniform` or `unigram` (count^beta).
+    mixed_negative_beta: Exponent beta of the unigram distribution.
+    feature_dropout: DropoutNet-style baseline: drop each item feature of a
+      training example with this rate.
+    spread_out_weight: Weight of the spread-out regulariser on item
+      embeddings (Zhang et al. 2017); 0 disables it.
+  """
+
+  task: str = _field(
+    "user_to_item", "Main task.", choices=("user_to_item", "item_to_item")
+  )
+  embedding_dim: int = _field(64, "Feature embedding width.")
+  query_layers: tuple[int, ...] = _field((256,), "Query MLP hidden widths.")
+  item_layers: tuple[int, ...] = _field((256,), "Item MLP hidden widths.")
+  output_dim: int = _field(64, "Tower output width.")
+  temperature: float = _field(0.05, "Main-task softmax temperature.")
+  loss: str = _field(
+    "softmax", "Main loss.", choices=("softmax", "pointwise", "pairwise")
+  )
+  pairwise_loss: str = _field(
+    "logistic", "Pairwise loss form.", choices=("logistic", "hinge")
+  )
+  margin: float = _field(0.1, "Hinge margin of the pairwise loss.")
+  logq: str = _field(
+    "streaming",
+    "Sampling-bias correction.",
+    choices=("none", "static", "streaming"),
+  )
+  estimator_buckets: int = _field(
+    1 << 20, "Hash buckets of the streaming frequency estimator."
+  )
+  estimator_hashes: int = _field(
+    1, "Hash functions of the streaming estimator (>1: multi-hash)."
+  )
+  estimator_lr: float = _field(0.01, "Learning rate of the estimator.")
+  remove_accidental_hits: bool = _field(
+    True, "Remove in-batch negatives that share the positive's item id."
+  )
+  hard_negatives: int = _field(
+    0, "Keep only the k hardest negatives per row (0 = all)."
+  )
+  mixed_negatives: int = _field(
+    0, "Extra corpus negatives per batch (mixed negative sampling)."
+  )
+  mixed_negative_sampling: str = _field(
+    "uniform",
+    "Distribution of mixed negatives.",
+    choices=("uniform", "unigram"),
+  )
+  mixed_negative_beta: float = _field(
+    0.75, "Exponent of count^beta for unigram mixed negatives."
+  )
+  feature_dropout: float = _field(
+    0.0, "Baseline: item feature dropout rate (DropoutNet style)."
+  )
+  spread_out_weight: float = _field(
+    0.0, "Baseline: spread-out regulariser weight (0 = off)."
+  )
+
+
+@dataclasses.dataclass
+class SSLConfig:
+  """The self-supervised item task (Yao et al. 2021).
+
+  Attributes:
+    alpha: Weight of the SSL loss; 0 trains the main task only.
+    masking: `none`, `random` (independent per feature), `rfm`
+      (complementary random halves) or `cfm` (correlated by MI).
+    mask_rate: Masking rate of `random` masking.
+    dropout_rate: Rate at which values of multi-valued features are dropped.
+    temperature: Temperature of the contrastive softmax.
+    batch_size: Items per SSL batch, drawn uniformly from the corpus.
+  """
+
+  alpha: float = _field(1.0, "SSL loss weight (0 = main task only).")
+  masking: str = _field(
+    "cfm",
+    "Feature masking of the two views.",
+    choices=("none", "random", "rfm", "cfm"),
+  )
+  mask_rate: float = _field(0.5, "Per-feature rate of random masking.")
+  dropout_rate: float = _field(
+    0.3, "Dropout rate of values in multi-valued features."
+  )
+  temperature: float = _field(0.1, "SSL softmax temperature.")
+  batch_size: int = _field(512, "Items per SSL batch (uniform over corpus).")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """The optimisation loop and its schedule.
+
+  Attributes:
+    batch_size: Interactions per main-task batch.
+    learning_rate: Learning rate of the optimizer.
+    optimizer: `adagrad` (the paper) or `adam`.
+    epochs: Passes over the training split.
+    steps_per_epoch: Cap on steps per epoch (0 = one full pass).
+    schedule: `joint` (the paper) or `pretrain` (SSL-only pretraining of the
+      item tower first, then joint or main-only training).
+    pretrain_steps: SSL-only steps of the `pretrain` schedule.
+    checkpoint_every: Steps between checkpoints.
+    log_every: Steps between progress and TensorBoard logs.
+    validation_examples: Validation interactions scored at epoch ends
+      (0 = all).
+    warm_start_from: Workdir of an earlier run to initialise from.
+    seed: Seed of initialisation, shuffling and augmentation.
+  """
+
+  batch_size: int = _field(1024, "Main-task batch size.")
+  learning_rate: float = _field(0.05, "Optimizer learning rate.")
+  optimizer: str = _field("adagrad", "Optimizer.", choices=("adagrad", "adam"))
+  epochs: int = _field(2, "Training epochs.")
+  steps_per_epoch: int = _field(0, "Steps per epoch cap (0 = full pass).")
+  schedule: str = _field(
+    "joint", "Training schedule.", choices=("joint", "pretrain")
+  )
+  pretrain_steps: int = _field(0, "SSL-only pretraining steps.")
+  checkpoint_every: int = _field(200, "Steps between checkpoints.")
+  log_every: int = _field(50, "Steps between logs.")
+  validation_examples: int = _field(
+    20_000, "Validation pairs scored at epoch ends (0 = all)."
+  )
+  warm_start_from: str = _field(
+    "", "Workdir of an earlier run to warm-start from."
+  )
+  seed: int = _field(0, "Seed of the run.")
+
+
+@dataclasses.dataclass
+class EvalConfig:
+  """Full-corpus evaluation.
+
+  Attributes:
+    ks: Cut-offs of Recall@K and MAP@K.
+    head_fraction: Share of most frequent training items called head.
+    split: Split to evaluate (`validation` or `test`).
+    batch_size: Queries scored per matmul batch.
+  """
+
+  ks: tuple[int, ...] = _field((10, 50, 100), "Recall/MAP cut-offs.")
+  head_fraction: float = _field(0.1, "Most frequent share called head.")
+  split: str = _field(
+    "test", "Split to evaluate.", choices=("validation", "test")
+  )
+  batch_size: int = _field(1024, "Queries per scoring batch.")
+
+
+@dataclasses.dataclass
+class IndexConfig:
+  """The ScaNN index over item embeddings.
+
+  Attributes:
+    k: Neighbours the retrieval model returns.
+    exact_below: Corpora smaller than this use exact (brute-force) search.
+    num_leaves: Tree leaves (0 = about sqrt(n)).
+    leaves_to_search: Leaves searched per query (0 = auto).
+    reorder: Candidates re-scored exactly (at least 10k recommended).
+    quantization_threshold: Anisotropic quantization threshold `T`.
+    audit_queries: Sampled queries for the recall audit against exact.
+  """
+
+  k: int = _field(100, "Neighbours returned by the index.")
+  exact_below: int = _field(
+    20_000, "Use exact search for corpora smaller than this."
+  )
+  num_leaves: int = _field(0, "ScaNN tree leaves (0 = ~sqrt(n)).")
+  leaves_to_search: int = _field(0, "ScaNN leaves searched (0 = auto).")
+  reorder: int = _field(10_000, "ScaNN exact re-scoring candidates.")
+  quantization_threshold: float = _field(
+    0.2, "ScaNN anisotropic quantization threshold."
+  )
+  audit_queries: int = _field(1000, "Queries sampled for the recall audit.")
+
+
+@dataclasses.dataclass
+class Config:
+  """Everything a run needs; serialised as WORKDIR/config.json."""
+
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  ssl: SSLConfig = dataclasses.field(default_factory=SSLConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  index: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def to_json(self) -> str:
+    return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> Config:
+    return _from_dict(cls, values, path="")
+
+  @classmethod
+  def from_json(cls, text: str) -> Config:
+    return cls.from_dict(json.loads(text))
+
+  def override(self, overrides: dict[str, Any]) -> Config:
+    """Returns a copy with dotted keys (`"ssl.alpha"`) replaced.
+
+    Raises:
+      ValueError: an unknown key, or a value outside the field's choices.
+    """
+    values = self.to_dict()
+    for key, value in overrides.items():
+      node = values
+      *parents, leaf = key.split(".")
+      for part in parents:
+        if not isinstance(node.get(part), dict):
+          raise ValueError(f"Unknown config key {key!r}.")
+        node = node[part]
+      if leaf not in node or isinstance(node[leaf], dict):
+        raise ValueError(f"Unknown config key {key!r}.")
+      node[leaf] = value
+    return Config.from_dict(values)
+
+
+def fields_of(cls: type) -> list[tuple[str, dataclasses.Field, Any]]:
+  """Flattens a config class to (dotted name, field, resolved type) rows."""
+  rows = []
+  hints = typing.get_type_hints(cls)
+  for field in dataclasses.fields(cls):
+    kind = hints[field.name]
+    if dataclasses.is_dataclass(kind):
+      for name, sub, sub_kind in fields_of(kind):
+        rows.append((f"{field.name}.{name}", sub, sub_kind))
+    else:
+      rows.append((field.name, field, kind))
+  return rows
+
+
+def _coerce(value: Any, kind: Any, path: str) -> Any:
+  origin = typing.get_origin(kind)
+  if origin is tuple:
+    if isinstance(value, str):
+      value = [v for v in value.split(",") if v.strip()]
+    (item_kind, _) = typing.get_args(kind)
+    return tuple(_coerce(v, item_kind, path) for v in value)
+  if origin in (typing.Union, types.UnionType):
+    return value
+  try:
+    if kind is bool and isinstance(value, str):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(value)
+      return value.lower() in ("true", "1")
+    if kind is int and isinstance(value, float) and not value.is_integer():
+      raise ValueError(value)
+    return kind(value)
+  except (TypeError, ValueError):
+    raise ValueError(
+      f"Config field {path!r} expects {kind.__name__}, got {value!r}."
+    ) from None
+
+
+def _from_dict(cls: type, values: dict[str, Any], path: str) -> Any:
+  if not isinstance(values, dict):
+    raise ValueError(f"Config section {path or '<root>'!r} must be a dict.")
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    where = f" in section {path!r}" if path else ""
+    raise ValueError(f"Unknown config keys{where}: {', '.join(unknown)}.")
+  kwargs = {}
+  for field in dataclasses.fields(cls):
+    if field.name not in values:
+      continue
+    full = f"{path}.{field.name}" if path else field.name
+    kind = hints[field.name]
+    if dataclasses.is_dataclass(kind):
+      kwargs[field.name] = _from_dict(kind, values[field.name], full)
+      continue
+    value = _coerce(values[field.name], kind, full)
+    choices = field.metadata.get("choices")
+    if choices and value not in choices:
+      raise ValueError(
+        f"Config field {full!r} must be one of {list(choices)}, got {value!r}."
+      )
+    kwargs[field.name] = value
+  return cls(**kwargs)
