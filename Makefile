@@ -28,8 +28,17 @@ format: install
 	$(VENV)/bin/ruff format tfr_ssl pipelines tests bench
 	$(VENV)/bin/ruff check --fix tfr_ssl pipelines tests bench
 
+# The demo: synthetic data, CFM + streaming logQ, then the whole chain.
+DEMO_FLAGS ?= --masking=cfm --alpha=1 --logq=streaming --epochs=2
 demo: install
+	rm -rf $(WORKDIR)
 	$(PY) -m pipelines.prepare_data --source=synthetic --cache_dir=$(CACHE_DIR)
+	$(PY) -m pipelines.train --workdir=$(WORKDIR) --cache_dir=$(CACHE_DIR) $(DEMO_FLAGS)
+	$(PY) -m pipelines.export --workdir=$(WORKDIR)
+	$(PY) -m pipelines.build_index --workdir=$(WORKDIR)
+	$(PY) -m pipelines.evaluate --workdir=$(WORKDIR)
+	echo '{"user_id": "u1"}' | $(PY) -m pipelines.retrieve --workdir=$(WORKDIR) --top_k=5
+	$(PY) -m pipelines.report --workdir=$(WORKDIR)
 
 clean:
 	rm -rf $(VENV) workdir

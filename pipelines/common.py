@@ -124,3 +124,24 @@ def fail(message: str) -> typing.NoReturn:
   """Prints a one-line error for the user and exits with status 1."""
   print(f"error: {message}", file=sys.stderr)
   sys.exit(1)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+  """Errors that mean bad input or a bad workdir, not a bug: shown briefly."""
+  from tfr_ssl import index, train
+  from tfr_ssl.data import errors
+
+  return (
+    errors.DataError,
+    train.WorkdirError,
+    index.IndexMismatchError,
+    FileNotFoundError,
+  )
+
+
+def run_or_fail(fn, *args, **kwargs):
+  """Calls fn; a user error becomes one line on stderr and exit status 1."""
+  try:
+    return fn(*args, **kwargs)
+  except user_errors() as e:
+    fail(str(e))

@@ -1,0 +1,32 @@
+r"""Builds the retrieval index of a run and audits it against exact search.
+
+Embeds the whole corpus with the exported item tower, builds ScaNN (exact
+search for small corpora), prints the audit recall and query speed, and saves
+one retrieval SavedModel (raw query features -> top-k ids and scores) to
+WORKDIR/index/.
+
+Example:
+  python -m pipelines.build_index --workdir=runs/cfm
+"""
+
+from absl import app, flags
+
+from pipelines import common
+from tfr_ssl import workflow
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  manifest = common.run_or_fail(workflow.build_index_run, _WORKDIR.value)
+  audit, speed = manifest["audit"], manifest["speed"]
+  print(f"Index of {manifest['num_items']} items in {_WORKDIR.value}/index")
+  print(f"  audit vs exact search: {audit}")
+  print(f"  query speed: {speed}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,43 @@
+r"""Full-corpus evaluation of a run: Recall@K and MAP@K, overall and by slice.
+
+Writes WORKDIR/eval/metrics.json and recall_by_decile.png (overlaying the
+runs given with --compare).
+
+Example:
+  python -m pipelines.evaluate --workdir=runs/cfm --compare=runs/baseline
+"""
+
+from absl import app, flags
+
+from pipelines import common
+from tfr_ssl import evaluate, workflow
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
+_USE_INDEX = flags.DEFINE_bool(
+  "use_index", False, "Retrieve through WORKDIR/index instead of exactly."
+)
+_COMPARE = flags.DEFINE_list(
+  "compare", [], "Other workdirs (already evaluated) to overlay in the plot."
+)
+_SPLIT = flags.DEFINE_enum(
+  "split", None, ["validation", "test"], "Split (default: the run's)."
+)
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  metrics = common.run_or_fail(
+    workflow.evaluate_run,
+    _WORKDIR.value,
+    use_index=_USE_INDEX.value,
+    compare=_COMPARE.value,
+    split=_SPLIT.value,
+  )
+  print(evaluate.format_metrics(metrics))
+  print(f"Written to {_WORKDIR.value}/eval/")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,23 @@
+r"""Summarises a run: where its artifacts are and what it measured.
+
+Example:
+  python -m pipelines.report --workdir=runs/cfm
+"""
+
+from absl import app, flags
+
+from pipelines import common
+from tfr_ssl import workflow
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
+flags.mark_flag_as_required("workdir")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  print(common.run_or_fail(workflow.report, _WORKDIR.value))
+
+
+if __name__ == "__main__":
+  app.run(main)

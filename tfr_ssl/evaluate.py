@@ -1,0 +1,468 @@
+"""Full-corpus retrieval metrics: Recall@K and MAP@K, overall and by slice.
+
+Every held-out (query, item) pair is scored against the whole corpus with
+exact search: one batched matmul per block of distinct queries, the items the
+query saw in training masked to -inf by a scatter into the score matrix, and
+one `tf.math.top_k` with the largest K. Each pair then only needs the position
+of its item in that top-K row, and every smaller K, Recall and MAP alike, is
+read off the same positions. Each distinct query is scored once however many
+held-out pairs it has.
+
+This replaces `tfrs.metrics.FactorizedTopK` over a `Streaming` index for
+offline evaluation: Streaming re-reads the candidate dataset and merges
+partial top-K lists per query batch, and cannot exclude training items; here
+the corpus stays one in-memory matrix (see bench/results/eval.md for the
+speed-up).
+
+Conventions:
+  * Ranks are 0-based positions in the top-K list; ties between equal scores
+    go to the lower corpus row (the order `tf.math.top_k` returns).
+  * A held-out item that the same query also saw in training stays
+    scoreable for that query: only the *other* training items are masked.
+    Excluding it would make such a pair an automatic miss that says nothing
+    about the model. The result reports how often this happened
+    (`num_pairs_target_in_train`).
+  * Recall@K is per pair (a query with three held-out items counts three
+    times). MAP@K is per distinct query: average precision over its distinct
+    held-out items, normalised by `min(K, number of its held-out items)`.
+  * Item slices come from training counts: `head` = the `head_fraction` most
+    frequent items (ties to the lower row) among those seen in training,
+    `cold` = items never seen in training, `tail` = the rest. Deciles sort
+    all items by count ascending (ties to the lower row) into 10 equal-size
+    groups: decile 0 holds the rarest items, decile 9 the most frequent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from tfr_ssl import atomic
+
+NUM_DECILES = 10
+SLICES = ("head", "tail", "cold")
+# Cap on the scores matrix of one block ([queries, items] float32 entries):
+# 2**26 entries are 256 MB, so a large corpus gets fewer queries per block.
+_MAX_BLOCK_SCORES = 1 << 26
+
+
+class EvaluationInputError(ValueError):
+  """Inputs of `evaluate_embeddings` that do not fit together."""
+
+
+@tf.function(
+  input_signature=[
+    tf.TensorSpec([None, None], tf.float32),  # query embeddings [B, D]
+    tf.TensorSpec([None, None], tf.float32),  # item embeddings [N, D]
+    tf.TensorSpec([None, 2], tf.int32),  # excluded (row in block, item)
+    tf.TensorSpec([None], tf.int32),  # row in block of each pair [P_b]
+    tf.TensorSpec([None], tf.int32),  # item of each pair [P_b]
+    tf.TensorSpec([], tf.int32),  # K of the top-k
+  ]
+)
+def _target_positions(queries, items, excluded, pair_row, pair_item, k):
+  """Position of each pair's item in its query's top-k list (k if absent)."""
+  scores = tf.matmul(queries, items, transpose_b=True)
+  masked = tf.fill(tf.shape(excluded)[:1], float("-inf"))
+  scores = tf.tensor_scatter_nd_update(scores, excluded, masked)
+  _, top = tf.math.top_k(scores, k=k)
+  # A pair's item occurs at most once in its row: argmax finds where.
+  hits = tf.equal(tf.gather(top, pair_row), pair_item[:, tf.newaxis])
+  position = tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int32)
+  return tf.where(tf.reduce_any(hits, axis=1), position, k)
+
+
+def item_slices(
+  item_train_count: np.ndarray, head_fraction: float = 0.1
+) -> dict[str, np.ndarray]:
+  """Assigns every item to head / tail / cold and to a popularity decile.
+
+  Args:
+    item_train_count: int [N], training occurrences of each corpus row.
+    head_fraction: Share of the corpus (by row count) called head.
+
+  Returns:
+    `head`, `tail`, `cold`: bool [N] masks that partition the corpus;
+    `decile`: int32 [N] in 0..9 (0 = rarest).
+
+  Example:
+    >>> item_slices(np.array([5, 0, 9, 1, 1, 0, 2, 3, 4, 7]), 0.2)["head"]
+    array([False, False,  True, False, False, False, False, False, False,
+            True])
+  """
+  count = np.asarray(item_train_count)
+  n = count.shape[0]
+  if not 0.0 <= head_fraction <= 1.0:
+    raise EvaluationInputError(
+      f"head_fraction must be in [0, 1], got {head_fraction}."
+    )
+  rows = np.arange(n)
+  # lexsort sorts by its last key first; rows break ties deterministically.
+  most_frequent_first = np.lexsort((rows, -count))
+  head = np.zeros(n, bool)
+  head[most_frequent_first[: int(round(head_fraction * n))]] = True
+  cold = count == 0
+  head &= ~cold
+  rank = np.empty(n, np.int64)
+  rank[np.lexsort((rows, count))] = rows
+  return {
+    "head": head,
+    "tail": ~head & ~cold,
+    "cold": cold,
+    "decile": (rank * NUM_DECILES // max(n, 1)).astype(np.int32),
+  }
+
+
+def evaluate_embeddings(
+  query_embeddings: np.ndarray,
+  item_embeddings: np.ndarray,
+  pairs_query: np.ndarray,
+  pairs_item: np.ndarray,
+  exclude: tuple[np.ndarray, np.ndarray] | None = None,
+  item_train_count: np.ndarray | None = None,
+  ks: Sequence[int] = (10, 50, 100),
+  head_fraction: float = 0.1,
+  batch_size: int = 1024,
+) -> dict[str, Any]:
+  """Full-corpus Recall@K and MAP@K of held-out pairs, overall and by slice.
+
+  User-to-item: one query row per user, `pairs_query` names the user of each
+  held-out pair and `exclude` holds the users' training items. Item-to-item:
+  one query row per pair (`pairs_query = np.arange(P)`) and usually no
+  `exclude`.
+
+  Args:
+    query_embeddings: float [Q, D], one row per query.
+    item_embeddings: float [N, D], one row per corpus item.
+    pairs_query: int [P], query row of each held-out pair.
+    pairs_item: int [P], corpus row of each held-out item.
+    exclude: CSR `(indptr int [Q + 1], indices int [nnz])` of the corpus rows
+      each query saw in training; they are masked out of its ranking, except
+      the query's own held-out items (see the module docstring). None masks
+      nothing.
+    item_train_count: int [N], training occurrences per item; enables the
+      head / tail / cold and decile slices. None skips the slices.
+    ks: Cut-offs K of Recall@K and MAP@K.
+    head_fraction: Share of the corpus called head.
+    batch_size: Distinct queries scored per matmul (fewer on a corpus so
+      large that the [batch, N] score matrix would exceed 256 MB).
+
+  Returns:
+    A JSON-ready dict: `recall@K` and `map@K` for every K, counts
+    (`num_pairs`, `num_queries`, `num_items`, `num_pairs_target_in_train`),
+    and with `item_train_count` also `slices` (head / tail / cold: number of
+    items, number of pairs, `recall@K`) and `deciles` (a list of 10 such
+    rows plus the decile's train-count range). Recall of an empty slice is
+    None.
+
+  Raises:
+    EvaluationInputError: shapes, ranges or values that do not fit together.
+
+  Example:
+    >>> m = evaluate_embeddings(q, items, pairs_query, pairs_item,
+    ...                         exclude=data.train_items_by_query,
+    ...                         item_train_count=data.item_train_count)
+    >>> m["recall@10"], m["slices"]["tail"]["recall@10"]
+  """
+  queries, items, pairs_query, pairs_item, ks = _check_inputs(
+    query_embeddings, item_embeddings, pairs_query, pairs_item, ks, batch_size
+  )
+  num_items = items.shape[0]
+  if exclude is not None:
+    exclude = _check_csr(exclude, queries.shape[0], num_items)
+  k_max = min(ks[-1], num_items)
+  positions, target_in_train = _positions(
+    queries, items, pairs_query, pairs_item, exclude, k_max, batch_size
+  )
+
+  unique_queries = np.unique(pairs_query)
+  metrics: dict[str, Any] = {
+    "ks": list(ks),
+    "num_pairs": int(pairs_query.shape[0]),
+    "num_queries": int(unique_queries.shape[0]),
+    "num_items": int(num_items),
+    "num_pairs_target_in_train": int(target_in_train),
+  }
+  for k in ks:
+    metrics[f"recall@{k}"] = _recall(positions < k)
+  for k in ks:
+    metrics[f"map@{k}"] = _mean_average_precision(
+      pairs_query, pairs_item, positions, k, num_items
+    )
+  if item_train_count is not None:
+    metrics.update(
+      _slice_metrics(
+        item_train_count, head_fraction, pairs_item, positions, ks, num_items
+      )
+    )
+  return metrics
+
+
+def _check_inputs(queries, items, pairs_query, pairs_item, ks, batch_size):
+  queries = np.asarray(queries, np.float32)
+  items = np.asarray(items, np.float32)
+  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
+  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
+  if queries.ndim != 2 or items.ndim != 2:
+    raise EvaluationInputError(
+      "query_embeddings and item_embeddings must be 2-D, got shapes "
+      f"{queries.shape} and {items.shape}."
+    )
+  if queries.shape[1] != items.shape[1]:
+    raise EvaluationInputError(
+      f"query_embeddings have {queries.shape[1]} dims but item_embeddings "
+      f"have {items.shape[1]}."
+    )
+  if items.shape[0] == 0:
+    raise EvaluationInputError("item_embeddings has no rows.")
+  for name, value in (
+    ("query_embeddings", queries),
+    ("item_embeddings", items),
+  ):
+    if not np.all(np.isfinite(value)):
+      raise EvaluationInputError(f"{name} contains NaN or infinite values.")
+  if pairs_query.shape != pairs_item.shape or pairs_query.ndim != 1:
+    raise EvaluationInputError(
+      "pairs_query and pairs_item must be 1-D of equal length, got shapes "
+      f"{pairs_query.shape} and {pairs_item.shape}."
+    )
+  if pairs_query.shape[0] == 0:
+    raise EvaluationInputError("No held-out pairs to evaluate.")
+  for name, value, bound in (
+    ("pairs_query", pairs_query, queries.shape[0]),
+    ("pairs_item", pairs_item, items.shape[0]),
+  ):
+    bad = np.flatnonzero((value < 0) | (value >= bound))
+    if bad.size:
+      raise EvaluationInputError(
+        f"{name}[{bad[0]}] = {value[bad[0]]} is outside [0, {bound})."
+      )
+  ks = sorted({int(k) for k in ks})
+  if not ks or ks[0] < 1:
+    raise EvaluationInputError(f"ks must be positive integers, got {ks}.")
+  if batch_size < 1:
+    raise EvaluationInputError(f"batch_size must be >= 1, got {batch_size}.")
+  return queries, items, pairs_query, pairs_item, ks
+
+
+def _check_csr(exclude, num_queries, num_items):
+  indptr, indices = (np.asarray(a).astype(np.int64) for a in exclude)
+  if indptr.shape != (num_queries + 1,):
+    raise EvaluationInputError(
+      f"exclude indptr must have num_queries + 1 = {num_queries + 1} "
+      f"entries, got shape {indptr.shape}."
+    )
+  if indptr[0] != 0 or indptr[-1] != indices.shape[0]:
+    raise EvaluationInputError(
+      f"exclude indptr must run from 0 to len(indices) = {indices.shape[0]}, "
+      f"got {indptr[0]}..{indptr[-1]}."
+    )
+  if np.any(np.diff(indptr) < 0):
+    raise EvaluationInputError("exclude indptr must be non-decreasing.")
+  if indices.size and (indices.min() < 0 or indices.max() >= num_items):
+    raise EvaluationInputError(
+      f"exclude indices must be corpus rows in [0, {num_items})."
+    )
+  return indptr, indices
+
+
+def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
+  """Top-k position of every pair's item (k = not retrieved)."""
+  num_items = items.shape[0]
+  unique_queries, pair_query_rank = np.unique(pairs_query, return_inverse=True)
+  # Pairs grouped by query, so a block of distinct queries owns one
+  # contiguous run of pairs.
+  order = np.argsort(pair_query_rank, kind="stable")
+  starts = np.searchsorted(
+    pair_query_rank[order], np.arange(unique_queries.shape[0] + 1)
+  )
+  block = max(1, min(batch_size, _MAX_BLOCK_SCORES // num_items))
+  items_tensor = tf.constant(items)
+  positions = np.empty(pairs_query.shape[0], np.int32)
+  target_in_train = 0
+  for first in range(0, unique_queries.shape[0], block):
+    last = min(first + block, unique_queries.shape[0])
+    block_pairs = order[starts[first] : starts[last]]
+    pair_row = pair_query_rank[block_pairs] - first
+    pair_item = pairs_item[block_pairs]
+    excluded = np.zeros((0, 2), np.int32)
+    if exclude is not None:
+      rows, cols = _csr_rows(exclude, unique_queries[first:last])
+      # Keep each query's own held-out items scoreable.
+      pair_keys = pair_row * num_items + pair_item
+      excluded_keys = rows * num_items + cols
+      is_target = np.isin(excluded_keys, pair_keys)
+      target_in_train += int(np.isin(pair_keys, excluded_keys).sum())
+      excluded = np.stack([rows[~is_target], cols[~is_target]], axis=1)
+    positions[block_pairs] = _target_positions(
+      tf.constant(queries[unique_queries[first:last]]),
+      items_tensor,
+      tf.constant(excluded, tf.int32),
+      tf.constant(pair_row, tf.int32),
+      tf.constant(pair_item, tf.int32),
+      tf.constant(k, tf.int32),
+    ).numpy()
+  return positions, target_in_train
+
+
+def _csr_rows(csr, query_rows):
+  """(row in block, item) of every CSR entry of the given queries."""
+  indptr, indices = csr
+  begin = indptr[query_rows]
+  lengths = indptr[query_rows + 1] - begin
+  total = int(lengths.sum())
+  rows = np.repeat(np.arange(query_rows.shape[0]), lengths)
+  # Offset of each entry inside its query's run, plus the run's start.
+  within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+  return rows, indices[np.repeat(begin, lengths) + within]
+
+
+def _recall(hit: np.ndarray) -> float | None:
+  return float(hit.mean()) if hit.size else None
+
+
+def _mean_average_precision(pairs_query, pairs_item, positions, k, num_items):
+  """MAP@k over distinct queries, each over its distinct held-out items."""
+  keys, first = np.unique(pairs_query * num_items + pairs_item, return_index=True)
+  query = keys // num_items
+  position = positions[first].astype(np.int64)
+  # Within a query, sorted by position: the j-th relevant item (0-based) at
+  # position p has precision (j + 1) / (p + 1) at its own cut-off.
+  order = np.lexsort((position, query))
+  query, position = query[order], position[order]
+  _, group, relevant = np.unique(query, return_inverse=True, return_counts=True)
+  group_start = np.cumsum(relevant) - relevant
+  hits_before = np.arange(query.shape[0]) - group_start[group]
+  precision = np.where(position < k, (hits_before + 1) / (position + 1), 0.0)
+  average_precision = np.bincount(group, precision) / np.minimum(k, relevant)
+  return float(average_precision.mean())
+
+
+def _slice_metrics(
+  item_train_count, head_fraction, pairs_item, positions, ks, num_items
+):
+  count = np.asarray(item_train_count)
+  if count.shape != (num_items,):
+    raise EvaluationInputError(
+      f"item_train_count must have one entry per item ({num_items}), got "
+      f"shape {count.shape}."
+    )
+  slices = item_slices(count, head_fraction)
+
+  def summary(item_mask):
+    in_slice = item_mask[pairs_item]
+    row = {
+      "num_items": int(item_mask.sum()),
+      "num_pairs": int(in_slice.sum()),
+    }
+    for k in ks:
+      row[f"recall@{k}"] = _recall(positions[in_slice] < k)
+    return row
+
+  deciles = []
+  for decile in range(NUM_DECILES):
+    mask = slices["decile"] == decile
+    row = {"decile": decile, **summary(mask)}
+    row["min_train_count"] = int(count[mask].min()) if mask.any() else None
+    row["max_train_count"] = int(count[mask].max()) if mask.any() else None
+    deciles.append(row)
+  return {
+    "head_fraction": float(head_fraction),
+    "slices": {name: summary(slices[name]) for name in SLICES},
+    "deciles": deciles,
+  }
+
+
+def write_metrics(metrics: Mapping[str, Any], path: str) -> None:
+  """Writes a metrics dict as indented JSON, atomically."""
+  atomic.write_json(path, dict(metrics))
+
+
+def plot_recall_by_decile(
+  runs: Mapping[str, Mapping[str, Any]], path: str, k: int = 10
+) -> None:
+  """Draws Recall@k by popularity decile (and by slice) for several runs.
+
+  Left panel: one line per run over deciles 0 (rarest) .. 9 (most frequent).
+  Right panel: grouped bars of head / tail / cold Recall@k. The PNG is
+  written to a temporary sibling and renamed into place.
+
+  Args:
+    runs: Run label -> metrics dict from `evaluate_embeddings` (with slices).
+    path: Destination PNG.
+    k: The cut-off to plot; every run must have reported it.
+
+  Raises:
+    ValueError: no runs, or a run without deciles or without Recall@k.
+  """
+  if not runs:
+    raise ValueError("plot_recall_by_decile needs at least one run.")
+  key = f"recall@{k}"
+  for label, metrics in runs.items():
+    if "deciles" not in metrics or key not in metrics:
+      raise ValueError(
+        f"Run {label!r} has no deciles or no {key}; evaluate it with "
+        f"item_train_count and k={k} in ks."
+      )
+
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot as plt
+
+  figure, (by_decile, by_slice) = plt.subplots(
+    1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [3, 2]}
+  )
+  width = 0.8 / len(runs)
+  for i, (label, metrics) in enumerate(runs.items()):
+    deciles = [row["decile"] for row in metrics["deciles"]]
+    recalls = [_nan_if_none(row[key]) for row in metrics["deciles"]]
+    by_decile.plot(deciles, recalls, marker="o", label=label)
+    slice_recalls = [_nan_if_none(metrics["slices"][s][key]) for s in SLICES]
+    offsets = np.arange(len(SLICES)) + (i - (len(runs) - 1) / 2) * width
+    by_slice.bar(offsets, slice_recalls, width=width, label=label)
+  by_decile.set_xticks(range(NUM_DECILES))
+  by_decile.set_xlabel("item popularity decile (0 = rarest)")
+  by_decile.set_ylabel(f"Recall@{k}")
+  by_decile.set_title(f"Recall@{k} by popularity decile")
+  by_decile.grid(alpha=0.3)
+  by_decile.legend()
+  by_slice.set_xticks(np.arange(len(SLICES)), SLICES)
+  by_slice.set_title(f"Recall@{k} by slice")
+  by_slice.grid(axis="y", alpha=0.3)
+  figure.tight_layout()
+  buffer = io.BytesIO()
+  figure.savefig(buffer, format="png", dpi=100)
+  plt.close(figure)
+  _write_bytes(path, buffer.getvalue())
+
+
+def _nan_if_none(value):
+  return math.nan if value is None else value
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` through a temporary sibling and a rename."""
+  path = os.path.abspath(path)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  fd, tmp = tempfile.mkstemp(
+    prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path)
+  )
+  try:
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    with contextlib.suppress(FileNotFoundError):
+      os.remove(tmp)
+    raise

@@ -1,0 +1,355 @@
+"""The training loop: `train_and_evaluate(config, workdir)`.
+
+One run owns one workdir (see ARCHITECTURE.md, "The workdir contract"):
+config.json, dataset.json (schema and vocabularies, for export and warm
+start), checkpoints/, tensorboard/ and train_metrics.json.
+
+Resumption: the checkpoint holds the model, the optimizer, the step and the
+state of the input iterator, so rerunning the same command after a crash,
+even `kill -9`, continues from the last checkpoint with the same batches it
+would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+from tfr_ssl import atomic, embed, warm_start
+from tfr_ssl import config as config_lib
+from tfr_ssl import data as data_lib
+from tfr_ssl.data import contract, pipeline
+from tfr_ssl.model import TwoTowerModel
+
+CONFIG_FILE = "config.json"
+DATASET_FILE = "dataset.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# Changing these between a run and its resumption would mix two runs.
+_FIXED_SECTIONS = ("data", "model", "ssl")
+
+
+class WorkdirError(ValueError):
+  """The workdir belongs to a different run."""
+
+
+def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
+  """Trains (or resumes training) and validates at epoch ends.
+
+  Args:
+    config: The run's config.
+    workdir: Where every artifact of the run lives.
+
+  Returns:
+    A summary: steps, final losses, validation recall per epoch, timings.
+
+  Raises:
+    WorkdirError: `workdir` holds a run with a different config.
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  os.makedirs(workdir, exist_ok=True)
+  _claim_workdir(config, workdir)
+  tf_keras.utils.set_random_seed(config.train.seed)
+
+  prepared = data_lib.load(config.data)
+  _write_dataset_info(prepared, os.path.join(workdir, DATASET_FILE))
+  model = build_model(config, prepared)
+
+  steps_per_epoch = _steps_per_epoch(config, prepared)
+  main_steps = steps_per_epoch * config.train.epochs
+  pretrain_steps = (
+    config.train.pretrain_steps if config.train.schedule == "pretrain" else 0
+  )
+  total_steps = pretrain_steps + main_steps
+  iterator = iter(train_stream(config, prepared))
+
+  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+  checkpoint = tf.train.Checkpoint(
+    model=model, optimizer=model.optimizer, step=step, iterator=iterator
+  )
+  manager = tf.train.CheckpointManager(
+    checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=3
+  )
+  if manager.latest_checkpoint:
+    checkpoint.restore(
+      manager.latest_checkpoint
+    ).assert_existing_objects_matched()
+    logging.info(
+      "Resuming from %s at step %d.", manager.latest_checkpoint, int(step)
+    )
+  elif config.train.warm_start_from:
+    _warm_start(model, prepared, config.train.warm_start_from)
+
+  writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+  # Epochs validated after the checkpoint we resumed from happen again.
+  history = [h for h in _read_history(workdir) if h["step"] <= int(step)]
+  step_fns = {}
+  progbar = tf_keras.utils.Progbar(
+    total_steps, stateful_metrics=None, unit_name="step"
+  )
+  progbar.update(int(step))
+  logs = {}
+  started = time.perf_counter()
+  first_step = int(step)
+  while int(step) < total_steps:
+    phase = _phase(config, int(step), pretrain_steps)
+    if phase not in step_fns:
+      step_fns[phase] = _train_step_fn(model, phase)
+    logs = step_fns[phase](next(iterator))
+    step.assign_add(1)
+    current = int(step)
+    if current % config.train.log_every == 0 or current == total_steps:
+      values = {k: float(v) for k, v in logs.items()}
+      progbar.update(current, values=list(values.items()))
+      with writer.as_default(step=current):
+        for name, value in values.items():
+          tf.summary.scalar(f"train/{name}", value)
+    main_step = current - pretrain_steps
+    epoch_end = main_step > 0 and main_step % steps_per_epoch == 0
+    if epoch_end:
+      epoch = main_step // steps_per_epoch
+      recall = validate(model, prepared, config)
+      history.append({"epoch": epoch, "step": current, **recall})
+      logging.info("Epoch %d validation: %s", epoch, recall)
+      with writer.as_default(step=current):
+        for name, value in recall.items():
+          tf.summary.scalar(f"validation/{name}", value)
+    if (
+      current % config.train.checkpoint_every == 0
+      or epoch_end
+      or current == total_steps
+    ):
+      manager.save(checkpoint_number=current)
+      _write_history(workdir, history)
+  writer.flush()
+  elapsed = time.perf_counter() - started
+  summary = {
+    "steps": int(step),
+    "steps_this_run": int(step) - first_step,
+    "seconds_this_run": elapsed,
+    "final_logs": {k: float(v) for k, v in logs.items()},
+    "validation": history,
+  }
+  atomic.write_json(os.path.join(workdir, "train_metrics.json"), summary)
+  return summary
+
+
+def build_model(
+  config: config_lib.Config, prepared: contract.PreparedDataset
+) -> TwoTowerModel:
+  """The model of `config`, compiled with its optimizer."""
+  model = TwoTowerModel(config, prepared)
+  model.compile(optimizer=_optimizer(config.train))
+  return model
+
+
+def train_stream(
+  config: config_lib.Config, prepared: contract.PreparedDataset
+) -> tf.data.Dataset:
+  """Main interactions and uniform SSL items, zipped, one dict per step."""
+  return pipeline.train_dataset(
+    prepared, config.train, config.ssl, config.model
+  )
+
+
+def validate(
+  model: TwoTowerModel,
+  prepared: contract.PreparedDataset,
+  config: config_lib.Config,
+) -> dict[str, float]:
+  """Recall@K on (a sample of) the validation split."""
+  metrics = embed.evaluate_model(
+    model.query_tower,
+    model.item_tower,
+    prepared,
+    "validation",
+    config.eval,
+    task=config.model.task,
+    max_pairs=config.train.validation_examples,
+    seed=config.train.seed,
+  )
+  overall = metrics["overall"]
+  return {
+    name: float(value)
+    for name, value in overall.items()
+    if name.startswith("recall@")
+  }
+
+
+def load_trained_model(
+  workdir: str,
+) -> tuple[TwoTowerModel, contract.PreparedDataset, config_lib.Config]:
+  """Rebuilds the model of a run and restores its latest checkpoint.
+
+  Raises:
+    WorkdirError: no config or no checkpoint in `workdir`.
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config = read_config(workdir)
+  prepared = data_lib.load(config.data)
+  model = build_model(config, prepared)
+  latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+  if latest is None:
+    raise WorkdirError(
+      f"{workdir} has no checkpoint: train first (pipelines.train "
+      f"--workdir={workdir})."
+    )
+  _build_variables(model, config, prepared)
+  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  return model, prepared, config
+
+
+def read_config(workdir: str) -> config_lib.Config:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise WorkdirError(f"{path} does not exist: is this a training workdir?")
+  with open(path) as f:
+    return config_lib.Config.from_json(f.read())
+
+
+def _claim_workdir(config: config_lib.Config, workdir: str) -> None:
+  """Writes config.json, or checks that it describes the same run."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if os.path.exists(path):
+    old = read_config(workdir).to_dict()
+    new = config.to_dict()
+    changed = [
+      f"{section}.{key}"
+      for section in _FIXED_SECTIONS
+      for key in new[section]
+      if old[section][key] != new[section][key]
+    ]
+    if changed:
+      raise WorkdirError(
+        f"{workdir} holds a run with different settings ({', '.join(changed)})"
+        ": use a new --workdir, or delete this one to start over."
+      )
+  atomic.write_text(path, config.to_json() + "\n")
+
+
+def _write_dataset_info(prepared: contract.PreparedDataset, path: str) -> None:
+  atomic.write_json(
+    path,
+    {
+      "version": prepared.version,
+      "schema": prepared.schema.to_dict(),
+      "vocabularies": prepared.vocabularies,
+      "num_items": prepared.num_items,
+      "num_queries": prepared.num_queries,
+    },
+  )
+
+
+def read_dataset_info(workdir: str) -> dict:
+  with open(os.path.join(workdir, DATASET_FILE)) as f:
+    return json.load(f)
+
+
+def _steps_per_epoch(
+  config: config_lib.Config, prepared: contract.PreparedDataset
+) -> int:
+  train = prepared.splits["train"]
+  rows = len(train)
+  if config.model.task == "item_to_item":
+    rows = int(np.sum(train.prev_item_index >= 0))
+  full = rows // config.train.batch_size
+  if full == 0:
+    raise ValueError(
+      f"The training split has {rows} usable interactions, fewer than one "
+      f"batch of {config.train.batch_size}: lower --train_batch_size."
+    )
+  if config.train.steps_per_epoch:
+    return min(full, config.train.steps_per_epoch)
+  return full
+
+
+def _phase(config: config_lib.Config, step: int, pretrain_steps: int) -> str:
+  if step < pretrain_steps:
+    return "ssl_only"
+  return "joint" if config.ssl.alpha > 0 else "main_only"
+
+
+def _train_step_fn(model: TwoTowerModel, phase: str):
+  @tf.function
+  def step_fn(batch):
+    model.phase = phase
+    return model.train_step(batch)
+
+  return step_fn
+
+
+def _optimizer(train: config_lib.TrainConfig) -> tf_keras.optimizers.Optimizer:
+  if train.optimizer == "adam":
+    return tf_keras.optimizers.Adam(train.learning_rate)
+  return tf_keras.optimizers.Adagrad(train.learning_rate)
+
+
+def _build_variables(
+  model: TwoTowerModel,
+  config: config_lib.Config,
+  prepared: contract.PreparedDataset,
+) -> None:
+  """Creates every variable by running the towers on one row each."""
+  del config
+  one_item = {k: v[:1] for k, v in prepared.items.items()}
+  one_query = {k: v[:1] for k, v in prepared.queries.items()}
+  model.item_tower(one_item)
+  if model.task == "item_to_item":
+    model.query_tower(one_item)
+  else:
+    model.query_tower(one_query)
+
+
+def _warm_start(
+  model: TwoTowerModel, prepared: contract.PreparedDataset, old_workdir: str
+) -> None:
+  old_workdir = os.path.abspath(os.path.expanduser(old_workdir))
+  latest = tf.train.latest_checkpoint(os.path.join(old_workdir, CHECKPOINT_DIR))
+  if latest is None:
+    raise WorkdirError(
+      f"--warm_start_from={old_workdir} has no checkpoint to start from."
+    )
+  old_info = read_dataset_info(old_workdir)
+  _build_variables(model, None, prepared)
+  warm_start.warm_start(
+    tf.train.Checkpoint(model=model),
+    latest,
+    tables=model.embedding_tables(),
+    old_vocabularies=old_info["vocabularies"],
+    new_vocabularies=prepared.vocabularies,
+    skip=("estimator",),
+  )
+
+
+def _history_path(workdir: str) -> str:
+  return os.path.join(workdir, "validation_history.json")
+
+
+def _read_history(workdir: str) -> list[dict]:
+  path = _history_path(workdir)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)
+
+
+def _write_history(workdir: str, history: list[dict]) -> None:
+  atomic.write_json(_history_path(workdir), history)
+
+
+__all__ = [
+  "WorkdirError",
+  "build_model",
+  "load_trained_model",
+  "read_config",
+  "read_dataset_info",
+  "train_and_evaluate",
+  "train_stream",
+  "validate",
+]

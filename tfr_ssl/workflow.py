@@ -1,0 +1,378 @@
+"""Whole-run steps on a workdir: export, build the index, evaluate, retrieve.
+
+Each binary in pipelines/ is one call into this module (training is
+`train.train_and_evaluate`). These functions read and write the workdir
+contract of ARCHITECTURE.md and do no argument parsing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from tfr_ssl import data as data_lib
+from tfr_ssl import embed, evaluate, export, index, train
+from tfr_ssl.data import contract
+
+EXPORT_DIR = "export"
+INDEX_DIR = "index"
+EVAL_DIR = "eval"
+ITEMS_FILE = "items.jsonl"
+
+
+class QueryError(ValueError):
+  """A query names a feature the model does not have."""
+
+
+def export_run(workdir: str) -> dict:
+  """Exports the towers of a trained run to WORKDIR/export/.
+
+  Returns:
+    The export manifest.
+  """
+  model, prepared, config = train.load_trained_model(workdir)
+  latest = tf.train.latest_checkpoint(
+    os.path.join(workdir, train.CHECKPOINT_DIR)
+  )
+  return export.export_towers(
+    model.query_tower,
+    model.item_tower,
+    prepared.schema,
+    prepared.vocabularies,
+    config,
+    os.path.join(workdir, EXPORT_DIR),
+    extra_manifest={
+      # A fresh id per export: an index records the id of the export it
+      # was built from, and is refused once the export has changed.
+      "model_id": uuid.uuid4().hex,
+      "checkpoint": os.path.basename(latest),
+      "dataset_version": prepared.version,
+    },
+    extra_files={ITEMS_FILE: _items_jsonl(prepared)},
+  )
+
+
+def build_index_run(workdir: str) -> dict:
+  """Embeds the corpus with the exported item tower and saves WORKDIR/index/.
+
+  The index is audited against exact search on sampled queries before it is
+  saved; the audit and the query speed go into its manifest.
+
+  Returns:
+    The index manifest.
+  """
+  config = train.read_config(workdir)
+  export_dir = os.path.join(workdir, EXPORT_DIR)
+  if not os.path.exists(os.path.join(export_dir, "manifest.json")):
+    raise train.WorkdirError(
+      f"{export_dir} has no export: run pipelines.export first."
+    )
+  export_manifest = export.read_manifest(export_dir)
+  prepared = data_lib.load(config.data)
+  schema = prepared.schema
+
+  item_tower = export.load_tower(os.path.join(export_dir, "item"))
+  query_tower = export.load_tower(os.path.join(export_dir, "query"))
+  started = time.perf_counter()
+  item_embeddings = embed_raw(
+    item_tower,
+    export.raw_features(
+      prepared.items, schema.item_features, prepared.vocabularies
+    ),
+  )
+  embed_seconds = time.perf_counter() - started
+
+  rng = np.random.default_rng(config.train.seed)
+  query_table, query_feats = _query_table(prepared, config.model.task)
+  num_rows = next(iter(query_table.values())).shape[0]
+  sample = np.sort(
+    rng.choice(num_rows, min(num_rows, config.index.audit_queries), False)
+  )
+  query_embeddings = embed_raw(
+    query_tower,
+    export.raw_features(
+      query_table, query_feats, prepared.vocabularies, sample
+    ),
+  )
+  searcher = index.build_searcher(
+    item_embeddings, np.array(prepared.item_keys()), config.index
+  )
+  audit = index.audit_recall(
+    searcher, query_embeddings, item_embeddings, k=config.index.k
+  )
+  speed = index.benchmark_search(searcher, query_embeddings, item_embeddings)
+  manifest = {
+    "model_id": export_manifest["model_id"],
+    "schema": export_manifest["schema"],
+    "task": export_manifest["task"],
+    "query_features": export_manifest["query_features"],
+    "output_dim": int(item_embeddings.shape[1]),
+    "num_items": int(item_embeddings.shape[0]),
+    "k": config.index.k,
+    "index_config": config.index.__dict__,
+    "audit": audit,
+    "speed": speed,
+    "embed_seconds": embed_seconds,
+    "versions": export.versions(),
+  }
+  index.save_retrieval_model(
+    query_tower,
+    searcher,
+    os.path.join(workdir, INDEX_DIR),
+    manifest,
+    k=config.index.k,
+  )
+  return manifest
+
+
+def evaluate_run(
+  workdir: str,
+  use_index: bool = False,
+  compare: Sequence[str] = (),
+  split: str | None = None,
+) -> dict:
+  """Full-corpus metrics of a run, written to WORKDIR/eval/.
+
+  Args:
+    workdir: The run.
+    use_index: Retrieve through the saved index instead of exact search.
+    compare: Other workdirs whose eval/metrics.json the plot overlays.
+    split: Overrides the config's evaluation split.
+
+  Returns:
+    The metrics.
+  """
+  model, prepared, config = train.load_trained_model(workdir)
+  split = split or config.eval.split
+  started = time.perf_counter()
+  if use_index:
+    metrics = _evaluate_through_index(workdir, prepared, config, split)
+  else:
+    metrics = embed.evaluate_model(
+      model.query_tower,
+      model.item_tower,
+      prepared,
+      split,
+      config.eval,
+      task=config.model.task,
+    )
+  metrics["seconds"] = time.perf_counter() - started
+  metrics["split"] = split
+  metrics["search"] = "index" if use_index else "exact"
+  eval_dir = os.path.join(workdir, EVAL_DIR)
+  name = "metrics_index.json" if use_index else "metrics.json"
+  evaluate.write_metrics(metrics, os.path.join(eval_dir, name))
+  runs = {os.path.basename(os.path.normpath(workdir)): metrics}
+  for other in compare:
+    with open(os.path.join(other, EVAL_DIR, "metrics.json")) as f:
+      runs[os.path.basename(os.path.normpath(other))] = json.load(f)
+  evaluate.plot_recall_by_decile(
+    runs, os.path.join(eval_dir, "recall_by_decile.png")
+  )
+  return metrics
+
+
+def load_retriever(workdir: str):
+  """Loads WORKDIR/index/ (the retrieval SavedModel), checked for this run."""
+  export_manifest = export.read_manifest(os.path.join(workdir, EXPORT_DIR))
+  return index.load_retrieval_model(
+    os.path.join(workdir, INDEX_DIR),
+    expected_manifest={
+      "model_id": export_manifest["model_id"],
+      "output_dim": export_manifest["output_dim"],
+      "query_features": export_manifest["query_features"],
+    },
+  )
+
+
+def retrieve(
+  workdir: str,
+  queries: Iterable[Mapping[str, str]],
+  exclude: Sequence[Sequence[str]] | None = None,
+  k: int | None = None,
+) -> list[list[dict]]:
+  """Top-k items for raw queries, with their features.
+
+  Args:
+    workdir: A run with an index.
+    queries: One dict of raw feature values per query (multi-valued
+      features as `|`-joined strings; missing features count as unknown).
+    exclude: Item ids to leave out, per query.
+    k: How many items to return (at most the index's k).
+
+  Returns:
+    Per query, a list of {"id", "score", "features"} dicts, best first.
+  """
+  retriever = load_retriever(workdir)
+  manifest = retriever.manifest
+  names = manifest["query_features"]
+  queries = list(queries)
+  for q in queries:
+    unknown = sorted(set(q) - set(names))
+    if unknown:
+      raise ValueError(
+        f"Unknown query feature(s) {unknown}; this model's query features "
+        f"are {names}."
+      )
+  raw = {
+    name: tf.constant([str(q.get(name, "")) for q in queries]) for name in names
+  }
+  scores, ids = retriever(raw, exclude=exclude)
+  items = _read_items(os.path.join(workdir, EXPORT_DIR, ITEMS_FILE))
+  k = k or manifest["k"]
+  out = []
+  for row_scores, row_ids in zip(scores.numpy(), ids.numpy(), strict=True):
+    hits = []
+    for score, item_id in zip(row_scores[:k], row_ids[:k], strict=True):
+      key = item_id.decode()
+      if not key:
+        continue
+      hits.append(
+        {"id": key, "score": float(score), "features": items.get(key, {})}
+      )
+    out.append(hits)
+  return out
+
+
+def embed_raw(
+  tower, raw: Mapping[str, np.ndarray], batch_size: int = 4096
+) -> np.ndarray:
+  """Runs an exported tower over raw string features in batches."""
+  n = len(next(iter(raw.values())))
+  out = []
+  for start in range(0, n, batch_size):
+    batch = {
+      name: tf.constant(values[start : start + batch_size].astype(str))
+      for name, values in raw.items()
+    }
+    out.append(tower(batch).numpy())
+  return np.concatenate(out).astype(np.float32)
+
+
+def _query_table(
+  prepared: contract.PreparedDataset, task: str
+) -> tuple[dict[str, np.ndarray], tuple[contract.Feature, ...]]:
+  if task == "item_to_item":
+    return prepared.items, prepared.schema.item_features
+  return prepared.queries, prepared.schema.query_features
+
+
+def _evaluate_through_index(workdir, prepared, config, split) -> dict:
+  """Metrics of the saved retrieval model on raw query features."""
+  retriever = load_retriever(workdir)
+  pairs = prepared.splits[split]
+  task = config.model.task
+  rows = np.arange(len(pairs))
+  if task == "item_to_item":
+    rows = rows[pairs.prev_item_index >= 0]
+    query_rows = pairs.prev_item_index[rows]
+  else:
+    query_rows = pairs.query_index[rows]
+  queries, query_of_pair = np.unique(query_rows, return_inverse=True)
+  table, feats = _query_table(prepared, task)
+  raw = export.raw_features(table, feats, prepared.vocabularies, queries)
+  keys = np.array(prepared.item_keys())
+  if task == "item_to_item":
+    exclude = [[keys[q]] for q in queries]
+  else:
+    indptr, indices = prepared.train_items_by_query
+    exclude = [list(keys[indices[indptr[q] : indptr[q + 1]]]) for q in queries]
+  row_of_key = {key: i for i, key in enumerate(keys)}
+  topk = []
+  batch = 256
+  for start in range(0, len(queries), batch):
+    chunk = {
+      name: tf.constant(v[start : start + batch].astype(str))
+      for name, v in raw.items()
+    }
+    _, ids = retriever(chunk, exclude=exclude[start : start + batch])
+    topk.append(
+      np.array(
+        [[row_of_key.get(i.decode(), -1) for i in r] for r in ids.numpy()]
+      )
+    )
+  return evaluate.metrics_from_topk(
+    np.concatenate(topk),
+    pairs_query=query_of_pair,
+    pairs_item=pairs.item_index[rows],
+    item_train_count=prepared.item_train_count,
+    ks=config.eval.ks,
+    head_fraction=config.eval.head_fraction,
+  )
+
+
+def _items_jsonl(prepared: contract.PreparedDataset) -> str:
+  raw = export.raw_features(
+    prepared.items, prepared.schema.item_features, prepared.vocabularies
+  )
+  names = [f.name for f in prepared.schema.item_features]
+  keys = prepared.item_keys()
+  lines = [
+    json.dumps({"id": keys[row], "features": {n: raw[n][row] for n in names}})
+    for row in range(prepared.num_items)
+  ]
+  return "\n".join(lines) + "\n"
+
+
+def _read_items(path: str) -> dict[str, dict]:
+  if not os.path.exists(path):
+    logging.warning("%s is missing: items are shown without features.", path)
+    return {}
+  items = {}
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      items[record["id"]] = record["features"]
+  return items
+
+
+__all__ = [
+  "build_index_run",
+  "embed_raw",
+  "evaluate_run",
+  "export_run",
+  "load_retriever",
+  "retrieve",
+]
+
+
+def report(workdir: str) -> str:
+  """A human summary of a run's artifacts and figures."""
+  workdir = os.path.abspath(workdir)
+  lines = [f"Run {workdir}"]
+  artifacts = [
+    ("config", "config.json"),
+    ("checkpoints", train.CHECKPOINT_DIR),
+    ("tensorboard", "tensorboard"),
+    ("exported towers", EXPORT_DIR),
+    ("retrieval index", INDEX_DIR),
+    ("metrics and plot", EVAL_DIR),
+  ]
+  for label, name in artifacts:
+    path = os.path.join(workdir, name)
+    mark = path if os.path.exists(path) else f"(missing) {path}"
+    lines.append(f"  {label:17s} {mark}")
+  summary_path = os.path.join(workdir, "train_metrics.json")
+  if os.path.exists(summary_path):
+    with open(summary_path) as f:
+      summary = json.load(f)
+    lines.append(f"Training: {summary['steps']} steps")
+    for entry in summary["validation"]:
+      lines.append(f"  validation after epoch {entry['epoch']}: {entry}")
+  index_manifest = os.path.join(workdir, INDEX_DIR, "manifest.json")
+  if os.path.exists(index_manifest):
+    with open(index_manifest) as f:
+      manifest = json.load(f)
+    lines.append(f"Index: audit {manifest['audit']}; speed {manifest['speed']}")
+  metrics_path = os.path.join(workdir, EVAL_DIR, "metrics.json")
+  if os.path.exists(metrics_path):
+    with open(metrics_path) as f:
+      lines.append(evaluate.format_metrics(json.load(f)))
+  return "\n".join(lines)
