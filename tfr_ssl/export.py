@@ -67,8 +67,12 @@ class RawFeatureTower(tf.Module):
       f.name: tf.TensorSpec([None], tf.string, name=f.name)
       for f in self._features
     }
-    self.__call__ = tf.function(self._embed, input_signature=[spec])
+    # Built per instance because the signature depends on the features.
+    self.serve = tf.function(self._embed, input_signature=[spec])
     self.ids = tf.function(self._to_ids, input_signature=[spec])
+
+  def __call__(self, raw: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    return self.serve(raw)
 
   def _to_ids(self, raw: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     ids = {}
@@ -188,8 +192,7 @@ def export_towers(
 
 def load_tower(path: str) -> Callable[[Mapping[str, tf.Tensor]], tf.Tensor]:
   """Loads an exported tower; returns a callable over raw feature dicts."""
-  module = tf.saved_model.load(path)
-  return module
+  return tf.saved_model.load(path).serve
 
 
 def read_manifest(export_dir: str) -> dict:
