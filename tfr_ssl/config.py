@@ -140,7 +140,7 @@ class ModelConfig:
     choices=("none", "static", "streaming"),
   )
   estimator_buckets: int = _field(
-    1 << 20, "Hash buckets of the streaming frequency estimator."
+    1 << 18, "Hash buckets of the streaming frequency estimator."
   )
   estimator_hashes: int = _field(
     1, "Hash functions of the streaming estimator (>1: multi-hash)."

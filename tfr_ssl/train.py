@@ -24,6 +24,7 @@ import tf_keras
 from tfr_ssl import atomic, embed, warm_start
 from tfr_ssl import config as config_lib
 from tfr_ssl import data as data_lib
+from tfr_ssl import model as model_lib
 from tfr_ssl.data import contract, pipeline
 from tfr_ssl.model import TwoTowerModel
 
@@ -98,7 +99,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   started = time.perf_counter()
   first_step = int(step)
   while int(step) < total_steps:
-    phase = _phase(config, int(step), pretrain_steps)
+    phase = model_lib.phase_for_step(config, int(step))
     if phase not in step_fns:
       step_fns[phase] = _train_step_fn(model, phase)
     logs = step_fns[phase](next(iterator))
@@ -200,7 +201,6 @@ def load_trained_model(
       f"{workdir} has no checkpoint: train first (pipelines.train "
       f"--workdir={workdir})."
     )
-  _build_variables(model, config, prepared)
   tf.train.Checkpoint(model=model).restore(latest).expect_partial()
   return model, prepared, config
 
@@ -269,13 +269,9 @@ def _steps_per_epoch(
   return full
 
 
-def _phase(config: config_lib.Config, step: int, pretrain_steps: int) -> str:
-  if step < pretrain_steps:
-    return "ssl_only"
-  return "joint" if config.ssl.alpha > 0 else "main_only"
-
-
 def _train_step_fn(model: TwoTowerModel, phase: str):
+  # compute_loss reads the phase when traced; setting it inside the traced
+  # function keeps a retrace from picking up another phase's value.
   @tf.function
   def step_fn(batch):
     model.phase = phase
@@ -290,22 +286,6 @@ def _optimizer(train: config_lib.TrainConfig) -> tf_keras.optimizers.Optimizer:
   return tf_keras.optimizers.Adagrad(train.learning_rate)
 
 
-def _build_variables(
-  model: TwoTowerModel,
-  config: config_lib.Config,
-  prepared: contract.PreparedDataset,
-) -> None:
-  """Creates every variable by running the towers on one row each."""
-  del config
-  one_item = {k: v[:1] for k, v in prepared.items.items()}
-  one_query = {k: v[:1] for k, v in prepared.queries.items()}
-  model.item_tower(one_item)
-  if model.task == "item_to_item":
-    model.query_tower(one_item)
-  else:
-    model.query_tower(one_query)
-
-
 def _warm_start(
   model: TwoTowerModel, prepared: contract.PreparedDataset, old_workdir: str
 ) -> None:
@@ -316,7 +296,6 @@ def _warm_start(
       f"--warm_start_from={old_workdir} has no checkpoint to start from."
     )
   old_info = read_dataset_info(old_workdir)
-  _build_variables(model, None, prepared)
   warm_start.warm_start(
     tf.train.Checkpoint(model=model),
     latest,

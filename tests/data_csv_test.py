@@ -1,0 +1,332 @@
+"""Tests of the CSV source: schema.json, parsing, and every bad input."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from tfr_ssl import data
+from tfr_ssl.config import DataConfig
+from tfr_ssl.data import csv_source
+from tfr_ssl.data.contract import PAD
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCHEMA = {
+  "item_id": "item",
+  "query_id": "user",
+  "features": [
+    {"name": "item", "kind": "categorical", "role": "item"},
+    {"name": "genre", "kind": "categorical", "role": "item"},
+    {"name": "tags", "kind": "multi_categorical", "role": "item"},
+    {"name": "user", "kind": "categorical", "role": "query"},
+    {"name": "age", "kind": "categorical", "role": "query"},
+  ],
+  "interactions": {"weight": "w", "timestamp": "t"},
+}
+FILES = {
+  "items.csv": "item,genre,tags,extra\n"
+  "i1,rock,loud|live,x\n"
+  "i2,jazz,,y\n"
+  "i3,rock,live,z\n",
+  "users.csv": "user,age\nu1,20s\nu2,30s\n",
+  "interactions.csv": "user,item,w,t\n"
+  "u1,i1,1.0,100\n"
+  "u1,i3,2.5,50\n"
+  "u2,i2,1.0,300\n"
+  "u2,i1,1.0,200\n",
+}
+
+
+def write_dir(path, schema=None, **overrides):
+  """Writes a CSV dataset; overrides map file name -> text (None = omit)."""
+  os.makedirs(path, exist_ok=True)
+  files = {"schema.json": json.dumps(schema or SCHEMA, indent=2), **FILES}
+  for name, text in {**files, **overrides}.items():
+    if text is None:
+      continue
+    mode = "wb" if isinstance(text, bytes) else "w"
+    with open(os.path.join(path, name), mode) as f:
+      f.write(text)
+  return path
+
+
+def config(tmp_path, **kwargs):
+  return DataConfig(
+    source="csv",
+    data_dir=str(tmp_path / "raw"),
+    cache_dir=str(tmp_path / "cache"),
+    validation_fraction=0.0,
+    test_fraction=0.25,
+    **kwargs,
+  )
+
+
+def test_reads_features_weights_and_timestamps(tmp_path):
+  write_dir(tmp_path / "raw")
+  prepared = data.build(config(tmp_path))
+  assert [f.name for f in prepared.schema.item_features] == [
+    "item",
+    "genre",
+    "tags",
+  ]
+  assert prepared.vocabularies["item"] == ["i1", "i2", "i3"]
+  assert prepared.vocabularies["genre"] == ["rock", "jazz"]
+  assert prepared.vocabularies["tags"] == ["live", "loud"]
+  np.testing.assert_array_equal(prepared.items["genre"], [1, 2, 1])
+  # i1: loud|live -> [2, 1]; i2: empty bag -> [OOV]; i3: live -> [1].
+  np.testing.assert_array_equal(
+    prepared.items["tags"], [[2, 1], [0, PAD], [1, PAD]]
+  )
+  np.testing.assert_array_equal(prepared.queries["age"], [1, 2])
+  assert len(prepared.splits["train"]) == 3
+  assert len(prepared.splits["test"]) == 1
+  weights = np.concatenate(
+    [prepared.splits[s].weight for s in ("train", "test")]
+  )
+  assert sorted(weights.tolist()) == [1.0, 1.0, 1.0, 2.5]
+  assert weights.dtype == np.float32
+  timestamps = np.concatenate(
+    [prepared.splits[s].timestamp for s in ("train", "test")]
+  )
+  assert sorted(timestamps.tolist()) == [50, 100, 200, 300]
+
+
+def test_iso_timestamps(tmp_path):
+  interactions = (
+    "user,item,w,t\nu1,i1,1,2020-01-01\nu2,i2,1,2020-01-02T00:00:01\n"
+  )
+  write_dir(tmp_path / "raw", **{"interactions.csv": interactions})
+  cfg = config(tmp_path)
+  cfg.test_fraction = 0.0
+  train = data.build(cfg).splits["train"]
+  # 2020-01-01 is 1577836800 s after the epoch; one day and a second later:
+  np.testing.assert_array_equal(train.timestamp, [1577836800, 1577923201])
+
+
+def test_previous_item_follows_timestamps(tmp_path):
+  write_dir(tmp_path / "raw")
+  cfg = config(tmp_path)
+  cfg.test_fraction = 0.0
+  train = data.build(cfg).splits["train"]
+  previous = dict(
+    zip(
+      zip(train.query_index.tolist(), train.item_index.tolist(), strict=True),
+      train.prev_item_index.tolist(),
+      strict=True,
+    )
+  )
+  # u1 (row 0): i3 @50 then i1 @100; u2 (row 1): i1 @200 then i2 @300.
+  assert previous == {(0, 0): 2, (0, 2): PAD, (1, 0): PAD, (1, 1): 0}
+
+
+def test_without_users_csv_queries_come_from_interactions(tmp_path):
+  schema = dict(SCHEMA, features=SCHEMA["features"][:4])
+  write_dir(tmp_path / "raw", schema=schema, **{"users.csv": None})
+  prepared = data.build(config(tmp_path))
+  assert prepared.vocabularies["user"] == ["u1", "u2"]
+  assert prepared.num_queries == 2
+
+
+def test_embedded_example_prepares(tmp_path):
+  cfg = DataConfig(
+    source="csv",
+    data_dir=os.path.join(REPO, "data", "example"),
+    cache_dir=str(tmp_path),
+    split="temporal",
+  )
+  prepared = data.build(cfg)
+  assert prepared.num_items == 12
+  assert prepared.mutual_information.shape == (5, 5)
+  test_time = prepared.splits["test"].timestamp.min()
+  assert prepared.splits["train"].timestamp.max() <= test_time
+
+
+def _schema_with(**feature_changes):
+  features = [dict(f) for f in SCHEMA["features"]]
+  features[1].update(feature_changes)
+  return dict(SCHEMA, features=features)
+
+
+BAD_INPUTS = {
+  # name: (overrides, file, line, column, message fragment)
+  "missing file": (
+    {"items.csv": None},
+    "items.csv",
+    None,
+    None,
+    "file not found",
+  ),
+  "missing column": (
+    {"items.csv": "item,tags\ni1,a\n"},
+    "items.csv",
+    1,
+    "genre",
+    "missing column",
+  ),
+  "empty file": ({"users.csv": ""}, "users.csv", None, None, "empty"),
+  "header only": (
+    {"interactions.csv": "user,item,w,t\n"},
+    "interactions.csv",
+    1,
+    None,
+    "no data rows",
+  ),
+  "malformed row": (
+    {"items.csv": "item,genre,tags\ni1,rock,a\ni2,jazz\n"},
+    "items.csv",
+    3,
+    "tags",  # the first missing column
+    "expected 3 fields",
+  ),
+  "duplicate item id": (
+    {"items.csv": "item,genre,tags\ni1,rock,a\ni2,jazz,b\ni1,pop,c\n"},
+    "items.csv",
+    4,
+    "item",
+    "duplicate id 'i1'",
+  ),
+  "item not in corpus": (
+    {"interactions.csv": "user,item,w,t\nu1,i1,1,1\nu2,i9,1,2\n"},
+    "interactions.csv",
+    3,
+    "item",
+    "'i9' is not an id in items.csv",
+  ),
+  "unknown user": (
+    {"interactions.csv": "user,item,w,t\nu7,i1,1,1\n"},
+    "interactions.csv",
+    2,
+    "user",
+    "'u7' is not an id in users.csv",
+  ),
+  "bad weight": (
+    {"interactions.csv": "user,item,w,t\nu1,i1,1,1\nu2,i2,heavy,2\n"},
+    "interactions.csv",
+    3,
+    "w",
+    "'heavy' is not a number",
+  ),
+  "bad timestamp": (
+    {"interactions.csv": "user,item,w,t\nu1,i1,1,2020-01-01\nu2,i2,1,soon\n"},
+    "interactions.csv",
+    3,
+    "t",
+    "'soon' is not a timestamp",
+  ),
+  "mixed timestamps": (
+    {"interactions.csv": "user,item,w,t\nu1,i1,1,2020-01-01\nu2,i2,1,7\n"},
+    "interactions.csv",
+    3,
+    "t",
+    "'7' is a number but other timestamps are dates",
+  ),
+  "undecodable text": (
+    {"items.csv": b"item,genre,tags\ni1,rock,a\ni2,j\xe9zz,b\n"},
+    "items.csv",
+    3,
+    "genre",
+    "not valid utf-8",
+  ),
+  "wrong kind": (
+    {"schema.json": json.dumps(_schema_with(kind="numeric"), indent=2)},
+    "schema.json",
+    12,  # json.dumps(indent=2): line 11 is genre's "name", 12 its "kind"
+    "kind",
+    "kind must be one of",
+  ),
+  "wrong role": (
+    {"schema.json": json.dumps(_schema_with(role="user"), indent=2)},
+    "schema.json",
+    13,
+    "role",
+    "role must be one of",
+  ),
+  "invalid json": (
+    {"schema.json": '{\n  "item_id": "item",\n  "features": [\n}'},
+    "schema.json",
+    4,
+    None,
+    "invalid JSON",
+  ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_INPUTS))
+def test_bad_input_names_file_line_column_and_leaves_no_cache(tmp_path, case):
+  overrides, name, line, column, fragment = BAD_INPUTS[case]
+  write_dir(tmp_path / "raw", **overrides)
+  cfg = config(tmp_path)
+  with pytest.raises(data.DataError) as error:
+    data.load(cfg)
+  message = str(error.value)
+  assert fragment in message
+  assert error.value.path == str(tmp_path / "raw" / name)
+  assert error.value.line == line
+  assert error.value.column == column
+  assert message.startswith(str(tmp_path / "raw" / name))
+  cache = tmp_path / "cache"
+  assert not cache.exists() or not any(cache.rglob("*"))
+
+
+def test_schema_id_must_be_declared(tmp_path):
+  schema = dict(SCHEMA, item_id="nope")
+  write_dir(tmp_path / "raw", schema=schema)
+  with pytest.raises(data.DataError, match="'nope' must be a categorical"):
+    data.build(config(tmp_path))
+
+
+def test_schema_unknown_key(tmp_path):
+  schema = dict(SCHEMA, kinds={})
+  write_dir(tmp_path / "raw", schema=schema)
+  with pytest.raises(data.DataError) as error:
+    data.build(config(tmp_path))
+  assert error.value.column == "kinds"
+
+
+def test_query_features_need_users_csv(tmp_path):
+  write_dir(tmp_path / "raw", **{"users.csv": None})
+  with pytest.raises(data.DataError, match=r"users\.csv"):
+    data.build(config(tmp_path))
+
+
+def test_files_lists_optional_users(tmp_path):
+  write_dir(tmp_path / "raw", **{"users.csv": None})
+  names = [os.path.basename(p) for p in csv_source.files(str(tmp_path / "raw"))]
+  assert names == ["schema.json", "items.csv", "interactions.csv"]
+
+
+def test_statistics_follow_the_kept_training_split(tmp_path):
+  write_dir(tmp_path / "raw")
+  full = data.build(config(tmp_path, seed=2))
+  half = data.build(config(tmp_path, seed=2, train_fraction=0.5))
+  train = half.splits["train"]
+  # 3 training interactions -> round(1.5) = 2 kept, a subset of the full ones.
+  assert len(train) == 2
+  full_pairs = set(
+    zip(
+      full.splits["train"].query_index.tolist(),
+      full.splits["train"].item_index.tolist(),
+      strict=True,
+    )
+  )
+  pairs = list(
+    zip(train.query_index.tolist(), train.item_index.tolist(), strict=True)
+  )
+  assert set(pairs) <= full_pairs
+  np.testing.assert_array_equal(
+    half.item_train_count, np.bincount(train.item_index, minlength=3)
+  )
+  indptr, indices = half.train_items_by_query
+  seen = {
+    (q, int(i)) for q in range(2) for i in indices[indptr[q] : indptr[q + 1]]
+  }
+  assert seen == set(pairs)
+  np.testing.assert_array_equal(
+    half.splits["test"].item_index, full.splits["test"].item_index
+  )
+  # MI is a property of the corpus, not of the split.
+  np.testing.assert_array_equal(
+    half.mutual_information, full.mutual_information
+  )

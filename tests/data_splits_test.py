@@ -1,0 +1,121 @@
+"""Tests of histories, random and temporal splits, and train_fraction."""
+
+import numpy as np
+import pytest
+
+from tfr_ssl.data import splits
+from tfr_ssl.data.contract import PAD
+from tfr_ssl.data.errors import DataError
+
+
+def test_previous_items_by_timestamp():
+  # query 0: items 5 @ t=30, 6 @ t=10, 7 @ t=20 -> order 6, 7, 5
+  # query 1: item 8 alone.
+  previous = splits.previous_items(
+    np.array([0, 0, 1, 0]),
+    np.array([5, 6, 8, 7]),
+    np.array([30, 10, 0, 20]),
+  )
+  np.testing.assert_array_equal(previous, [7, PAD, PAD, 6])
+
+
+def test_previous_items_by_file_order_without_timestamps():
+  previous = splits.previous_items(
+    np.array([1, 0, 1, 1]), np.array([3, 4, 5, 6]), None
+  )
+  np.testing.assert_array_equal(previous, [PAD, PAD, 3, 5])
+
+
+def test_previous_items_ties_keep_file_order():
+  previous = splits.previous_items(
+    np.array([0, 0, 0]), np.array([1, 2, 3]), np.array([5, 5, 1])
+  )
+  # order: item 3 (t=1), item 1 (t=5, first in file), item 2 (t=5).
+  np.testing.assert_array_equal(previous, [3, 1, PAD])
+
+
+def _random(seed, n=1000):
+  return splits.split_rows(
+    "random",
+    num_interactions=n,
+    timestamp=None,
+    validation_fraction=0.1,
+    test_fraction=0.2,
+    train_fraction=1.0,
+    seed=seed,
+  )
+
+
+def test_random_split_partitions_and_is_deterministic():
+  rows = _random(seed=3)
+  assert [len(rows[s]) for s in ("train", "validation", "test")] == [
+    700,
+    100,
+    200,
+  ]
+  everything = np.concatenate(list(rows.values()))
+  np.testing.assert_array_equal(np.sort(everything), np.arange(1000))
+  for name, r in _random(seed=3).items():
+    np.testing.assert_array_equal(r, rows[name])
+  assert not np.array_equal(_random(seed=4)["test"], rows["test"])
+
+
+def test_temporal_split_cuts_by_global_time():
+  rng = np.random.default_rng(0)
+  timestamp = rng.integers(0, 50, 200)
+  rows = splits.split_rows(
+    "temporal",
+    num_interactions=200,
+    timestamp=timestamp,
+    validation_fraction=0.1,
+    test_fraction=0.1,
+    train_fraction=1.0,
+    seed=0,
+  )
+  assert [len(rows[s]) for s in ("train", "validation", "test")] == [
+    160,
+    20,
+    20,
+  ]
+  assert timestamp[rows["train"]].max() <= timestamp[rows["validation"]].min()
+  assert timestamp[rows["validation"]].max() <= timestamp[rows["test"]].min()
+
+
+def test_temporal_split_without_timestamps_is_a_data_error():
+  with pytest.raises(DataError, match=r"ratings\.dat has 3 fields"):
+    splits.split_rows(
+      "temporal",
+      num_interactions=10,
+      timestamp=None,
+      validation_fraction=0.1,
+      test_fraction=0.1,
+      train_fraction=1.0,
+      seed=0,
+      path="ratings.dat",
+      no_timestamp_reason="ratings.dat has 3 fields",
+    )
+
+
+def test_train_fraction_subsamples_train_only():
+  full = _random(seed=1)
+  rows = splits.split_rows(
+    "random",
+    num_interactions=1000,
+    timestamp=None,
+    validation_fraction=0.1,
+    test_fraction=0.2,
+    train_fraction=0.1,
+    seed=1,
+  )
+  assert len(rows["train"]) == 70
+  assert np.isin(rows["train"], full["train"]).all()
+  np.testing.assert_array_equal(rows["test"], full["test"])
+  np.testing.assert_array_equal(rows["validation"], full["validation"])
+
+
+@pytest.mark.parametrize(
+  "validation,test,train", [(0.5, 0.5, 1.0), (-0.1, 0.1, 1.0), (0.1, 0.1, 0.0)]
+)
+def test_bad_fractions(validation, test, train):
+  with pytest.raises(ValueError, match="fraction"):
+    splits.check_fractions(validation, test, train)

@@ -1,0 +1,160 @@
+"""Tests of the feature encoders and towers."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import tfr_ssl  # noqa: F401
+from tests import model_fakes
+from tfr_ssl import features
+
+SPECS = [
+  {"name": "id", "vocabulary_size": 4, "multi": False},
+  {"name": "tags", "vocabulary_size": 5, "multi": True},
+]
+
+
+def _encoder():
+  encoder = features.FeatureEncoder(SPECS, embedding_dim=2)
+  # Table rows chosen so means are easy to read: row r of `id` = [r, -r],
+  # row r of `tags` = [r, 10 r]; defaults = [[100, 100], [200, 200]].
+  encoder.tables[0].assign([[r, -r] for r in range(4)])
+  encoder.tables[1].assign([[r, 10 * r] for r in range(5)])
+  encoder.defaults.assign([[100, 100], [200, 200]])
+  return encoder
+
+
+def _inputs():
+  return {
+    "id": tf.constant([1, 3, -1]),
+    "tags": tf.constant([[1, 3, -1], [2, -1, -1], [-1, -1, -1]]),
+  }
+
+
+def test_lookup_and_masked_mean_pooling():
+  out = _encoder().embed(_inputs())
+  # id: rows 1, 3, then -1 = missing -> default [100, 100].
+  # tags: mean(rows 1, 3) = [2, 20]; row 2 = [2, 20]; all-PAD -> default.
+  expected = [
+    [[1, -1], [2, 20]],
+    [[3, -3], [2, 20]],
+    [[100, 100], [200, 200]],
+  ]
+  np.testing.assert_allclose(out.numpy(), expected)
+
+
+def test_call_concatenates_features():
+  out = _encoder()(_inputs())
+  assert out.shape == (3, 4)
+  np.testing.assert_allclose(out.numpy()[0], [1, -1, 2, 20])
+
+
+def test_feature_mask_replaces_masked_features_by_their_default():
+  mask = tf.constant([[True, False], [False, True], [False, False]])
+  out = _encoder().embed(_inputs(), feature_mask=mask)
+  np.testing.assert_allclose(out.numpy()[0], [[100, 100], [2, 20]])
+  np.testing.assert_allclose(out.numpy()[1], [[3, -3], [200, 200]])
+  np.testing.assert_allclose(out.numpy()[2], [[100, 100], [200, 200]])
+  # A [F] mask applies to every row.
+  per_batch = _encoder().embed(_inputs(), feature_mask=tf.constant([0, 1]))
+  np.testing.assert_allclose(per_batch.numpy()[:, 1], [[200, 200]] * 3)
+
+
+def test_padding_gets_no_gradient():
+  encoder = _encoder()
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(encoder(_inputs()))
+  grads = tape.gradient(loss, encoder.tables[1])
+  dense = tf.convert_to_tensor(grads).numpy()
+  # PAD entries gather row 0 (the OOV row) but are weighted 0.
+  np.testing.assert_allclose(dense[0], [0, 0])
+  # Row 1 is in bag 0 only, with weight 1/2 per output unit.
+  np.testing.assert_allclose(dense[1], [0.5, 0.5])
+  # Row 2 is alone in bag 1: weight 1.
+  np.testing.assert_allclose(dense[2], [1.0, 1.0])
+
+
+def test_missing_feature_and_wrong_rank_are_clear_errors():
+  encoder = _encoder()
+  with pytest.raises(ValueError, match="'tags' is missing"):
+    encoder({"id": tf.constant([1])})
+  with pytest.raises(ValueError, match=r"'tags' must have shape \[B, L\]"):
+    encoder({"id": tf.constant([1]), "tags": tf.constant([1])})
+
+
+def test_feature_specs_follow_the_schema():
+  dataset = model_fakes.tiny_dataset()
+  specs = features.feature_specs(dataset, "item")
+  assert [s["name"] for s in specs] == ["item_id", "category", "tags"]
+  # Vocabulary plus the OOV row.
+  assert [s["vocabulary_size"] for s in specs] == [25, 5, 9]
+  assert [s["multi"] for s in specs] == [False, False, True]
+
+
+def test_encoder_get_config_round_trip():
+  encoder = _encoder()
+  clone = features.FeatureEncoder.from_config(encoder.get_config())
+  clone.set_weights(encoder.get_weights())
+  np.testing.assert_allclose(clone(_inputs()), encoder(_inputs()))
+  assert clone.get_config() == encoder.get_config()
+
+
+def _tower():
+  tf_keras.utils.set_random_seed(1)
+  return features.Tower(_encoder(), layer_sizes=(8,), output_dim=3)
+
+
+def test_tower_outputs_unit_vectors():
+  out = _tower()(_inputs()).numpy()
+  assert out.shape == (3, 3)
+  np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+def test_tower_get_config_round_trip():
+  tower = _tower()
+  expected = tower(_inputs())
+  clone = features.Tower.from_config(tower.get_config())
+  clone(_inputs())  # builds the dense layers
+  clone.set_weights(tower.get_weights())
+  np.testing.assert_allclose(clone(_inputs()), expected, rtol=1e-6)
+  assert clone.get_config()["encoder"] == tower.get_config()["encoder"]
+
+
+def test_tower_saved_model_round_trip(tmp_path):
+  tower = _tower()
+  expected = tower(_inputs())
+  module = tf.Module()
+  module.tower = tower
+  module.serve = tf.function(
+    lambda x: tower(x),
+    input_signature=[
+      {
+        "id": tf.TensorSpec([None], tf.int32),
+        "tags": tf.TensorSpec([None, None], tf.int32),
+      }
+    ],
+  )
+  path = os.path.join(tmp_path, "tower")
+  tf.saved_model.save(module, path)
+  loaded = tf.saved_model.load(path)
+  np.testing.assert_allclose(loaded.serve(_inputs()), expected, rtol=1e-6)
+
+
+def test_tower_trains_with_gradient_steps():
+  tower = _tower()
+  inputs = _inputs()
+  target = tf.constant([[1.0, 0.0, 0.0]] * 3)
+  optimizer = tf_keras.optimizers.SGD(0.5)
+  losses = []
+  for _ in range(5):
+    with tf.GradientTape() as tape:
+      loss = tf.reduce_mean(tf.square(tower(inputs) - target))
+    grads = tape.gradient(loss, tower.trainable_variables)
+    optimizer.apply_gradients(
+      zip(grads, tower.trainable_variables, strict=True)
+    )
+    losses.append(float(loss))
+  assert losses[-1] < losses[0]

@@ -1,0 +1,286 @@
+"""Tests of TwoTowerModel on a tiny hand-built dataset."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras
+
+import tfr_ssl  # noqa: F401
+from tests import model_fakes
+from tfr_ssl import model as model_lib
+from tfr_ssl.config import Config
+
+SMALL = {
+  "model.embedding_dim": 8,
+  "model.query_layers": (16,),
+  "model.item_layers": (16,),
+  "model.output_dim": 8,
+  "model.temperature": 0.2,
+  "model.estimator_buckets": 64,
+  "model.estimator_lr": 0.1,
+  "ssl.batch_size": 16,
+  "ssl.temperature": 0.2,
+  "train.batch_size": 32,
+}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+  return model_fakes.tiny_dataset()
+
+
+def _model(dataset, seed=0, **overrides):
+  config = Config().override({**SMALL, **overrides})
+  tf_keras.utils.set_random_seed(seed)
+  return model_lib.TwoTowerModel(config, dataset)
+
+
+def _batch(dataset, task="user_to_item", seed=0):
+  return model_fakes.batches(dataset, num_batches=1, task=task, seed=seed)[0]
+
+
+def _components(model, batch):
+  """(returned loss, main_loss, ssl_loss) of one evaluation call."""
+  model.reset_metrics()
+  loss = model.compute_loss(batch, training=False)
+  return (
+    float(loss),
+    float(model.retrieval.loss_tracker.result()),
+    float(model.ssl_task.loss_tracker.result()),
+  )
+
+
+def test_towers_embed_id_dicts_to_unit_vectors(dataset):
+  model = _model(dataset)
+  batch = _batch(dataset)
+  query = model.query_tower(batch["query"])
+  item = model.item_tower(batch["item"])
+  assert query.shape == (32, 8) and item.shape == (32, 8)
+  np.testing.assert_allclose(np.linalg.norm(item, axis=1), 1.0, rtol=1e-5)
+  # No augmentation at inference: the same input gives the same output.
+  np.testing.assert_array_equal(model.item_tower(batch["item"]), item)
+
+
+def test_item_to_item_query_tower_shares_the_item_encoder(dataset):
+  model = _model(dataset, **{"model.task": "item_to_item"})
+  assert model.query_tower.encoder is model.item_encoder
+  assert model.query_tower.hidden[0] is not model.item_tower.hidden[0]
+  batch = _batch(dataset, task="item_to_item")
+  loss = model.compute_loss(batch, training=True)
+  assert np.isfinite(float(loss))
+
+
+def test_alpha_zero_is_exactly_the_main_only_loss(dataset):
+  batch = _batch(dataset)
+  joint = _model(dataset, **{"ssl.alpha": 1.0, "model.logq": "static"})
+  plain = _model(dataset, **{"ssl.alpha": 0.0, "model.logq": "static"})
+  plain.set_weights(joint.get_weights())
+  loss, main, ssl = _components(joint, batch)
+  # Joint = main + 1.0 * ssl, and the SSL part is not zero.
+  assert loss == pytest.approx(main + ssl, rel=1e-6)
+  assert ssl > 0.1
+  joint.phase = "main_only"
+  main_only = float(joint.compute_loss(batch, training=False))
+  plain.reset_metrics()
+  zero_alpha = float(plain.compute_loss(batch, training=False))
+  assert zero_alpha == main_only == pytest.approx(main, rel=1e-6)
+  # alpha = 0 skips the SSL computation: its metric never updated.
+  assert int(plain.ssl_task.loss_tracker.count) == 0
+
+
+def test_phases_pick_the_losses_and_the_trained_tower(dataset):
+  model = _model(dataset)
+  model.compile(optimizer=tf_keras.optimizers.Adagrad(0.1))
+  data = model_fakes.as_dataset(model_fakes.batches(dataset, num_batches=3))
+  query_before = [v.numpy().copy() for v in model.query_tower.hidden[0].weights]
+  item_before = model.item_tower.hidden[0].kernel.numpy().copy()
+  model.phase = "ssl_only"
+  history = model.fit(data, epochs=1, verbose=0).history
+  # Pretraining the item tower only: the query tower does not move.
+  for before, var in zip(
+    query_before, model.query_tower.hidden[0].weights, strict=True
+  ):
+    np.testing.assert_array_equal(before, var.numpy())
+  assert not np.array_equal(item_before, model.item_tower.hidden[0].kernel)
+  assert history["main_loss"] == [0.0] and history["ssl_loss"][0] > 0
+  assert history["loss"][0] == pytest.approx(history["ssl_loss"][0], rel=0.5)
+  # The estimator is not updated in ssl_only.
+  assert int(model.sampling.step) == 0
+  model.phase = "main_only"
+  history = model.fit(data, epochs=1, verbose=0).history
+  assert history["ssl_loss"] == [0.0] and history["main_loss"][0] > 0
+  assert int(model.sampling.step) == 3
+  with pytest.raises(ValueError, match="phase must be one of"):
+    model.phase = "pretrain"
+
+
+def test_phase_for_step_follows_the_schedule():
+  config = Config().override(
+    {"train.schedule": "pretrain", "train.pretrain_steps": 10}
+  )
+  assert model_lib.phase_for_step(config, 9) == "ssl_only"
+  assert model_lib.phase_for_step(config, 10) == "joint"
+  no_ssl = config.override({"ssl.alpha": 0.0})
+  assert model_lib.phase_for_step(no_ssl, 10) == "main_only"
+  assert model_lib.phase_for_step(Config(), 0) == "joint"
+
+
+def test_short_fit_lowers_main_and_ssl_losses(dataset):
+  model = _model(dataset, **{"ssl.alpha": 1.0, "ssl.masking": "cfm"})
+  model.compile(optimizer=tf_keras.optimizers.Adagrad(0.2))
+  held_out = _batch(dataset, seed=99)
+  _, main_before, ssl_before = _components(model, held_out)
+  train = model_fakes.batches(dataset, num_batches=12, seed=1)
+  history = model.fit(
+    model_fakes.as_dataset(train), epochs=4, verbose=0
+  ).history
+  _, main_after, ssl_after = _components(model, held_out)
+  assert main_after < 0.9 * main_before
+  assert ssl_after < 0.9 * ssl_before
+  assert history["ssl_accuracy"][-1] > history["ssl_accuracy"][0]
+  expected = {"main_loss", "ssl_loss", "ssl_accuracy", "spread_out_loss"}
+  assert expected | {"loss", "regularization_loss", "total_loss"} <= set(
+    history
+  )
+  # The seed step and the streaming estimator advance once per step.
+  assert int(model.seed_step) == 48 and int(model.sampling.step) == 48
+
+
+OPTIONS = [
+  {"model.loss": "softmax", "model.logq": "none"},
+  {"model.loss": "softmax", "model.logq": "static"},
+  {"model.loss": "softmax", "model.logq": "streaming"},
+  {"model.loss": "softmax", "model.estimator_hashes": 3},
+  {"model.loss": "pointwise", "model.logq": "static"},
+  {"model.loss": "pairwise", "model.logq": "streaming"},
+  {"model.loss": "pairwise", "model.pairwise_loss": "hinge"},
+  {"model.hard_negatives": 4},
+  {"model.mixed_negatives": 8, "model.mixed_negative_sampling": "uniform"},
+  {"model.mixed_negatives": 8, "model.mixed_negative_sampling": "unigram"},
+  {"model.remove_accidental_hits": False, "model.logq": "none"},
+  {"model.feature_dropout": 0.3, "model.spread_out_weight": 0.5},
+  {"ssl.masking": "rfm", "ssl.dropout_rate": 0.0},
+  {"ssl.masking": "random", "ssl.mask_rate": 0.3},
+  {"ssl.masking": "none", "ssl.dropout_rate": 0.5},
+]
+
+
+@pytest.mark.parametrize("overrides", OPTIONS, ids=lambda o: str(o)[:60])
+def test_every_option_trains_a_step(dataset, overrides):
+  model = _model(dataset, **overrides)
+  batch = _batch(dataset)
+  variables = model.trainable_variables
+  with tf.GradientTape() as tape:
+    loss = model.compute_loss(batch, training=True)
+  grads = tape.gradient(loss, variables)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  norms = [
+    float(tf.norm(tf.convert_to_tensor(g))) for g in grads if g is not None
+  ]
+  assert all(np.isfinite(norms)) and sum(norms) > 0
+  if overrides.get("model.spread_out_weight"):
+    assert float(model.spread_out_tracker.result()) > 0
+
+
+def test_feature_dropout_only_in_training(dataset):
+  model = _model(
+    dataset, **{"model.feature_dropout": 0.5, "model.logq": "none"}
+  )
+  batch = _batch(dataset)
+  model.config.ssl.alpha = 0.0
+  evals = {float(model.compute_loss(batch, training=False)) for _ in range(2)}
+  trains = {float(model.compute_loss(batch, training=True)) for _ in range(3)}
+  assert len(evals) == 1 and len(trains) == 3
+
+
+def test_checkpoint_round_trip(dataset, tmp_path):
+  model = _model(dataset)
+  model.compile(optimizer=tf_keras.optimizers.Adagrad(0.1))
+  data = model_fakes.as_dataset(model_fakes.batches(dataset, num_batches=3))
+  model.fit(data, epochs=1, verbose=0)
+  path = tf.train.Checkpoint(model=model).save(os.path.join(tmp_path, "ck"))
+  clone = _model(dataset, seed=5)
+  tf.train.Checkpoint(model=clone).restore(
+    path
+  ).assert_existing_objects_matched()
+  batch = _batch(dataset, seed=3)
+  np.testing.assert_allclose(
+    clone.item_tower(batch["item"]), model.item_tower(batch["item"])
+  )
+  assert int(clone.sampling.step) == 3 and int(clone.seed_step) == 3
+  np.testing.assert_allclose(
+    _components(clone, batch), _components(model, batch), rtol=1e-6
+  )
+
+
+def test_config_errors_are_clear(dataset):
+  with pytest.raises(model_lib.ModelConfigError, match=r"ssl\.batch_size=16"):
+    _model(dataset, **{"model.mixed_negatives": 64})
+  bad = model_fakes.tiny_dataset()
+  bad.mutual_information = np.eye(2, dtype=np.float32)
+  with pytest.raises(model_lib.ModelConfigError, match="mutual_information"):
+    _model(bad)
+  model = _model(dataset)
+  batch = dict(_batch(dataset))
+  del batch["ssl_item"]
+  with pytest.raises(ValueError, match="needs batch\\['ssl_item'\\]"):
+    model.compute_loss(batch, training=True)
+  # Evaluation streams may omit the SSL items: main loss only.
+  assert np.isfinite(float(model.compute_loss(batch, training=False)))
+
+
+def test_mixed_negatives_use_the_expected_count_correction(dataset):
+  # The main loss must equal RetrievalLoss over [positives; 8 uniform
+  # negatives] with log_q = log(B p_j + M q_j), q_j = 1 / N for every
+  # candidate (positives included).
+  model = _model(
+    dataset,
+    **{
+      "ssl.alpha": 0.0,
+      "model.logq": "static",
+      "model.mixed_negatives": 8,
+      "model.mixed_negative_sampling": "uniform",
+    },
+  )
+  batch = _batch(dataset)
+  loss = model.compute_loss(batch, training=False)
+  extra = {k: v[:8] for k, v in batch["ssl_item"].items()}
+  ids = tf.concat([batch["item_index"], batch["ssl_item_index"][:8]], 0)
+  candidates = tf.concat(
+    [model.item_tower(batch["item"]), model.item_tower(extra)], 0
+  )
+  counts = dataset.item_train_count.astype(np.float64)
+  p = 32 * np.maximum(counts, 1.0) / counts.sum()  # B * count / total
+  log_q = np.log(p[ids.numpy()] + 8 / dataset.num_items)
+  reference = model.retrieval.__class__.from_config(
+    model.retrieval.get_config()
+  )
+  want = reference(
+    model.query_tower(batch["query"]),
+    candidates,
+    candidate_ids=ids,
+    log_q=tf.constant(log_q, tf.float32),
+    sample_weight=batch["weight"],
+  )
+  assert float(loss) == pytest.approx(float(want), rel=1e-5)
+
+
+def test_unigram_proposal_probability(dataset):
+  model = _model(
+    dataset,
+    **{
+      "model.mixed_negatives": 4,
+      "model.mixed_negative_sampling": "unigram",
+      "model.mixed_negative_beta": 0.5,
+    },
+  )
+  counts = dataset.item_train_count.astype(np.float64)
+  want = np.sqrt(counts) / np.sqrt(counts).sum()  # count^.5 / Z
+  got = model._proposal_probability(tf.range(dataset.num_items)).numpy()
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  uniform = _model(dataset, **{"model.mixed_negatives": 4})
+  np.testing.assert_allclose(
+    uniform._proposal_probability(tf.constant([0, 5])), [1 / 24, 1 / 24]
+  )

@@ -1,0 +1,133 @@
+"""The one code path from raw columns to a `PreparedDataset`.
+
+Every source (synthetic, MovieLens, CSV) only parses its files into
+`RawData`; this module turns raw values into ids, resolves interactions to
+corpus and query rows, orders each query's history, splits, and computes the
+statistics. Checks that need the whole data (duplicate ids, an interaction
+whose item is not in the corpus) live here and still name the file and line.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from tfr_ssl.config import DataConfig
+from tfr_ssl.data import encode, splits, stats
+from tfr_ssl.data.contract import Interactions, PreparedDataset
+from tfr_ssl.data.errors import DataError
+from tfr_ssl.data.raw import RawData, RawTable
+
+
+def _query_table(raw: RawData) -> RawTable:
+  """The query table, or one made of the ids seen in interactions."""
+  if raw.queries is not None:
+    return raw.queries
+  keys = raw.interactions.query_key
+  _, first = np.unique(keys, return_index=True)
+  return RawTable(
+    path=raw.interactions.path,
+    columns={raw.schema.query_id: keys[np.sort(first)]},
+    lines=None,
+  )
+
+
+def _rows(table: RawTable, id_name: str, raw: RawData, key: str) -> np.ndarray:
+  """Table row of every interaction's key; unknown keys are a DataError."""
+  interactions = raw.interactions
+  keys = getattr(interactions, f"{key}_key")
+  rows = encode.lookup(table.columns[id_name], keys)
+  unknown = np.flatnonzero(rows < 0)
+  if unknown.size:
+    row = int(unknown[0])
+    what = "item is not in the corpus" if key == "item" else "unknown query"
+    raise DataError(
+      f"{what}: {str(keys[row])!r} is not an id in "
+      f"{os.path.basename(table.path)} ({unknown.size} such rows)",
+      path=interactions.path,
+      line=interactions.line(row),
+      column=getattr(interactions, f"{key}_column"),
+    )
+  return rows
+
+
+def build_prepared(
+  raw: RawData, config: DataConfig, version: str = ""
+) -> PreparedDataset:
+  """Prepares raw columns per the data config.
+
+  Args:
+    raw: What a source read.
+    config: Split kind, fractions and seed.
+    version: The cache version the result will be stored under.
+
+  Returns:
+    The prepared dataset.
+
+  Raises:
+    DataError: duplicate ids, interactions with unknown items or queries, no
+      interactions, or a temporal split without timestamps.
+  """
+  schema = raw.schema
+  interactions = raw.interactions
+  if len(interactions) == 0:
+    raise DataError("no interactions", path=interactions.path)
+  items, vocabularies = encode.encode_table(
+    raw.items, schema.item_features, schema.item_id
+  )
+  query_table = _query_table(raw)
+  queries, query_vocabularies = encode.encode_table(
+    query_table, schema.query_features, schema.query_id
+  )
+  vocabularies.update(query_vocabularies)
+  item_rows = _rows(raw.items, schema.item_id, raw, "item")
+  query_rows = _rows(query_table, schema.query_id, raw, "query")
+
+  weight = interactions.weight
+  weight = (
+    np.ones(len(interactions), np.float32)
+    if weight is None
+    else weight.astype(np.float32)
+  )
+  timestamp = interactions.timestamp
+  previous = splits.previous_items(query_rows, item_rows, timestamp)
+  rows = splits.split_rows(
+    config.split,
+    num_interactions=len(interactions),
+    timestamp=timestamp,
+    validation_fraction=config.validation_fraction,
+    test_fraction=config.test_fraction,
+    train_fraction=config.train_fraction,
+    seed=config.seed,
+    path=interactions.path,
+    no_timestamp_reason=interactions.no_timestamp_reason,
+  )
+  split_data = {
+    name: Interactions(
+      query_index=query_rows[r].astype(np.int32),
+      item_index=item_rows[r].astype(np.int32),
+      weight=weight[r],
+      timestamp=None if timestamp is None else timestamp[r].astype(np.int64),
+      prev_item_index=previous[r],
+    )
+    for name, r in rows.items()
+  }
+  train = split_data["train"]
+  num_items = len(raw.items)
+  num_queries = len(query_table)
+  return PreparedDataset(
+    schema=schema,
+    vocabularies=vocabularies,
+    items=items,
+    queries=queries,
+    splits=split_data,
+    item_train_count=stats.item_train_count(train.item_index, num_items),
+    mutual_information=stats.mutual_information(
+      items, [f.name for f in schema.item_features]
+    ),
+    train_items_by_query=stats.items_by_query(
+      train.query_index, train.item_index, num_queries
+    ),
+    version=version,
+  )

@@ -1,0 +1,69 @@
+"""Plain-text report of `describe()` statistics, for people and logs."""
+
+from __future__ import annotations
+
+
+def _numeric(cell: str) -> bool:
+  return cell.replace(",", "").replace(".", "").isdigit()
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+  """Aligned columns: numbers to the right, text to the left."""
+  columns = list(zip(*rows, strict=True))
+  widths = [max(len(cell) for cell in column) for column in columns]
+  right = [all(_numeric(c) for c in column[1:]) for column in columns]
+  return [
+    "  ".join(
+      cell.rjust(w) if r else cell.ljust(w)
+      for cell, w, r in zip(row, widths, right, strict=True)
+    ).rstrip()
+    for row in rows
+  ]
+
+
+def format_description(stats: dict) -> str:
+  """Formats a `describe()` dict as an aligned text report.
+
+  Example:
+    >>> print(format_description(describe(prepared)))
+  """
+  splits = stats["interactions"]
+  lines = [
+    f"version       {stats['version']}",
+    f"items         {stats['num_items']:,} "
+    f"({stats['train_items_seen']:,} seen in training)",
+    f"queries       {stats['num_queries']:,}",
+    "interactions  "
+    + "  ".join(f"{name} {count:,}" for name, count in splits.items())
+    + f"  (timestamps: {'yes' if stats['has_timestamps'] else 'no'})",
+    f"popularity    top 10% of items hold {stats['top10_share']:.1%} of "
+    f"training interactions; gini {stats['gini']:.3f}",
+    f"cold items    {stats['cold_test_items']:,} test items never seen in "
+    f"training ({stats['cold_test_share']:.2%} of test interactions)",
+    f"item-to-item  {stats['item_to_item_train']:,} training interactions "
+    "have a previous item",
+    "",
+    "features",
+  ]
+  rows = [["  name", "kind", "role", "vocabulary", "max_len"]]
+  for f in stats["features"]:
+    rows.append(
+      [
+        f"  {f['name']}",
+        f["kind"],
+        f["role"],
+        f"{f['vocabulary_size']:,}",
+        str(f["max_len"]),
+      ]
+    )
+  lines += _table(rows)
+  mi = stats["mutual_information"]
+  lines += [
+    "",
+    "mutual information between item features (nats; diagonal = entropy)",
+  ]
+  rows = [["  ", *mi["features"]]]
+  for name, values in zip(mi["features"], mi["matrix"], strict=True):
+    rows.append([f"  {name}", *(f"{v:.3f}" for v in values)])
+  lines += _table(rows)
+  return "\n".join(lines)

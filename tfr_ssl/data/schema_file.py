@@ -1,0 +1,194 @@
+"""schema.json of the CSV source: parsing and validation.
+
+The file declares every feature (name = column, kind, role), which feature
+is the item id and which the query (user) id, and how interactions.csv names
+its columns. The exact format is documented in data/README.md. Every mistake
+is a DataError that names schema.json and the line of the offending entry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+
+from tfr_ssl.data.contract import KINDS, QUERY, ROLES, Feature, Schema
+from tfr_ssl.data.errors import DataError
+from tfr_ssl.data.files import read_text
+
+_TOP_KEYS = {"features", "item_id", "query_id", "interactions"}
+_FEATURE_KEYS = {"name", "kind", "role"}
+_INTERACTION_KEYS = {"query", "item", "weight", "timestamp"}
+
+
+@dataclasses.dataclass(frozen=True)
+class CsvSchema:
+  """A parsed schema.json.
+
+  Attributes:
+    schema: The features.
+    query_column: interactions.csv column of the query id.
+    item_column: interactions.csv column of the item id.
+    weight_column: interactions.csv column of the weight, or None.
+    timestamp_column: interactions.csv column of the timestamp, or None.
+  """
+
+  schema: Schema
+  query_column: str
+  item_column: str
+  weight_column: str | None
+  timestamp_column: str | None
+
+  @property
+  def needs_users(self) -> bool:
+    """Whether query features other than the id require users.csv."""
+    return len(self.schema.query_features) > 1
+
+
+def _line_of(text: str, *needles: str, start: int = 0) -> int | None:
+  """1-based line of the first JSON string literal among `needles`."""
+  for needle in needles:
+    position = text.find(json.dumps(needle), start)
+    if position >= 0:
+      return text.count("\n", 0, position) + 1
+  return None
+
+
+def _string(value, text: str, path: str, key: str) -> str:
+  if not isinstance(value, str) or not value.strip():
+    raise DataError(
+      f"must be a non-empty string, got {value!r}",
+      path=path,
+      line=_line_of(text, key),
+      column=key,
+    )
+  return value
+
+
+def parse(path: str) -> CsvSchema:
+  """Reads and validates schema.json.
+
+  Raises:
+    DataError: invalid JSON, unknown keys, a missing or unknown kind/role, an
+      id that is not a categorical feature of the right role.
+  """
+  text = read_text(path, "utf-8")
+  try:
+    values = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise DataError(
+      f"invalid JSON: {e.msg} (character {e.colno})", path=path, line=e.lineno
+    ) from None
+  if not isinstance(values, dict):
+    raise DataError("must be a JSON object", path=path, line=1)
+  unknown = sorted(set(values) - _TOP_KEYS)
+  if unknown:
+    raise DataError(
+      f"unknown key (expected {sorted(_TOP_KEYS)})",
+      path=path,
+      line=_line_of(text, unknown[0]),
+      column=unknown[0],
+    )
+  for key in ("features", "item_id", "query_id"):
+    if key not in values:
+      raise DataError(f"missing required key {key!r}", path=path)
+  entries = values["features"]
+  if not isinstance(entries, list) or not entries:
+    raise DataError(
+      "'features' must be a non-empty list",
+      path=path,
+      line=_line_of(text, "features"),
+      column="features",
+    )
+  features = [_feature(entry, text, path) for entry in entries]
+  try:
+    schema = Schema(
+      features=tuple(features),
+      item_id=_string(values["item_id"], text, path, "item_id"),
+      query_id=_string(values["query_id"], text, path, "query_id"),
+    )
+  except ValueError as e:
+    raise DataError(str(e), path=path) from None
+
+  columns = values.get("interactions", {})
+  if not isinstance(columns, dict):
+    raise DataError(
+      "'interactions' must be an object",
+      path=path,
+      line=_line_of(text, "interactions"),
+      column="interactions",
+    )
+  unknown = sorted(set(columns) - _INTERACTION_KEYS)
+  if unknown:
+    raise DataError(
+      f"unknown key in 'interactions' (expected {sorted(_INTERACTION_KEYS)})",
+      path=path,
+      line=_line_of(text, unknown[0]),
+      column=unknown[0],
+    )
+  optional = {}
+  for key in ("weight", "timestamp"):
+    value = columns.get(key)
+    optional[key] = None if value is None else _string(value, text, path, key)
+  return CsvSchema(
+    schema=schema,
+    query_column=_string(
+      columns.get("query", schema.query_id), text, path, "query"
+    ),
+    item_column=_string(
+      columns.get("item", schema.item_id), text, path, "item"
+    ),
+    weight_column=optional["weight"],
+    timestamp_column=optional["timestamp"],
+  )
+
+
+def _feature(entry, text: str, path: str) -> Feature:
+  if not isinstance(entry, dict):
+    raise DataError(
+      f"each feature must be an object with {sorted(_FEATURE_KEYS)}, got "
+      f"{entry!r}",
+      path=path,
+      line=_line_of(text, "features"),
+      column="features",
+    )
+  name = entry.get("name")
+  start, where = 0, None
+  if isinstance(name, str):
+    found = re.search(r'"name"\s*:\s*' + re.escape(json.dumps(name)), text)
+    if found:
+      start = found.start()
+      where = text.count("\n", 0, start) + 1
+  unknown = sorted(set(entry) - _FEATURE_KEYS)
+  if unknown:
+    raise DataError(
+      f"unknown key in feature {name!r} (expected {sorted(_FEATURE_KEYS)})",
+      path=path,
+      line=_line_of(text, unknown[0], start=start) or where,
+      column=unknown[0],
+    )
+  name = _string(name, text, path, "name")
+  kind = entry.get("kind")
+  if kind not in KINDS:
+    raise DataError(
+      f"feature {name!r}: kind must be one of {list(KINDS)}, got {kind!r}",
+      path=path,
+      line=(
+        _line_of(text, kind, start=start) if isinstance(kind, str) else None
+      )
+      or where,
+      column="kind",
+    )
+  role = entry.get("role")
+  if role not in ROLES:
+    raise DataError(
+      f"feature {name!r}: role must be one of {list(ROLES)} ({QUERY!r} "
+      f"features are columns of users.csv), got {role!r}",
+      path=path,
+      line=(
+        _line_of(text, role, start=start) if isinstance(role, str) else None
+      )
+      or where,
+      column="role",
+    )
+  return Feature(name=name, kind=kind, role=role)

@@ -1,0 +1,219 @@
+"""Statistics of a prepared dataset: item frequencies, seen items, feature MI.
+
+Mutual information between item features is what correlated feature masking
+(CFM) uses to mask related features together. For multi-valued features each
+item contributes a total weight of 1, spread evenly over the cross product of
+its two bags: an item with genres {a, b} and decade {x} adds 1/2 to (a, x)
+and 1/2 to (b, x). The marginals of that joint are the "spread" marginals
+(each value of a bag of size k gets 1/k), so the diagonal, the entropy of a
+feature, is consistent with the off-diagonal terms: 0 <= MI(a, b) <=
+min(H(a), H(b)). Units are nats. All pairs are accumulated in one streaming
+pass over the corpus, chunk by chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from tfr_ssl.data.contract import PAD, PreparedDataset
+
+# Joint tables up to this many cells are accumulated densely (bincount);
+# larger ones (e.g. item id x tags) as sparse (code, weight) lists.
+_DENSE_CELLS = 1 << 20
+_COMPACT_AT = 1 << 22
+
+
+def item_train_count(item_rows: np.ndarray, num_items: int) -> np.ndarray:
+  """int64 [num_items]: how often each corpus row occurs in `item_rows`."""
+  return np.bincount(item_rows, minlength=num_items).astype(np.int64)
+
+
+def items_by_query(
+  query_rows: np.ndarray, item_rows: np.ndarray, num_queries: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """CSR of the distinct items each query interacted with.
+
+  Returns:
+    (indptr int64 [num_queries + 1], indices int32 [nnz]); the items of query
+    q are `indices[indptr[q]:indptr[q + 1]]`, sorted ascending.
+  """
+  num_items = int(item_rows.max(initial=-1)) + 1
+  codes = np.unique(query_rows.astype(np.int64) * max(num_items, 1) + item_rows)
+  queries = codes // max(num_items, 1)
+  counts = np.bincount(queries, minlength=num_queries)
+  indptr = np.zeros(num_queries + 1, dtype=np.int64)
+  np.cumsum(counts, out=indptr[1:])
+  return indptr, (codes % max(num_items, 1)).astype(np.int32)
+
+
+def _spread(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """[rows, L] ids and weights; each row's valid entries share weight 1."""
+  if ids.ndim == 1:
+    return ids[:, None], np.ones((ids.shape[0], 1))
+  valid = ids != PAD
+  sizes = np.maximum(valid.sum(axis=1, keepdims=True), 1)
+  return np.where(valid, ids, 0), valid / sizes
+
+
+class _Joint:
+  """Accumulates weights of (a, b) value pairs, densely or sparsely."""
+
+  def __init__(self, size_a: int, size_b: int):
+    self.size_b = size_b
+    self.dense = None
+    if size_a * size_b <= _DENSE_CELLS:
+      self.dense = np.zeros(size_a * size_b)
+    self.codes, self.weights, self.pending = [], [], 0
+
+  def add(self, codes: np.ndarray, weights: np.ndarray) -> None:
+    if self.dense is not None:
+      self.dense += np.bincount(
+        codes, weights=weights, minlength=self.dense.shape[0]
+      )
+      return
+    self.codes.append(codes)
+    self.weights.append(weights)
+    self.pending += codes.shape[0]
+    if self.pending > _COMPACT_AT:
+      codes, weights = self.compact()
+      self.codes, self.weights = [codes], [weights]
+      self.pending = codes.shape[0]
+
+  def compact(self) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct codes, summed weights)."""
+    if self.dense is not None:
+      codes = np.flatnonzero(self.dense)
+      return codes, self.dense[codes]
+    codes = np.concatenate(self.codes)
+    unique, inverse = np.unique(codes, return_inverse=True)
+    return unique, np.bincount(
+      inverse.reshape(-1), weights=np.concatenate(self.weights)
+    )
+
+
+def mutual_information(
+  items: Mapping[str, np.ndarray],
+  names: Sequence[str],
+  chunk_rows: int = 8192,
+) -> np.ndarray:
+  """The MI matrix between item features, in one pass over the corpus.
+
+  Args:
+    items: feature name -> ids, [num_items] or [num_items, L] padded with
+      PAD (an OOV id 0 is an ordinary value here).
+    names: The features, in matrix order.
+    chunk_rows: Corpus rows per streamed chunk.
+
+  Returns:
+    float32 [F, F], symmetric, MI in nats; the diagonal is each feature's
+    entropy.
+  """
+  count = len(names)
+  num_items = int(items[names[0]].shape[0]) if count else 0
+  sizes = [int(items[n].max(initial=0)) + 1 for n in names]
+  marginals = [np.zeros(size) for size in sizes]
+  joints = {
+    (a, b): _Joint(sizes[a], sizes[b])
+    for a in range(count)
+    for b in range(a + 1, count)
+  }
+  for start in range(0, num_items, chunk_rows):
+    spread = [_spread(items[n][start : start + chunk_rows]) for n in names]
+    for f, (ids, weights) in enumerate(spread):
+      marginals[f] += np.bincount(
+        ids.ravel(), weights=weights.ravel(), minlength=sizes[f]
+      )
+    for (a, b), joint in joints.items():
+      ids_a, w_a = spread[a]
+      ids_b, w_b = spread[b]
+      # The cross product of the two bags of every row: [rows, La, Lb].
+      codes = ids_a[:, :, None].astype(np.int64) * sizes[b] + ids_b[:, None]
+      weights = w_a[:, :, None] * w_b[:, None, :]
+      keep = weights > 0
+      joint.add(codes[keep], weights[keep])
+  matrix = np.zeros((count, count))
+  if num_items == 0:
+    return matrix.astype(np.float32)
+  probabilities = [m / num_items for m in marginals]
+  for f, p in enumerate(probabilities):
+    p = p[p > 0]
+    matrix[f, f] = -(p * np.log(p)).sum()
+  for (a, b), joint in joints.items():
+    codes, weights = joint.compact()
+    joint_p = weights / num_items
+    p_a = probabilities[a][codes // sizes[b]]
+    p_b = probabilities[b][codes % sizes[b]]
+    value = (joint_p * (np.log(joint_p) - np.log(p_a) - np.log(p_b))).sum()
+    matrix[a, b] = matrix[b, a] = max(value, 0.0)
+  return matrix.astype(np.float32)
+
+
+def gini(counts: np.ndarray) -> float:
+  """Gini coefficient of non-negative counts (0 = equal, ->1 = skewed)."""
+  x = np.sort(np.asarray(counts, dtype=np.float64))
+  n, total = x.shape[0], x.sum()
+  if n == 0 or total == 0:
+    return 0.0
+  ranks = np.arange(1, n + 1)
+  return float(((2 * ranks - n - 1) * x).sum() / (n * total))
+
+
+def top_share(counts: np.ndarray, fraction: float = 0.1) -> float:
+  """Share of the total held by the top `fraction` of entries."""
+  counts = np.asarray(counts, dtype=np.float64)
+  total = counts.sum()
+  if total == 0:
+    return 0.0
+  top = max(1, int(np.ceil(counts.shape[0] * fraction)))
+  return float(np.sort(counts)[::-1][:top].sum() / total)
+
+
+def describe(prepared: PreparedDataset) -> dict:
+  """Statistics of a prepared dataset, as a JSON-ready dict.
+
+  Keys: version, num_items, num_queries, interactions (per split),
+  has_timestamps, features (name, kind, role, vocabulary_size, max_len),
+  train_items_seen, top10_share (share of training interactions held by the
+  10% most frequent items), gini (of training counts over the corpus),
+  cold_test_items / cold_test_share (test items never seen in training, and
+  the share of test interactions they take), item_to_item_train (training
+  rows that have a previous item), mutual_information ({features, matrix}).
+  """
+  counts = prepared.item_train_count
+  test_items = prepared.splits["test"].item_index
+  cold = counts[test_items] == 0
+  features = []
+  for feature in prepared.schema.features:
+    table = prepared.items if feature.role == "item" else prepared.queries
+    values = table[feature.name]
+    features.append(
+      {
+        "name": feature.name,
+        "kind": feature.kind,
+        "role": feature.role,
+        "vocabulary_size": prepared.vocabulary_size(feature.name),
+        "max_len": int(values.shape[1]) if values.ndim == 2 else 1,
+      }
+    )
+  return {
+    "version": prepared.version,
+    "num_items": prepared.num_items,
+    "num_queries": prepared.num_queries,
+    "interactions": {name: len(s) for name, s in prepared.splits.items()},
+    "has_timestamps": prepared.splits["train"].timestamp is not None,
+    "features": features,
+    "train_items_seen": int((counts > 0).sum()),
+    "top10_share": top_share(counts, 0.1),
+    "gini": gini(counts),
+    "cold_test_items": int(np.unique(test_items[cold]).shape[0]),
+    "cold_test_share": float(cold.mean()) if cold.shape[0] else 0.0,
+    "item_to_item_train": int(
+      (prepared.splits["train"].prev_item_index >= 0).sum()
+    ),
+    "mutual_information": {
+      "features": [f.name for f in prepared.schema.item_features],
+      "matrix": np.round(prepared.mutual_information, 6).tolist(),
+    },
+  }

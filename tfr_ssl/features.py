@@ -1,0 +1,284 @@
+"""Feature encoders and towers built from the dataset schema.
+
+A `FeatureEncoder` turns a dict of integer feature ids into one embedding per
+feature: a table lookup for a categorical feature, a masked mean over the bag
+for a multi-valued one. Every feature also owns a learned *default* embedding
+that stands in for the feature when it is masked (the SSL augmentations and
+the feature-dropout baseline) or missing (an empty bag, a negative id). A
+`Tower` is an encoder followed by an MLP and L2 normalisation.
+
+The item encoder is one object shared by the item tower, the SSL task and, in
+`item_to_item` mode, the query tower, so all of them train the same tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import tensorflow as tf
+import tf_keras
+
+from tfr_ssl.data import contract
+
+_SERIALIZABLE = "tfr_ssl"
+
+
+def feature_specs(
+  dataset: contract.PreparedDataset, role: str
+) -> list[dict[str, Any]]:
+  """Encoder specs of the `role` features of `dataset`, in schema order.
+
+  Args:
+    dataset: The prepared dataset (schema and vocabularies).
+    role: `item` or `query`.
+
+  Returns:
+    One dict per feature: `name`, `vocabulary_size` (OOV row included) and
+    `multi` (True for a bag of values).
+  """
+  if role not in contract.ROLES:
+    raise ValueError(f"role must be one of {list(contract.ROLES)}: {role!r}.")
+  features = [f for f in dataset.schema.features if f.role == role]
+  return [
+    {
+      "name": f.name,
+      "vocabulary_size": dataset.vocabulary_size(f.name),
+      "multi": f.multi,
+    }
+    for f in features
+  ]
+
+
+def _variable_name(feature: str) -> str:
+  # Variable names may not hold every character a column name can.
+  return re.sub(r"[^A-Za-z0-9_.\-]", "_", feature)
+
+
+@tf_keras.saving.register_keras_serializable(package=_SERIALIZABLE)
+class FeatureEncoder(tf_keras.layers.Layer):
+  """Embeds a dict of categorical feature ids, with per-feature defaults.
+
+  Single-valued features are int ids `[B]`; a negative id counts as missing.
+  Multi-valued features are `[B, L]` ids padded with `PAD = -1`; the feature
+  embedding is the mean of the non-padding values' embeddings. A feature is
+  replaced by its learned default embedding when it is masked
+  (`feature_mask[b, f]` true), missing, or an all-padding bag, so "no
+  information" has one learned representation per feature.
+
+  Args:
+    features: Specs in a fixed order, each a dict with `name`,
+      `vocabulary_size` (rows of the table; id 0 is OOV) and `multi`.
+    embedding_dim: Width D of every embedding.
+    **kwargs: Passed to `tf_keras.layers.Layer`.
+
+  Example:
+    >>> encoder = FeatureEncoder(
+    ...   [{"name": "id", "vocabulary_size": 5, "multi": False},
+    ...    {"name": "tags", "vocabulary_size": 4, "multi": True}], 8)
+    >>> x = encoder({"id": tf.constant([1, 2]),
+    ...              "tags": tf.constant([[1, 3], [2, -1]])})
+    >>> x.shape  # [B, F * D]
+    TensorShape([2, 16])
+  """
+
+  def __init__(
+    self,
+    features: Sequence[Mapping[str, Any]],
+    embedding_dim: int,
+    **kwargs: Any,
+  ):
+    super().__init__(**kwargs)
+    if not features:
+      raise ValueError(f"{self.name}: an encoder needs at least one feature.")
+    self._specs = [
+      {
+        "name": str(f["name"]),
+        "vocabulary_size": int(f["vocabulary_size"]),
+        "multi": bool(f["multi"]),
+      }
+      for f in features
+    ]
+    for spec in self._specs:
+      if spec["vocabulary_size"] < 1:
+        raise ValueError(
+          f"{self.name}: feature {spec['name']!r} needs a vocabulary_size "
+          f">= 1, got {spec['vocabulary_size']}."
+        )
+    self.embedding_dim = int(embedding_dim)
+    self.tables = [
+      self.add_weight(
+        name=f"{_variable_name(spec['name'])}_embeddings",
+        shape=(spec["vocabulary_size"], self.embedding_dim),
+        initializer=self._initializer(),
+      )
+      for spec in self._specs
+    ]
+    self.defaults = self.add_weight(
+      name="default_embeddings",
+      shape=(len(self._specs), self.embedding_dim),
+      initializer=self._initializer(),
+    )
+
+  def _initializer(self) -> tf_keras.initializers.Initializer:
+    # A fresh instance per table: one unseeded instance reused would give
+    # every table the same values.
+    return tf_keras.initializers.TruncatedNormal(
+      stddev=self.embedding_dim**-0.5
+    )
+
+  @property
+  def feature_names(self) -> list[str]:
+    return [spec["name"] for spec in self._specs]
+
+  @property
+  def multi_feature_names(self) -> list[str]:
+    return [spec["name"] for spec in self._specs if spec["multi"]]
+
+  @property
+  def num_features(self) -> int:
+    return len(self._specs)
+
+  @property
+  def output_dim(self) -> int:
+    return self.num_features * self.embedding_dim
+
+  def embed(
+    self,
+    features: Mapping[str, tf.Tensor],
+    feature_mask: tf.Tensor | None = None,
+  ) -> tf.Tensor:
+    """Per-feature embeddings, stacked.
+
+    Args:
+      features: feature name -> ids `[B]` or `[B, L]`; extra keys ignored.
+      feature_mask: Optional `[B, F]` (bool or number, nonzero = masked), in
+        the encoder's feature order; a `[F]` mask applies to every row.
+
+    Returns:
+      float32 `[B, F, D]`.
+    """
+    columns = []
+    for index, (spec, table) in enumerate(
+      zip(self._specs, self.tables, strict=True)
+    ):
+      ids = self._ids(features, spec)
+      safe = tf.maximum(ids, 0)
+      if spec["multi"]:
+        valid = tf.cast(ids >= 0, tf.float32)[..., tf.newaxis]
+        count = tf.reduce_sum(valid, axis=1)
+        total = tf.reduce_sum(tf.gather(table, safe) * valid, axis=1)
+        embedding = total / tf.maximum(count, 1.0)
+        missing = count[:, 0] == 0
+      else:
+        embedding = tf.gather(table, safe)
+        missing = ids < 0
+      default = self.defaults[index][tf.newaxis, :]
+      columns.append(tf.where(missing[:, tf.newaxis], default, embedding))
+    stacked = tf.stack(columns, axis=1)
+    if feature_mask is None:
+      return stacked
+    mask = tf.cast(feature_mask, tf.bool)
+    if mask.shape.rank == 1:
+      mask = tf.broadcast_to(mask, tf.shape(stacked)[:2])
+    return tf.where(mask[..., tf.newaxis], self.defaults[tf.newaxis], stacked)
+
+  def call(
+    self,
+    features: Mapping[str, tf.Tensor],
+    feature_mask: tf.Tensor | None = None,
+  ) -> tf.Tensor:
+    """Concatenated feature embeddings `[B, F * D]` (see `embed`)."""
+    stacked = self.embed(features, feature_mask)
+    return tf.reshape(stacked, [-1, self.output_dim])
+
+  def _ids(self, features: Mapping[str, tf.Tensor], spec: dict) -> tf.Tensor:
+    name = spec["name"]
+    if name not in features:
+      raise ValueError(
+        f"{self.name}: feature {name!r} is missing from the input dict "
+        f"(got keys {sorted(features)})."
+      )
+    ids = tf.cast(features[name], tf.int32)
+    want = 2 if spec["multi"] else 1
+    if ids.shape.rank is not None and ids.shape.rank != want:
+      kind = "[B, L] (multi-valued)" if spec["multi"] else "[B]"
+      raise ValueError(
+        f"{self.name}: feature {name!r} must have shape {kind}, got "
+        f"{ids.shape}."
+      )
+    return ids
+
+  def get_config(self) -> dict[str, Any]:
+    config = super().get_config()
+    config.update(
+      {
+        "features": [dict(s) for s in self._specs],
+        "embedding_dim": self.embedding_dim,
+      }
+    )
+    return config
+
+
+@tf_keras.saving.register_keras_serializable(package=_SERIALIZABLE)
+class Tower(tf_keras.layers.Layer):
+  """Encoder -> MLP -> L2-normalised embedding.
+
+  Args:
+    encoder: The `FeatureEncoder` (may be shared with another tower).
+    layer_sizes: Widths of the ReLU hidden layers.
+    output_dim: Width of the final linear layer, the embedding width.
+    **kwargs: Passed to `tf_keras.layers.Layer`.
+
+  Example:
+    >>> tower = Tower(encoder, layer_sizes=(32,), output_dim=16)
+    >>> tower(features).shape  # rows have unit L2 norm
+    TensorShape([2, 16])
+  """
+
+  def __init__(
+    self,
+    encoder: FeatureEncoder,
+    layer_sizes: Sequence[int],
+    output_dim: int,
+    **kwargs: Any,
+  ):
+    super().__init__(**kwargs)
+    self.encoder = encoder
+    self.layer_sizes = tuple(int(n) for n in layer_sizes)
+    self.output_dim = int(output_dim)
+    self.hidden = [
+      tf_keras.layers.Dense(n, activation="relu", name=f"hidden_{i}")
+      for i, n in enumerate(self.layer_sizes)
+    ]
+    self.projection = tf_keras.layers.Dense(self.output_dim, name="output")
+
+  def call(
+    self,
+    features: Mapping[str, tf.Tensor],
+    feature_mask: tf.Tensor | None = None,
+    training: bool | None = None,
+  ) -> tf.Tensor:
+    """Embeds `features` (ids, see `FeatureEncoder`) to unit vectors [B, E]."""
+    x = self.encoder(features, feature_mask=feature_mask)
+    for layer in self.hidden:
+      x = layer(x)
+    return tf.math.l2_normalize(self.projection(x), axis=-1)
+
+  def get_config(self) -> dict[str, Any]:
+    config = super().get_config()
+    config.update(
+      {
+        "encoder": tf_keras.layers.serialize(self.encoder),
+        "layer_sizes": list(self.layer_sizes),
+        "output_dim": self.output_dim,
+      }
+    )
+    return config
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> Tower:
+    config = dict(config)
+    config["encoder"] = tf_keras.layers.deserialize(config["encoder"])
+    return cls(**config)

@@ -1,0 +1,412 @@
+"""The two-tower retrieval model with logQ correction and the SSL task.
+
+`TwoTowerModel` is a `tfrs.Model`: it implements only `compute_loss`, and the
+TFRS base class runs the train and test steps (adding Keras regularisation
+losses). Per step:
+
+  L = L_main + alpha * L_ssl + spread_out_weight * L_spread_out
+
+  - L_main: `losses.RetrievalLoss` between the query tower and the item
+    tower over the batch's positives (plus optional mixed negatives), with
+    the `-log p` correction from `sampling.py`.
+  - L_ssl: `tasks.ContrastiveTask` between two augmented views
+    (`augment.py`) of `batch["ssl_item"]`, a uniform sample of the corpus,
+    through the same item tower.
+  - L_spread_out: `losses.spread_out_loss` of the batch's item embeddings
+    (baseline; off by default).
+
+Metrics (running means, reset by `fit` each epoch): `main_loss`, `ssl_loss`,
+`ssl_accuracy`, `spread_out_loss`; the TFRS base adds `loss` (what
+`compute_loss` returned for the last batch), `regularization_loss` (Keras
+layer losses) and `total_loss`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+import tf_keras
+
+from tfr_ssl import augment, features, losses, sampling, tasks
+from tfr_ssl.config import Config
+from tfr_ssl.data import contract
+
+PHASES = ("joint", "ssl_only", "main_only")
+
+# Streams folded into the step seed, one per random draw of a step.
+_SSL_STREAM, _DROPOUT_STREAM, _UNIGRAM_STREAM = 1, 2, 3
+# Seed step of evaluation-time SSL views: fixed, so evaluations compare.
+_EVAL_STEP = (1 << 62) - 1
+
+
+class ModelConfigError(ValueError):
+  """The config does not fit the model or the dataset."""
+
+
+def phase_for_step(config: Config, step: int) -> str:
+  """The phase of training step `step` (0-based) under `config`.
+
+  `schedule="pretrain"`: `ssl_only` for the first `pretrain_steps` steps.
+  Afterwards (and always under `joint`): `joint` when `alpha > 0`, else
+  `main_only`.
+  """
+  if config.train.schedule == "pretrain" and step < config.train.pretrain_steps:
+    return "ssl_only"
+  return "joint" if config.ssl.alpha > 0 else "main_only"
+
+
+class TwoTowerModel(tfrs.Model):
+  """Query tower, item tower, retrieval task and SSL task.
+
+  Towers (both map an int-id feature dict to L2-normalised `[B, output_dim]`
+  embeddings and never augment, so they can be exported as they are):
+    - `model.item_tower(item_features)`: the shared item encoder + MLP.
+    - `model.query_tower(query_features)`: in `user_to_item`, a query
+      encoder over the schema's query features + MLP; in `item_to_item`, the
+      SHARED item encoder + its own MLP over the previous item's features.
+
+  Phase (`model.phase`, a Python attribute; one of `PHASES`):
+    - `joint`: L_main + alpha L_ssl (the paper). alpha = 0 skips the SSL
+      computation entirely, so the loss is exactly the main-only loss.
+    - `ssl_only`: L_ssl alone (weight 1), the pretraining of the item tower
+      of `TrainConfig.schedule = "pretrain"`; only `batch["ssl_item"]` is
+      read, and the sampling estimator is not updated.
+    - `main_only`: L_main alone (fine-tuning after pretraining).
+    The phase is read when a step function is traced. Setting it drops
+    Keras's cached `train_function` / `test_function`, so the next `fit` /
+    `evaluate` retraces; a custom loop that wraps `compute_loss` in its own
+    `tf.function` must build a new one after changing the phase.
+    `phase_for_step(config, step)` gives the phase of a schedule.
+
+  Evaluation (`training=False`, e.g. `model.evaluate`): no feature dropout
+  and no estimator update; the SSL loss is computed only when the batch has
+  `ssl_item`, on views drawn with a fixed seed so evaluations compare.
+
+  Randomness: augmentation, feature dropout and unigram negatives use
+  stateless ops seeded by `[train.seed, step]`, where `step` is a
+  non-trainable counter (saved in checkpoints) advanced once per training
+  call of `compute_loss`; the run is reproducible and resumable.
+
+  Args:
+    config: The run config (model, ssl and train sections are read).
+    dataset: The prepared dataset: schema, vocabulary sizes,
+      `mutual_information` (CFM), `item_train_count` (static logQ and
+      unigram negatives), `num_items` and the item tables.
+    name: Keras model name.
+
+  Example:
+    >>> model = TwoTowerModel(config, dataset)
+    >>> model.compile(optimizer=tf_keras.optimizers.Adagrad(0.05))
+    >>> model.phase = "ssl_only"; model.fit(stream, steps_per_epoch=100)
+    >>> model.phase = "joint"; model.fit(stream, epochs=2)
+  """
+
+  def __init__(
+    self,
+    config: Config,
+    dataset: contract.PreparedDataset,
+    name: str = "two_tower",
+  ):
+    super().__init__(name=name)
+    _validate(config, dataset)
+    self.config = config
+    m, s = config.model, config.ssl
+    self.num_items = dataset.num_items
+    dim = m.embedding_dim
+    self.item_encoder = features.FeatureEncoder(
+      features.feature_specs(dataset, contract.ITEM), dim, name="item_encoder"
+    )
+    self.item_tower = features.Tower(
+      self.item_encoder, m.item_layers, m.output_dim, name="item_tower"
+    )
+    if m.task == "item_to_item":
+      query_encoder = self.item_encoder
+    else:
+      query_encoder = features.FeatureEncoder(
+        features.feature_specs(dataset, contract.QUERY),
+        dim,
+        name="query_encoder",
+      )
+    self.query_tower = features.Tower(
+      query_encoder, m.query_layers, m.output_dim, name="query_tower"
+    )
+    self.retrieval = losses.RetrievalLoss(
+      loss=m.loss,
+      temperature=m.temperature,
+      remove_accidental_hits=m.remove_accidental_hits,
+      num_hard_negatives=m.hard_negatives,
+      pairwise_loss=m.pairwise_loss,
+      margin=m.margin,
+      name="main_task",
+    )
+    self.ssl_task = tasks.ContrastiveTask(s.temperature, name="ssl_task")
+    self.sampling = sampling.make_sampling_source(
+      m.logq,
+      dataset.item_train_count,
+      batch_size=config.train.batch_size,
+      num_buckets=m.estimator_buckets,
+      num_hashes=m.estimator_hashes,
+      learning_rate=m.estimator_lr,
+    )
+    self.augmenter = augment.Augmenter(
+      self.item_encoder.feature_names,
+      self.item_encoder.multi_feature_names,
+      masking=s.masking,
+      mask_rate=s.mask_rate,
+      dropout_rate=s.dropout_rate,
+      mutual_information=(
+        dataset.mutual_information if s.masking == "cfm" else None
+      ),
+    )
+    self.spread_out_tracker = tf_keras.metrics.Mean(name="spread_out_loss")
+    self.seed_step = self.add_weight(
+      name="seed_step",
+      shape=(),
+      dtype=tf.int64,
+      initializer="zeros",
+      trainable=False,
+      aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+    )
+    self._unigram = None
+    self._item_tables = None
+    if m.mixed_negatives and m.mixed_negative_sampling == "unigram":
+      weights = np.power(
+        dataset.item_train_count.astype(np.float64), m.mixed_negative_beta
+      )
+      weights[dataset.item_train_count <= 0] = 0.0
+      # Plain tuples of numpy arrays: constants, not model state.
+      self._unigram = ((weights / weights.sum()).astype(np.float32),)
+      self._item_tables = tuple(
+        (name, np.asarray(dataset.items[name]))
+        for name in self.item_encoder.feature_names
+      )
+    self._phase = "joint"
+    self._build_towers(dataset)
+
+  def embedding_tables(self) -> dict[str, list[tf.Variable]]:
+    """Feature name -> its embedding table variables (one per encoder).
+
+    Warm starting remaps these row by row by raw value when the vocabulary
+    changes; every other variable must keep its shape.
+    """
+    tables: dict[str, list[tf.Variable]] = {}
+    encoders = {id(e): e for e in (self.item_encoder, self.query_tower.encoder)}
+    for encoder in encoders.values():
+      for name, table in zip(
+        encoder.feature_names, encoder.tables, strict=True
+      ):
+        tables.setdefault(name, []).append(table)
+    return tables
+
+  def _build_towers(self, dataset: contract.PreparedDataset) -> None:
+    # Create every weight now (Keras builds dense layers on first call), so
+    # get_weights / set_weights / checkpoints see the whole model at once.
+    def dummy(table):
+      return {name: tf.constant(values[:1]) for name, values in table.items()}
+
+    self.item_tower(dummy(dataset.items))
+    if self.config.model.task == "item_to_item":
+      self.query_tower(dummy(dataset.items))
+    else:
+      self.query_tower(dummy(dataset.queries))
+
+  @property
+  def phase(self) -> str:
+    return self._phase
+
+  @phase.setter
+  def phase(self, value: str) -> None:
+    if value not in PHASES:
+      raise ValueError(f"phase must be one of {list(PHASES)}, got {value!r}.")
+    if value != self._phase:
+      self._phase = value
+      # Keras caches the traced step functions; force a retrace.
+      self.train_function = None
+      self.test_function = None
+
+  def compute_loss(
+    self, inputs: Mapping[str, Any], training: bool = False
+  ) -> tf.Tensor:
+    """The scalar loss of one batch (see the class doc); updates metrics.
+
+    Args:
+      inputs: A batch in the format of `tfr_ssl.data.pipeline` (`query`,
+        `item`, `item_index`, `weight`, `ssl_item`, `ssl_item_index`).
+      training: True in the train step: augments, applies feature dropout,
+        updates the streaming estimator and advances the seed step.
+    """
+    seed = self._seed(training, anchor=tf.nest.flatten(inputs)[0])
+    alpha = float(self.config.ssl.alpha)
+    phase = self._phase
+    with_ssl = phase == "ssl_only" or (phase == "joint" and alpha > 0)
+    if with_ssl and "ssl_item" not in inputs:
+      if training:
+        raise ValueError(
+          f"Phase {phase!r} with ssl.alpha={alpha} needs batch['ssl_item']."
+        )
+      with_ssl = False  # an evaluation stream without SSL items
+    if phase == "ssl_only":
+      return self._ssl_loss(inputs, training, seed)
+    loss = self._main_loss(inputs, training, seed)
+    if with_ssl:
+      loss += alpha * self._ssl_loss(inputs, training, seed)
+    return loss
+
+  def _seed(self, training: bool, anchor: tf.Tensor) -> tf.Tensor:
+    if training:
+      # Advance only when the batch exists: in a traced step whose input
+      # fetch fails (end of an unsized dataset) data-independent ops may
+      # still run.
+      with tf.control_dependencies([anchor]):
+        step = self.seed_step.assign_add(1).read_value()
+    else:
+      step = tf.constant(_EVAL_STEP, tf.int64)
+    seed = tf.stack([tf.constant(self.config.train.seed, tf.int64), step])
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+      replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
+      seed = tf.random.experimental.stateless_fold_in(seed, replica)
+    return seed
+
+  def _main_loss(self, inputs, training, seed) -> tf.Tensor:
+    m = self.config.model
+    item_index = tf.cast(inputs["item_index"], tf.int32)
+    query = self.query_tower(inputs["query"], training=training)
+    mask = None
+    if training and m.feature_dropout > 0:
+      # DropoutNet-style baseline: whole item features -> default embedding.
+      shape = [tf.shape(item_index)[0], self.item_encoder.num_features]
+      draws = tf.random.stateless_uniform(
+        shape,
+        seed=tf.random.experimental.stateless_fold_in(seed, _DROPOUT_STREAM),
+      )
+      mask = draws < m.feature_dropout
+    items = self.item_tower(
+      inputs["item"], feature_mask=mask, training=training
+    )
+    candidates, candidate_ids = items, item_index
+    extra = self._mixed_negatives(inputs, training, seed)
+    if extra is not None:
+      extra_features, extra_ids = extra
+      extra_items = self.item_tower(extra_features, training=training)
+      candidates = tf.concat([items, extra_items], axis=0)
+      candidate_ids = tf.concat([item_index, extra_ids], axis=0)
+    log_q = None
+    if self.sampling is not None:
+      if training:
+        self.sampling.update(item_index)
+      replicas = tf.distribute.get_strategy().num_replicas_in_sync
+      # Per-global-batch probability -> this replica's share of the batch.
+      batch_p = self.sampling.probabilities(candidate_ids) / replicas
+      if extra is None:
+        log_q = losses.mixed_log_q(batch_p)
+      else:
+        # The proposal probability of each candidate's ITEM, whichever
+        # stream the candidate came from (see losses.py).
+        q = self._proposal_probability(candidate_ids)
+        log_q = losses.mixed_log_q(batch_p, q, m.mixed_negatives)
+    weight = inputs.get("weight")
+    loss = self.retrieval(
+      query,
+      candidates,
+      candidate_ids=candidate_ids,
+      log_q=log_q,
+      sample_weight=weight,
+    )
+    if m.spread_out_weight > 0:
+      spread = losses.spread_out_loss(items, item_index)
+      self.spread_out_tracker.update_state(spread)
+      loss += m.spread_out_weight * spread
+    return loss
+
+  def _mixed_negatives(self, inputs, training, seed):
+    """(features, ids) of the extra negatives, or None."""
+    m = self.config.model
+    if not m.mixed_negatives:
+      return None
+    count = m.mixed_negatives
+    if m.mixed_negative_sampling == "uniform":
+      if "ssl_item" not in inputs:
+        if training:
+          raise ValueError(
+            "Uniform mixed negatives need batch['ssl_item'] (the uniform "
+            "item stream)."
+          )
+        return None
+      feats = {k: v[:count] for k, v in inputs["ssl_item"].items()}
+      ids = tf.cast(inputs["ssl_item_index"][:count], tf.int32)
+      return feats, ids
+    (unigram,) = self._unigram
+    logits = tf.math.log(tf.constant(unigram))[tf.newaxis, :]
+    draw_seed = tf.random.experimental.stateless_fold_in(seed, _UNIGRAM_STREAM)
+    ids = tf.random.stateless_categorical(
+      logits, count, seed=draw_seed, dtype=tf.int32
+    )[0]
+    feats = {name: tf.gather(table, ids) for name, table in self._item_tables}
+    return feats, ids
+
+  def _proposal_probability(self, item_index: tf.Tensor) -> tf.Tensor:
+    """Per-draw probability `q_j` of the mixed-negative proposal."""
+    if self._unigram is None:
+      return tf.fill(tf.shape(item_index), 1.0 / self.num_items)
+    (unigram,) = self._unigram
+    return tf.gather(tf.constant(unigram), item_index)
+
+  def _ssl_loss(self, inputs, training, seed) -> tf.Tensor:
+    batch = inputs["ssl_item"]
+    ids = inputs.get("ssl_item_index")
+    view_seed = tf.random.experimental.stateless_fold_in(seed, _SSL_STREAM)
+    view1, mask1, view2, mask2 = self.augmenter(batch, view_seed)
+    # One tower pass over both views stacked: [2N, ...] -> split.
+    names = self.item_encoder.feature_names
+    stacked = {n: tf.concat([view1[n], view2[n]], axis=0) for n in names}
+    masks = tf.concat([mask1, mask2], axis=0)
+    z = self.item_tower(stacked, feature_mask=masks, training=training)
+    z1, z2 = tf.split(z, 2, axis=0)
+    if ids is not None:
+      ids = tf.cast(ids, tf.int32)
+    return self.ssl_task(z1, z2, item_ids=ids)
+
+
+def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
+  m, s = config.model, config.ssl
+  items = dataset.schema.item_features
+  if m.task not in ("user_to_item", "item_to_item"):
+    raise ModelConfigError(f"model.task: unknown task {m.task!r}.")
+  if m.mixed_negatives < 0:
+    raise ModelConfigError("model.mixed_negatives must be >= 0.")
+  if (
+    m.mixed_negatives
+    and m.mixed_negative_sampling == "uniform"
+    and m.mixed_negatives > s.batch_size
+  ):
+    raise ModelConfigError(
+      f"model.mixed_negatives={m.mixed_negatives} uniform negatives are taken "
+      f"from the SSL item stream, which has only ssl.batch_size="
+      f"{s.batch_size} items per step."
+    )
+  if (
+    m.mixed_negatives
+    and m.mixed_negative_sampling == "unigram"
+    and np.sum(dataset.item_train_count) <= 0
+  ):
+    raise ModelConfigError("Unigram mixed negatives need training counts.")
+  if s.masking in ("rfm", "cfm") and len(items) < 2:
+    raise ModelConfigError(
+      f"ssl.masking={s.masking!r} needs at least 2 item features; the "
+      f"schema has {[f.name for f in items]}."
+    )
+  mi = np.asarray(dataset.mutual_information)
+  if s.masking == "cfm" and mi.shape != (len(items), len(items)):
+    raise ModelConfigError(
+      f"dataset.mutual_information is {mi.shape}, expected "
+      f"({len(items)}, {len(items)}) for the item features."
+    )
+  if not 0.0 <= m.feature_dropout < 1.0:
+    raise ModelConfigError("model.feature_dropout must be in [0, 1).")
+  if s.alpha < 0 or m.spread_out_weight < 0:
+    raise ModelConfigError("ssl.alpha and spread_out_weight must be >= 0.")
