@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import logging
 import os
 import sys
 import typing
@@ -20,6 +21,16 @@ from absl import flags
 from tfr_ssl import config as config_lib
 
 FLAGS = flags.FLAGS
+
+
+class _DropChatter(logging.Filter):
+  """Drops TensorFlow's per-save debugging lines from the binaries' logs."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "Sharding callback duration" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_DropChatter())
 
 # Short names for fields whose leaf is ambiguous but has an obvious owner.
 _ALIASES = {"seed": "train.seed", "data_dir": "data.data_dir"}

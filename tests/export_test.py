@@ -70,7 +70,8 @@ def test_saved_tower_gives_the_same_output(tmp_path):
   path = str(tmp_path / "tower")
   tf.saved_model.save(tower, path, signatures={export.SIGNATURE: tower.serve})
   loaded = tf.saved_model.load(path)
-  assert export.load_tower(path) is not None
+  reloaded = export.load_tower(path)
+  assert reloaded.serve is not None
   raw = {"movie": tf.constant(["m2"]), "genres": tf.constant(["Drama"])}
   np.testing.assert_array_equal(loaded.serve(raw).numpy(), tower(raw).numpy())
   signature = loaded.signatures[export.SIGNATURE]

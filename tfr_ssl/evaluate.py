@@ -98,7 +98,8 @@ def item_slices(
     array([False, False,  True, False, False, False, False, False, False,
             True])
   """
-  count = np.asarray(item_train_count)
+  # Signed, so that -count sorts the most frequent first.
+  count = np.asarray(item_train_count).astype(np.int64)
   n = count.shape[0]
   if not 0.0 <= head_fraction <= 1.0:
     raise EvaluationInputError(
@@ -108,7 +109,7 @@ def item_slices(
   # lexsort sorts by its last key first; rows break ties deterministically.
   most_frequent_first = np.lexsort((rows, -count))
   head = np.zeros(n, bool)
-  head[most_frequent_first[: int(round(head_fraction * n))]] = True
+  head[most_frequent_first[: round(head_fraction * n)]] = True
   cold = count == 0
   head &= ~cold
   rank = np.empty(n, np.int64)
@@ -178,30 +179,114 @@ def evaluate_embeddings(
   num_items = items.shape[0]
   if exclude is not None:
     exclude = _check_csr(exclude, queries.shape[0], num_items)
+  if item_train_count is not None and np.shape(item_train_count) != (
+    num_items,
+  ):
+    raise EvaluationInputError(
+      f"item_train_count must have one entry per item ({num_items}), got "
+      f"shape {np.shape(item_train_count)}."
+    )
   k_max = min(ks[-1], num_items)
   positions, target_in_train = _positions(
     queries, items, pairs_query, pairs_item, exclude, k_max, batch_size
   )
 
-  unique_queries = np.unique(pairs_query)
+  metrics = _metrics_from_positions(
+    positions, pairs_query, pairs_item, ks, item_train_count, head_fraction
+  )
+  metrics["num_items"] = int(num_items)
+  metrics["num_pairs_target_in_train"] = int(target_in_train)
+  return metrics
+
+
+def metrics_from_topk(
+  topk_rows: np.ndarray,
+  pairs_query: np.ndarray,
+  pairs_item: np.ndarray,
+  item_train_count: np.ndarray | None = None,
+  ks: Sequence[int] = (10, 50, 100),
+  head_fraction: float = 0.1,
+) -> dict[str, Any]:
+  """The metrics of `evaluate_embeddings` from ready-made top-k lists.
+
+  For retrieval that happened elsewhere, e.g. through the saved index. The
+  exclusion is whatever produced the lists did: the index's `exclude`
+  signature drops every listed id, so unlike `evaluate_embeddings` a
+  held-out item also seen in training is a miss there.
+
+  Args:
+    topk_rows: int [Q, K'], corpus rows retrieved per query, best first;
+      -1 (or any row that is no held-out item) fills missing results.
+    pairs_query: int [P], row of `topk_rows` of each held-out pair.
+    pairs_item: int [P], corpus row of each held-out item.
+    item_train_count: int [N], enables the slices (as in
+      `evaluate_embeddings`).
+    ks: Cut-offs; each must be at most K'.
+    head_fraction: Share of the corpus called head.
+
+  Returns:
+    The same dict as `evaluate_embeddings` (without
+    `num_pairs_target_in_train`; `num_items` only with item_train_count).
+
+  Raises:
+    EvaluationInputError: a K beyond the lists, or pairs out of range.
+  """
+  topk_rows = np.asarray(topk_rows)
+  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
+  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
+  if topk_rows.ndim != 2:
+    raise EvaluationInputError(
+      f"topk_rows must be [queries, k], got shape {topk_rows.shape}."
+    )
+  ks = sorted({int(k) for k in ks})
+  if not ks or ks[0] < 1 or ks[-1] > topk_rows.shape[1]:
+    raise EvaluationInputError(
+      f"ks {ks} need top-k lists of at least {ks[-1] if ks else 1} "
+      f"columns; topk_rows has {topk_rows.shape[1]}."
+    )
+  if pairs_query.shape != pairs_item.shape or pairs_query.ndim != 1:
+    raise EvaluationInputError(
+      "pairs_query and pairs_item must be 1-D of equal length, got shapes "
+      f"{pairs_query.shape} and {pairs_item.shape}."
+    )
+  if pairs_query.size == 0:
+    raise EvaluationInputError("No held-out pairs to evaluate.")
+  bad = np.flatnonzero((pairs_query < 0) | (pairs_query >= len(topk_rows)))
+  if bad.size:
+    raise EvaluationInputError(
+      f"pairs_query[{bad[0]}] = {pairs_query[bad[0]]} is outside "
+      f"[0, {len(topk_rows)})."
+    )
+  k_max = ks[-1]
+  hits = topk_rows[pairs_query, :k_max] == pairs_item[:, np.newaxis]
+  positions = np.where(hits.any(axis=1), hits.argmax(axis=1), k_max)
+  metrics = _metrics_from_positions(
+    positions, pairs_query, pairs_item, ks, item_train_count, head_fraction
+  )
+  if item_train_count is not None:
+    metrics["num_items"] = int(np.asarray(item_train_count).shape[0])
+  return metrics
+
+
+def _metrics_from_positions(
+  positions, pairs_query, pairs_item, ks, item_train_count, head_fraction
+):
+  """Recall, MAP and slices from each pair's top-k position."""
   metrics: dict[str, Any] = {
     "ks": list(ks),
     "num_pairs": int(pairs_query.shape[0]),
-    "num_queries": int(unique_queries.shape[0]),
-    "num_items": int(num_items),
-    "num_pairs_target_in_train": int(target_in_train),
+    "num_queries": int(np.unique(pairs_query).shape[0]),
   }
   for k in ks:
     metrics[f"recall@{k}"] = _recall(positions < k)
+  average_precision = _mean_average_precision(
+    pairs_query, pairs_item, positions, ks
+  )
   for k in ks:
-    metrics[f"map@{k}"] = _mean_average_precision(
-      pairs_query, pairs_item, positions, k, num_items
-    )
+    metrics[f"map@{k}"] = average_precision[k]
   if item_train_count is not None:
     metrics.update(
-      _slice_metrics(
-        item_train_count, head_fraction, pairs_item, positions, ks, num_items
-      )
+      _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks)
     )
   return metrics
 
@@ -329,31 +414,34 @@ def _recall(hit: np.ndarray) -> float | None:
   return float(hit.mean()) if hit.size else None
 
 
-def _mean_average_precision(pairs_query, pairs_item, positions, k, num_items):
-  """MAP@k over distinct queries, each over its distinct held-out items."""
-  keys, first = np.unique(pairs_query * num_items + pairs_item, return_index=True)
-  query = keys // num_items
-  position = positions[first].astype(np.int64)
+def _mean_average_precision(pairs_query, pairs_item, positions, ks):
+  """MAP@k for every k over distinct queries and their distinct items."""
+  width = int(pairs_item.max()) + 1
+  _, first = np.unique(pairs_query * width + pairs_item, return_index=True)
+  query, position = pairs_query[first], positions[first].astype(np.int64)
   # Within a query, sorted by position: the j-th relevant item (0-based) at
   # position p has precision (j + 1) / (p + 1) at its own cut-off.
   order = np.lexsort((position, query))
   query, position = query[order], position[order]
   _, group, relevant = np.unique(query, return_inverse=True, return_counts=True)
   group_start = np.cumsum(relevant) - relevant
-  hits_before = np.arange(query.shape[0]) - group_start[group]
-  precision = np.where(position < k, (hits_before + 1) / (position + 1), 0.0)
-  average_precision = np.bincount(group, precision) / np.minimum(k, relevant)
-  return float(average_precision.mean())
+  precision = (np.arange(query.shape[0]) - group_start[group] + 1) / (
+    position + 1
+  )
+  result = {}
+  for k in ks:
+    hits = np.where(position < k, precision, 0.0)
+    per_query = np.bincount(group, hits) / np.minimum(k, relevant)
+    result[k] = float(per_query.mean())
+  return result
 
 
-def _slice_metrics(
-  item_train_count, head_fraction, pairs_item, positions, ks, num_items
-):
+def _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks):
   count = np.asarray(item_train_count)
-  if count.shape != (num_items,):
+  if count.ndim != 1 or pairs_item.max() >= count.shape[0]:
     raise EvaluationInputError(
-      f"item_train_count must have one entry per item ({num_items}), got "
-      f"shape {count.shape}."
+      "item_train_count must have one entry per corpus item, got shape "
+      f"{count.shape} for item rows up to {pairs_item.max()}."
     )
   slices = item_slices(count, head_fraction)
 
@@ -379,6 +467,46 @@ def _slice_metrics(
     "slices": {name: summary(slices[name]) for name in SLICES},
     "deciles": deciles,
   }
+
+
+def format_metrics(metrics: Mapping[str, Any]) -> str:
+  """A few human-readable lines: overall, by slice and by decile.
+
+  Example:
+    >>> print(format_metrics(metrics))
+    12,000 pairs, 950 queries
+    recall@10 0.1200  recall@50 0.3100  map@10 0.0610  map@50 0.0702
+    head (371 items, 8,100 pairs): recall@10 0.1500 ...
+  """
+  ks = metrics.get("ks", [])
+  lines = [
+    f"{metrics.get('num_pairs', 0):,} pairs, "
+    f"{metrics.get('num_queries', 0):,} queries"
+  ]
+  lines.append(
+    "  ".join(
+      f"{kind}@{k} {_number(metrics.get(f'{kind}@{k}'))}"
+      for kind in ("recall", "map")
+      for k in ks
+    )
+  )
+  for name, row in metrics.get("slices", {}).items():
+    recalls = "  ".join(f"recall@{k} {_number(row[f'recall@{k}'])}" for k in ks)
+    lines.append(
+      f"{name} ({row['num_items']:,} items, {row['num_pairs']:,} pairs): "
+      f"{recalls}"
+    )
+  if metrics.get("deciles") and ks:
+    k = ks[0]
+    values = " ".join(
+      _number(row[f"recall@{k}"], 3) for row in metrics["deciles"]
+    )
+    lines.append(f"recall@{k} by decile (rarest first): {values}")
+  return "\n".join(lines)
+
+
+def _number(value, digits=4):
+  return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def write_metrics(metrics: Mapping[str, Any], path: str) -> None:

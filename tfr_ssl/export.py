@@ -182,7 +182,7 @@ def export_towers(
       tf.saved_model.save(
         module,
         os.path.join(tmp, name),
-        signatures={SIGNATURE: module.__call__},
+        signatures={SIGNATURE: module.serve},
       )
     atomic.write_json(os.path.join(tmp, "manifest.json"), manifest)
     for name, text in (extra_files or {}).items():
@@ -190,9 +190,14 @@ def export_towers(
   return manifest
 
 
-def load_tower(path: str) -> Callable[[Mapping[str, tf.Tensor]], tf.Tensor]:
-  """Loads an exported tower; returns a callable over raw feature dicts."""
-  return tf.saved_model.load(path).serve
+def load_tower(path: str):
+  """Loads an exported tower.
+
+  Returns:
+    The loaded object; `tower.serve(raw_features)` embeds. Keep the object
+    (not just `serve`) alive: it owns the variables and lookup tables.
+  """
+  return tf.saved_model.load(path)
 
 
 def read_manifest(export_dir: str) -> dict:

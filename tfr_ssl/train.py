@@ -111,6 +111,9 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       with writer.as_default(step=current):
         for name, value in values.items():
           tf.summary.scalar(f"train/{name}", value)
+      # Metrics are running means: restart them so each log covers only
+      # the steps since the previous one.
+      model.reset_metrics()
     main_step = current - pretrain_steps
     epoch_end = main_step > 0 and main_step % steps_per_epoch == 0
     if epoch_end:
@@ -175,10 +178,9 @@ def validate(
     max_pairs=config.train.validation_examples,
     seed=config.train.seed,
   )
-  overall = metrics["overall"]
   return {
     name: float(value)
-    for name, value in overall.items()
+    for name, value in metrics.items()
     if name.startswith("recall@")
   }
 

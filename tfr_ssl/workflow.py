@@ -89,20 +89,29 @@ def build_index_run(workdir: str) -> dict:
   )
   embed_seconds = time.perf_counter() - started
 
-  rng = np.random.default_rng(config.train.seed)
+  # Queries for tuning the search and queries for auditing it are drawn
+  # apart, so the audit does not grade the index on what it was tuned on.
   query_table, query_feats = _query_table(prepared, config.model.task)
   num_rows = next(iter(query_table.values())).shape[0]
-  sample = np.sort(
-    rng.choice(num_rows, min(num_rows, config.index.audit_queries), False)
-  )
-  query_embeddings = embed_raw(
-    query_tower,
-    export.raw_features(
-      query_table, query_feats, prepared.vocabularies, sample
-    ),
-  )
+  rng = np.random.default_rng(config.train.seed)
+  order = rng.permutation(num_rows)
+  n = min(config.index.audit_queries, num_rows // 2)
+  tune_rows, audit_rows = np.sort(order[:n]), np.sort(order[n : 2 * n])
+
+  def embed_queries(rows):
+    return embed_raw(
+      query_tower,
+      export.raw_features(
+        query_table, query_feats, prepared.vocabularies, rows
+      ),
+    )
+
+  query_embeddings = embed_queries(audit_rows)
   searcher = index.build_searcher(
-    item_embeddings, np.array(prepared.item_keys()), config.index
+    item_embeddings,
+    np.array(prepared.item_keys()),
+    config.index,
+    tune_queries=embed_queries(tune_rows),
   )
   audit = index.audit_recall(
     searcher, query_embeddings, item_embeddings, k=config.index.k
@@ -217,7 +226,7 @@ def retrieve(
   for q in queries:
     unknown = sorted(set(q) - set(names))
     if unknown:
-      raise ValueError(
+      raise QueryError(
         f"Unknown query feature(s) {unknown}; this model's query features "
         f"are {names}."
       )
@@ -244,7 +253,7 @@ def retrieve(
 def embed_raw(
   tower, raw: Mapping[str, np.ndarray], batch_size: int = 4096
 ) -> np.ndarray:
-  """Runs an exported tower over raw string features in batches."""
+  """Runs an exported tower (`export.load_tower`) over raw string features."""
   n = len(next(iter(raw.values())))
   out = []
   for start in range(0, n, batch_size):
@@ -252,7 +261,7 @@ def embed_raw(
       name: tf.constant(values[start : start + batch_size].astype(str))
       for name, values in raw.items()
     }
-    out.append(tower(batch).numpy())
+    out.append(tower.serve(batch).numpy())
   return np.concatenate(out).astype(np.float32)
 
 

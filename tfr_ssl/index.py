@@ -1,0 +1,925 @@
+"""The item index: exact or ScaNN search, its audit, and the served model.
+
+`build_searcher` picks exact search (`tfrs.layers.factorized_top_k.
+BruteForce`) for small corpora and ScaNN above `IndexConfig.exact_below`.
+TFRS's own `ScaNN` layer builds `tree + score_ah` with the anisotropic
+quantization threshold left unset (plain reconstruction loss) and no exact
+reordering unless asked; it cannot set the threshold at all. `ScaNNIndex`
+therefore builds the searcher with `scann_ops.builder` directly:
+
+  * tree: about sqrt(N) leaves, the balance between centroid scoring
+    (grows with leaves) and leaf scanning (grows with N / leaves);
+  * leaves_to_search: how many leaves a query needs depends on how queries
+    sit relative to the item clusters (measured: 10% of the leaves gives
+    recall@10 0.98 when queries look like items, 0.85 when they do not).
+    Given sample queries, `build_searcher` tries a ladder of values and
+    keeps the smallest whose recall@k against exact search reaches
+    `target_recall` (the search-time override of ScaNN, so the tree is
+    built once); without queries it searches 20% of the leaves. Either way
+    at least 20 corpus points per requested neighbour are searched;
+  * score_ah with 2 dimensions per 4-bit block and the anisotropic threshold
+    T (0.2 is ScaNN's suggestion for unit-norm data): the quantizer
+    penalises the error parallel to the datapoint, the part that changes
+    inner products, so top scores are ranked better;
+  * reorder: the best `IndexConfig.reorder` AH candidates are re-scored
+    exactly, so returned scores are exact inner products (at 20k-100k items
+    1,000 candidates kept the recall of 10,000 at up to 3.5x the
+    throughput, see bench/results/index.md).
+
+`save_retrieval_model` writes one SavedModel (query tower + index: raw query
+features in, top-k ids and scores out) with `manifest.json` next to it, and
+`load_retrieval_model` refuses an index whose manifest does not match the
+model the caller expects.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+from tfr_ssl import atomic
+from tfr_ssl.config import IndexConfig
+
+factorized_top_k = tfrs.layers.factorized_top_k
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+EXCLUDE_KEY = "exclude"
+EXCLUDE_SIGNATURE = "exclude"
+# Searched leaves should hold this many corpus points per requested result.
+_POINTS_PER_RESULT = 20
+DEFAULT_LEAVES_FRACTION = 0.2
+TARGET_RECALL = 0.95
+# Shares of the leaves tried when tuning leaves_to_search on sample queries.
+_LEAVES_LADDER = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+
+_log = logging.getLogger(__name__)
+
+
+class IndexMismatchError(ValueError):
+  """A saved index that does not belong to the model the caller expects."""
+
+
+class ExactIndex(factorized_top_k.BruteForce):
+  """Exact top-k: `tfrs` BruteForce plus the index interface used here.
+
+  Args:
+    query_model: Optional model mapping raw query features to embeddings.
+    k: Default number of neighbours.
+    name: Layer name.
+
+  Example:
+    >>> index = ExactIndex(k=10).index(item_embeddings, item_ids)
+    >>> scores, ids = index.search(query_embeddings, 10)
+  """
+
+  def search(self, embeddings: tf.Tensor, k: int | tf.Tensor):
+    """Top-k (scores, identifiers) of query *embeddings* (no query model)."""
+    scores = tf.matmul(embeddings, self._candidates, transpose_b=True)
+    values, rows = tf.math.top_k(scores, k=k)
+    return values, tf.gather(self._identifiers, rows)
+
+  @property
+  def identifiers(self) -> np.ndarray:
+    return self._identifiers.numpy()
+
+  @property
+  def num_items(self) -> int:
+    return int(self._candidates.shape[0])
+
+  @property
+  def dim(self) -> int:
+    return int(self._candidates.shape[1])
+
+  def settings(self) -> dict[str, Any]:
+    return {"kind": "exact", "num_items": self.num_items}
+
+  def get_config(self) -> dict[str, Any]:
+    return {"k": self._k, "name": self.name}
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> ExactIndex:
+    return cls(**config)
+
+
+class ScaNNIndex(factorized_top_k.TopK):
+  """ScaNN tree + anisotropic AH + exact reordering, as a TFRS top-k layer.
+
+  Unlike `tfrs.layers.factorized_top_k.ScaNN`, this sets the anisotropic
+  quantization threshold and always reorders. The searcher lives in a
+  `ScannState` module, so the layer saves in a SavedModel (with
+  `namespace_whitelist=["Scann"]`) and loads after `import scann`.
+
+  Args:
+    query_model: Optional model mapping raw query features to embeddings.
+    k: Default number of neighbours.
+    num_leaves: Leaves of the partitioning tree.
+    num_leaves_to_search: Leaves scored exhaustively per query.
+    dimensions_per_block: Dimensions per 4-bit AH block (2 = accurate).
+    quantization_threshold: Anisotropic threshold T; NaN turns it off.
+    num_reordering_candidates: AH candidates re-scored exactly.
+    training_iterations: k-means iterations of the tree.
+    parallelize_batch_searches: Search a batch of queries on a thread pool.
+    name: Layer name.
+
+  Example:
+    >>> index = ScaNNIndex(k=100, num_leaves=300, num_leaves_to_search=30,
+    ...                    num_reordering_candidates=1000)
+    >>> index.index(item_embeddings, item_ids)
+    >>> scores, ids = index.search(query_embeddings, 100)
+  """
+
+  def __init__(
+    self,
+    query_model: tf.keras.Model | None = None,
+    k: int = 10,
+    num_leaves: int = 100,
+    num_leaves_to_search: int = 10,
+    dimensions_per_block: int = 2,
+    quantization_threshold: float = 0.2,
+    num_reordering_candidates: int = 1000,
+    training_iterations: int = 12,
+    parallelize_batch_searches: bool = True,
+    name: str | None = None,
+  ):
+    super().__init__(k=k, name=name)
+    self.query_model = query_model
+    self._num_leaves = num_leaves
+    self._num_leaves_to_search = num_leaves_to_search
+    self.tuning: dict[int, float] = {}
+    self._dimensions_per_block = dimensions_per_block
+    self._quantization_threshold = quantization_threshold
+    self._num_reordering_candidates = num_reordering_candidates
+    self._training_iterations = training_iterations
+    self._parallelize = parallelize_batch_searches
+    self._serialized_searcher = None
+    self._identifiers = None
+    self._shape = None
+
+  def index(
+    self, candidates: tf.Tensor, identifiers: tf.Tensor | None = None
+  ) -> ScaNNIndex:
+    from scann.scann_ops.py import scann_ops
+
+    candidates = tf.convert_to_tensor(candidates, tf.float32)
+    if len(candidates.shape) != 2:
+      raise ValueError(f"Candidates must be 2-D, got {candidates.shape}.")
+    num_items = int(candidates.shape[0])
+    if identifiers is None:
+      identifiers = tf.range(num_items)
+    identifiers = tf.convert_to_tensor(identifiers)
+    if identifiers.shape[0] != num_items:
+      raise ValueError(
+        f"{num_items} candidates but {identifiers.shape[0]} identifiers."
+      )
+    builder = (
+      scann_ops.builder(candidates, self._k, "dot_product")
+      .tree(
+        num_leaves=self._num_leaves,
+        num_leaves_to_search=self._num_leaves_to_search,
+        training_sample_size=num_items,
+        training_iterations=self._training_iterations,
+      )
+      .score_ah(
+        self._dimensions_per_block,
+        anisotropic_quantization_threshold=self._quantization_threshold,
+      )
+      .reorder(self._num_reordering_candidates)
+    )
+    # A unique shared name keeps two indexes in one process apart.
+    searcher = builder.build(shared_name=f"{self.name}/{uuid.uuid4()}")
+    self._serialized_searcher = searcher.serialize_to_module()
+    self._identifiers = self.add_weight(
+      name="identifiers",
+      shape=identifiers.shape,
+      dtype=identifiers.dtype,
+      initializer=tf.keras.initializers.Constant(
+        tf.zeros((), identifiers.dtype)
+      ),
+      trainable=False,
+    )
+    self._identifiers.assign(identifiers)
+    self._shape = (num_items, int(candidates.shape[1]))
+    self._reset_tf_function_cache()
+    return self
+
+  def search(self, embeddings: tf.Tensor, k: int | tf.Tensor):
+    """Top-k (scores, identifiers) of query *embeddings* (no query model).
+
+    Rows with fewer than k candidates in the searched leaves are padded with
+    NaN scores (and row 0's identifier); `save_retrieval_model` turns those
+    into -inf and "".
+    """
+    from scann.scann_ops.py import scann_ops
+
+    if self._serialized_searcher is None:
+      raise ValueError("Call `index` before searching.")
+    searcher = scann_ops.searcher_from_module(self._serialized_searcher)
+    # Reordering must see at least the k results it is asked for.
+    pre_reorder = tf.maximum(k, self._num_reordering_candidates)
+    search = (
+      searcher.search_batched_parallel
+      if self._parallelize
+      else searcher.search_batched
+    )
+    result = search(
+      embeddings,
+      final_num_neighbors=k,
+      pre_reorder_num_neighbors=pre_reorder,
+      leaves_to_search=self._num_leaves_to_search,
+    )
+    return result.distances, tf.gather(self._identifiers, result.indices)
+
+  def call(self, queries, k: int | None = None):
+    k = k if k is not None else self._k
+    if self.query_model is not None:
+      queries = self.query_model(queries)
+    return self.search(queries, k)
+
+  def is_exact(self) -> bool:
+    return False
+
+  @property
+  def num_leaves_to_search(self) -> int:
+    return self._num_leaves_to_search
+
+  @num_leaves_to_search.setter
+  def num_leaves_to_search(self, value: int) -> None:
+    """Changes the leaves searched per query without rebuilding the tree."""
+    self._num_leaves_to_search = int(min(max(1, value), self._num_leaves))
+    self._reset_tf_function_cache()
+
+  @property
+  def identifiers(self) -> np.ndarray:
+    return self._identifiers.numpy()
+
+  @property
+  def num_items(self) -> int:
+    return self._shape[0]
+
+  @property
+  def dim(self) -> int:
+    return self._shape[1]
+
+  def settings(self) -> dict[str, Any]:
+    return {
+      "kind": "scann",
+      "num_items": self.num_items,
+      "num_leaves": self._num_leaves,
+      "num_leaves_to_search": self._num_leaves_to_search,
+      "dimensions_per_block": self._dimensions_per_block,
+      "quantization_threshold": self._quantization_threshold,
+      "num_reordering_candidates": self._num_reordering_candidates,
+      "training_iterations": self._training_iterations,
+      "tuning_recall_by_leaves": {str(n): r for n, r in self.tuning.items()},
+    }
+
+  def get_config(self) -> dict[str, Any]:
+    return {
+      "k": self._k,
+      "num_leaves": self._num_leaves,
+      "num_leaves_to_search": self._num_leaves_to_search,
+      "dimensions_per_block": self._dimensions_per_block,
+      "quantization_threshold": self._quantization_threshold,
+      "num_reordering_candidates": self._num_reordering_candidates,
+      "training_iterations": self._training_iterations,
+      "parallelize_batch_searches": self._parallelize,
+      "name": self.name,
+    }
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> ScaNNIndex:
+    return cls(**config)
+
+
+def _min_leaves(num_items: int, num_leaves: int, k: int) -> int:
+  """Leaves that hold on average 20 corpus points per requested result."""
+  return math.ceil(_POINTS_PER_RESULT * k * num_leaves / num_items)
+
+
+def scann_settings(num_items: int, config: IndexConfig) -> dict[str, Any]:
+  """ScaNN constructor arguments for a corpus of `num_items` (see module doc).
+
+  Args:
+    num_items: Corpus size N.
+    config: Index settings; zeros ask for the automatic choice.
+
+  Returns:
+    Keyword arguments of `ScaNNIndex` (without `query_model`).
+  """
+  num_leaves = config.num_leaves or max(1, round(math.sqrt(num_items)))
+  num_leaves = min(num_leaves, num_items)
+  k = min(config.k, num_items)
+  leaves_to_search = config.leaves_to_search
+  if not leaves_to_search:
+    leaves_to_search = max(
+      math.ceil(DEFAULT_LEAVES_FRACTION * num_leaves),
+      _min_leaves(num_items, num_leaves, k),
+    )
+  return {
+    "k": k,
+    "num_leaves": num_leaves,
+    "num_leaves_to_search": min(max(1, leaves_to_search), num_leaves),
+    "dimensions_per_block": 2,
+    "quantization_threshold": config.quantization_threshold,
+    "num_reordering_candidates": min(max(config.reorder, k), num_items),
+  }
+
+
+def build_searcher(
+  item_embeddings: np.ndarray,
+  item_ids: Sequence[str] | np.ndarray,
+  config: IndexConfig,
+  query_model: tf.keras.Model | None = None,
+  tune_queries: np.ndarray | None = None,
+  target_recall: float = TARGET_RECALL,
+) -> ExactIndex | ScaNNIndex:
+  """Indexes the corpus: exact below `config.exact_below` items, else ScaNN.
+
+  Args:
+    item_embeddings: float [N, D], item tower outputs by corpus row.
+    item_ids: N raw item ids (strings), returned by searches.
+    config: Index settings.
+    query_model: Optional model from raw query features to embeddings; the
+      returned layer then accepts raw features like any TFRS top-k layer.
+    tune_queries: Optional float [Q, D] sample of query embeddings. When
+      ScaNN is used and `config.leaves_to_search` is 0, up to
+      `config.audit_queries` of them pick leaves_to_search (see
+      `tune_leaves_to_search`). Audit the result on other queries.
+    target_recall: Recall@k against exact search that tuning aims for.
+
+  Returns:
+    An `ExactIndex` (a TFRS BruteForce) or a `ScaNNIndex`, already indexed.
+
+  Raises:
+    ValueError: mismatched or malformed embeddings and ids.
+  """
+  embeddings = np.asarray(item_embeddings, np.float32)
+  if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+    raise ValueError(
+      f"item_embeddings must be a non-empty [N, D] matrix, got shape "
+      f"{embeddings.shape}."
+    )
+  if not np.all(np.isfinite(embeddings)):
+    raise ValueError("item_embeddings contains NaN or infinite values.")
+  ids = np.asarray([str(i) for i in item_ids], dtype=object)
+  if ids.shape[0] != embeddings.shape[0]:
+    raise ValueError(
+      f"{embeddings.shape[0]} item embeddings but {ids.shape[0]} item ids."
+    )
+  unique, counts = np.unique(ids.astype(str), return_counts=True)
+  if unique.shape[0] != ids.shape[0]:
+    raise ValueError(
+      f"item_ids must be unique; {unique[counts > 1][:5].tolist()} repeat."
+    )
+  num_items = embeddings.shape[0]
+  if num_items < config.exact_below:
+    layer = ExactIndex(query_model=query_model, k=min(config.k, num_items))
+  else:
+    layer = ScaNNIndex(
+      query_model=query_model, **scann_settings(num_items, config)
+    )
+  layer.index(tf.constant(embeddings), tf.constant(ids, tf.string))
+  if (
+    isinstance(layer, ScaNNIndex)
+    and tune_queries is not None
+    and not config.leaves_to_search
+  ):
+    # Seed 1: a default audit (seed 0) of the same array samples others.
+    queries = _sample(tune_queries, config.audit_queries, seed=1)
+    k = min(config.k, num_items)
+    tune_leaves_to_search(layer, queries, embeddings, k, target_recall)
+  return layer
+
+
+def tune_leaves_to_search(
+  searcher: ScaNNIndex,
+  query_embeddings: np.ndarray,
+  item_embeddings: np.ndarray,
+  k: int,
+  target_recall: float = TARGET_RECALL,
+) -> int:
+  """Sets the fewest leaves_to_search whose recall@k reaches the target.
+
+  Tries shares of the leaves from `_LEAVES_LADDER` (never fewer than the
+  leaves that hold 20 points per result) with ScaNN's search-time override,
+  so the tree is not rebuilt. The recall of every tried value is kept in
+  `searcher.tuning` and written to the manifest.
+
+  Args:
+    searcher: A built `ScaNNIndex`.
+    query_embeddings: float [Q, D] sample queries.
+    item_embeddings: float [N, D], the indexed embeddings.
+    k: Cut-off of the recall.
+    target_recall: Recall@k to reach; all leaves if none reaches it.
+
+  Returns:
+    The chosen number of leaves to search.
+  """
+  queries = np.asarray(query_embeddings, np.float32)
+  items = np.asarray(item_embeddings, np.float32)
+  k = min(k, items.shape[0])
+  num_leaves = searcher.get_config()["num_leaves"]
+  floor = _min_leaves(items.shape[0], num_leaves, k)
+  ladder = sorted(
+    {
+      min(num_leaves, max(floor, math.ceil(f * num_leaves)))
+      for f in _LEAVES_LADDER
+    }
+  )
+  exact_ids = _exact_ids(searcher, queries, items, k)
+  searcher.tuning = {}
+  for leaves in ladder:
+    searcher.num_leaves_to_search = leaves
+    _, found = searcher.search(tf.constant(queries), k)
+    searcher.tuning[leaves] = _recall(found.numpy(), exact_ids, k)
+    if searcher.tuning[leaves] >= target_recall:
+      break
+  _log.info(
+    "ScaNN leaves_to_search tuning (leaves: recall@%d): %s", k, searcher.tuning
+  )
+  return searcher.num_leaves_to_search
+
+
+def _search(searcher, embeddings: tf.Tensor, k: int):
+  """(scores, ids) of embeddings from our indexes or plain TFRS layers."""
+  if hasattr(searcher, "search"):
+    return searcher.search(embeddings, k)
+  if getattr(searcher, "query_model", None) is not None:
+    raise ValueError(
+      "This searcher maps raw features through its query model; audit it "
+      "with a searcher built without one."
+    )
+  return searcher(embeddings, k=k)
+
+
+def _identifiers(searcher, num_items: int) -> np.ndarray:
+  """Identifier of every corpus row (TFRS layers keep them in _identifiers)."""
+  ids = getattr(searcher, "_identifiers", None)
+  return np.arange(num_items) if ids is None else ids.numpy()
+
+
+def _exact_top_rows(queries: tf.Tensor, items: tf.Tensor, k: int):
+  return tf.math.top_k(tf.matmul(queries, items, transpose_b=True), k=k)
+
+
+def _exact_ids(searcher, queries: np.ndarray, items: np.ndarray, k: int):
+  """Identifiers of the exact top-k of every query, [Q, k]."""
+  _, rows = _exact_top_rows(tf.constant(queries), tf.constant(items), k)
+  return _identifiers(searcher, items.shape[0])[rows.numpy()]
+
+
+def _recall(found: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
+  """Mean over queries of |found top-k ∩ exact top-k| / k."""
+  hits = [
+    len(set(a.tolist()) & set(b.tolist()))
+    for a, b in zip(found[:, :k], exact_ids, strict=True)
+  ]
+  return float(np.mean(hits) / k)
+
+
+def audit_recall(
+  searcher: factorized_top_k.TopK,
+  query_embeddings: np.ndarray,
+  item_embeddings: np.ndarray,
+  k: int,
+  num_queries: int | None = None,
+  seed: int = 0,
+) -> float:
+  """Recall@k of the index against exact search on (sampled) queries.
+
+  Recall of one query = |index top-k ∩ exact top-k| / k, averaged. Exact ties
+  at the k-th score may make a correct index look slightly imperfect.
+
+  Args:
+    searcher: The index (from `build_searcher`, or any TFRS top-k layer
+      without a query model).
+    query_embeddings: float [Q, D].
+    item_embeddings: float [N, D], the embeddings the index was built on.
+    k: Cut-off (at most N).
+    num_queries: Sample this many queries without replacement (None = all).
+    seed: Seed of the sample.
+
+  Returns:
+    The mean recall in [0, 1].
+  """
+  queries = _sample(query_embeddings, num_queries, seed)
+  items = np.asarray(item_embeddings, np.float32)
+  k = min(k, items.shape[0])
+  exact_ids = _exact_ids(searcher, queries, items, k)
+  _, found = _search(searcher, tf.constant(queries), k)
+  recall = _recall(found.numpy(), exact_ids, k)
+  _log.info("Index recall@%d against exact search: %.4f", k, recall)
+  return recall
+
+
+def benchmark_search(
+  searcher: factorized_top_k.TopK,
+  query_embeddings: np.ndarray,
+  item_embeddings: np.ndarray,
+  k: int = 100,
+  batch_size: int = 1000,
+  repeats: int = 3,
+) -> dict[str, float]:
+  """Queries per second of the index and of exact search, batched.
+
+  Both run as `tf.function`s over the same query batches, in alternating
+  passes so that both see the same machine load; the best of `repeats`
+  passes counts (after one warm-up pass that traces). Wall-clock rates
+  suffer from other jobs on the machine; the rates per CPU-second (all
+  threads of this process) measure the work and suffer less.
+
+  Returns:
+    `index_qps`, `exact_qps`, `speedup` (index over exact, wall clock) and
+    `index_cpu_qps`, `exact_cpu_qps`, `cpu_speedup` (per CPU-second).
+  """
+  queries = np.asarray(query_embeddings, np.float32)
+  items = tf.constant(np.asarray(item_embeddings, np.float32))
+  k = min(k, int(items.shape[0]))
+  batches = [
+    tf.constant(queries[i : i + batch_size])
+    for i in range(0, queries.shape[0], batch_size)
+  ]
+  functions = {
+    "index": tf.function(lambda q: _search(searcher, q, k)),
+    "exact": tf.function(lambda q: _exact_top_rows(q, items, k)),
+  }
+  best = {(name, clock): math.inf for name in functions for clock in "wc"}
+  for attempt in range(repeats + 1):
+    for name, fn in functions.items():
+      wall, cpu = time.perf_counter(), time.process_time()
+      for batch in batches:
+        fn(batch)[0].numpy()
+      if attempt:  # the first pass traces
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        best[name, "w"] = min(best[name, "w"], wall)
+        best[name, "c"] = min(best[name, "c"], cpu)
+  rate = {key: queries.shape[0] / seconds for key, seconds in best.items()}
+  return {
+    "index_qps": rate["index", "w"],
+    "exact_qps": rate["exact", "w"],
+    "speedup": rate["index", "w"] / rate["exact", "w"],
+    "index_cpu_qps": rate["index", "c"],
+    "exact_cpu_qps": rate["exact", "c"],
+    "cpu_speedup": rate["index", "c"] / rate["exact", "c"],
+  }
+
+
+def _sample(embeddings, num_queries, seed):
+  embeddings = np.asarray(embeddings, np.float32)
+  if num_queries is None or num_queries >= embeddings.shape[0]:
+    return embeddings
+  rng = np.random.default_rng(seed)
+  return embeddings[rng.choice(embeddings.shape[0], num_queries, False)]
+
+
+class _RetrievalModule(tf.Module):
+  """Query tower + index; its tf.functions become the served signatures."""
+
+  def __init__(self, query_model, searcher, k: int):
+    super().__init__()
+    self.query_model = query_model
+    self.searcher = searcher
+    self._k = k
+    self._num_items = searcher.num_items
+
+  def _embed(self, features):
+    return _query_function(self.query_model)(features)
+
+  @tf.function
+  def retrieve(self, features):
+    """{"scores": [B, k], "ids": [B, k]} of raw query features."""
+    scores, ids = _clean(*self.searcher.search(self._embed(features), self._k))
+    return {"scores": scores, "ids": ids}
+
+  @tf.function
+  def retrieve_excluding(self, features, exclude):
+    """Like `retrieve`, minus the ids in `exclude` [B, E] (padded with "")."""
+    # Over-fetch by E so that k results survive even if all E are in them.
+    fetch = tf.minimum(self._k + tf.shape(exclude)[1], self._num_items)
+    scores, ids = self.searcher.search(self._embed(features), fetch)
+    excluded = tf.reduce_any(
+      tf.logical_and(
+        tf.equal(ids[:, :, tf.newaxis], exclude[:, tf.newaxis, :]),
+        tf.not_equal(exclude, "")[:, tf.newaxis, :],
+      ),
+      axis=-1,
+    )
+    scores = tf.where(excluded, tf.constant(np.nan, scores.dtype), scores)
+    scores, ids = _clean(scores, ids)
+    scores, columns = tf.math.top_k(scores, k=self._k)
+    return {"scores": scores, "ids": tf.gather(ids, columns, batch_dims=1)}
+
+
+def _clean(scores, ids):
+  """Missing results (NaN: ScaNN padding or excluded) -> score -inf, id ""."""
+  missing = tf.math.is_nan(scores)
+  return (
+    tf.where(missing, tf.constant(-np.inf, scores.dtype), scores),
+    tf.where(missing, tf.constant(""), ids),
+  )
+
+
+def _query_function(query_model):
+  """The callable of a query model: itself, or its `serve` function.
+
+  A loaded export (what `tf.saved_model.load` returns) may only offer
+  `serve`; the object itself must be passed so that the new SavedModel
+  tracks its variables and tables.
+  """
+  if isinstance(query_model, tf.types.experimental.GenericFunction):
+    raise ValueError(
+      "The query model is a bare tf.function; pass the object that owns it "
+      "(a tf_keras model, a tf.Module, or what tf.saved_model.load "
+      "returned), so that its variables and lookup tables are saved too."
+    )
+  if callable(query_model):
+    return query_model
+  serve = getattr(query_model, "serve", None)
+  if serve is None:
+    raise ValueError(
+      f"The query model {type(query_model).__name__} is not callable and "
+      "has no `serve` function."
+    )
+  return serve
+
+
+def _versions() -> dict[str, str]:
+  import tfr_ssl
+
+  versions = {"tfr_ssl": tfr_ssl.__version__, "numpy": np.__version__}
+  for package in ("tensorflow", "tensorflow-recommenders", "scann", "tf-keras"):
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      versions[package] = "absent"
+  return versions
+
+
+def _feature_names(query_model, manifest: Mapping[str, Any]) -> list[str]:
+  names = manifest.get("query_features")
+  if names is None:
+    names = getattr(query_model, "input_names", None)
+  if not names:
+    raise ValueError(
+      "save_retrieval_model needs the raw query feature names: pass "
+      "manifest['query_features'] (or a functional query model with named "
+      "dict inputs)."
+    )
+  names = [str(n) for n in names]
+  if EXCLUDE_KEY in names:
+    raise ValueError(
+      f"A query feature is named {EXCLUDE_KEY!r}, which the exclude "
+      "signature reserves."
+    )
+  return names
+
+
+def save_retrieval_model(
+  query_model: tf.keras.Model | tf.Module | None,
+  searcher: ExactIndex | ScaNNIndex,
+  path: str,
+  manifest: Mapping[str, Any],
+  k: int,
+) -> dict[str, Any]:
+  """Writes the retrieval SavedModel and its manifest, atomically.
+
+  Signatures (every input a tf.string tensor of shape [None]):
+    * `serving_default`: query features -> {"scores": float [B, k],
+      "ids": string [B, k]}.
+    * `exclude`: the same plus `exclude`: string [B, E] of item ids to leave
+      out per query, padded with "" (served by fetching k + E and
+      filtering).
+  Rows with fewer than k results are padded with score -inf and id "".
+
+  Args:
+    query_model: Raw query features (dict name -> string [B]) to [B, D]
+      embeddings: a tf_keras model, a tf.Module, or a loaded SavedModel
+      object (called, or through its `serve` function); never a bare
+      function, whose variables could not be saved. None uses the
+      searcher's own query model.
+    searcher: An index from `build_searcher`.
+    path: The index directory (WORKDIR/index); replaced atomically.
+    manifest: Caller facts recorded in `manifest.json`, checked again on
+      load: at least `query_features` (names) unless the query model is a
+      functional model with named inputs; typically also `model_id`,
+      `schema` and the audit recall.
+    k: Results per query (capped at the corpus size).
+
+  Returns:
+    The manifest as written.
+
+  Raises:
+    ValueError: no query model, unknown feature names, or a query model
+      whose embedding width differs from the index's.
+  """
+  if query_model is None:
+    query_model = getattr(searcher, "query_model", None)
+    if query_model is None:
+      raise ValueError("save_retrieval_model needs a query model.")
+  names = _feature_names(query_model, manifest)
+  probe = _query_function(query_model)({n: tf.constant([""]) for n in names})
+  if probe.shape[-1] != searcher.dim:
+    raise ValueError(
+      f"The query model produces {probe.shape[-1]}-dim embeddings but the "
+      f"index holds {searcher.dim}-dim items."
+    )
+  k = min(int(k), searcher.num_items)
+  module = _RetrievalModule(query_model, searcher, k)
+  features = {n: tf.TensorSpec([None], tf.string, name=n) for n in names}
+  exclude = tf.TensorSpec([None, None], tf.string, name=EXCLUDE_KEY)
+  signatures = {
+    "serving_default": module.retrieve.get_concrete_function(features),
+    EXCLUDE_SIGNATURE: module.retrieve_excluding.get_concrete_function(
+      features, exclude
+    ),
+  }
+  settings = searcher.settings()
+  written = {
+    **manifest,
+    "format_version": FORMAT_VERSION,
+    "query_features": names,
+    "embedding_dim": searcher.dim,
+    "num_items": searcher.num_items,
+    "k": k,
+    "index": settings,
+    "signatures": {
+      "serving_default": names,
+      EXCLUDE_SIGNATURE: [*names, EXCLUDE_KEY],
+    },
+    "versions": {**_versions(), **manifest.get("versions", {})},
+  }
+  for key in ("embedding_dim", "num_items"):
+    if key in manifest and manifest[key] != written[key]:
+      raise ValueError(
+        f"manifest[{key!r}] = {manifest[key]!r} but the index has "
+        f"{written[key]!r}."
+      )
+  options = None
+  if settings["kind"] == "scann":
+    # ScaNN's ops live outside TF's core op namespace.
+    options = tf.saved_model.SaveOptions(namespace_whitelist=["Scann"])
+  with atomic.atomic_dir(path) as tmp:
+    tf.saved_model.save(module, tmp, signatures=signatures, options=options)
+    atomic.write_json(os.path.join(tmp, MANIFEST), written)
+  return written
+
+
+def read_manifest(path: str) -> dict[str, Any]:
+  """The manifest of the index at `path`.
+
+  Raises:
+    IndexMismatchError: `path` has no readable manifest.
+  """
+  manifest_path = os.path.join(path, MANIFEST)
+  try:
+    with open(manifest_path) as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise IndexMismatchError(
+      f"{manifest_path} does not exist: {path} is not a retrieval index "
+      "written by save_retrieval_model."
+    ) from None
+  except json.JSONDecodeError as e:
+    raise IndexMismatchError(
+      f"{manifest_path}, line {e.lineno}: not valid JSON ({e.msg})."
+    ) from None
+
+
+def check_manifest(
+  manifest: Mapping[str, Any], expected: Mapping[str, Any], path: str = ""
+) -> None:
+  """Raises IndexMismatchError naming every expected key that differs."""
+  differences = []
+  for key, value in expected.items():
+    if key not in manifest:
+      differences.append(f"{key}: index has none, expected {value!r}")
+    elif _normalise(manifest[key]) != _normalise(value):
+      differences.append(
+        f"{key}: index has {manifest[key]!r}, expected {value!r}"
+      )
+  if differences:
+    raise IndexMismatchError(
+      f"The index at {path or '<unknown>'} was built for a different model; "
+      + "; ".join(differences)
+      + ". Rebuild the index from this model's exported towers."
+    )
+
+
+def _normalise(value):
+  """JSON round trip, so tuples equal lists and keys are strings."""
+  return json.loads(json.dumps(value, sort_keys=True))
+
+
+class RetrievalModel:
+  """A loaded retrieval SavedModel with its manifest.
+
+  Calls return `(scores, ids)` like a TFRS top-k layer.
+
+  Args:
+    loaded: The object `tf.saved_model.load` returned.
+    manifest: Its manifest.
+
+  Example:
+    >>> model = load_retrieval_model("workdir/index")
+    >>> scores, ids = model({"user_id": ["42"]}, exclude=[["7", "9"]])
+    >>> ids[0]
+  """
+
+  def __init__(self, loaded, manifest: Mapping[str, Any]):
+    self.loaded = loaded
+    self.manifest = dict(manifest)
+    self.query_features = list(manifest["query_features"])
+    self.k = int(manifest["k"])
+
+  def __call__(
+    self,
+    features: Mapping[str, Any],
+    exclude: Sequence[Sequence[str]] | np.ndarray | tf.Tensor | None = None,
+  ) -> tuple[tf.Tensor, tf.Tensor]:
+    """Top-k (scores float [B, k], ids string [B, k]) of raw query features.
+
+    Args:
+      features: Feature name -> B string values (one per query).
+      exclude: Optional item ids to leave out, one list per query; lists of
+        different lengths are padded with "".
+
+    Raises:
+      ValueError: feature names that differ from the index's, or an
+        exclude list per query that does not match the batch.
+    """
+    missing = sorted(set(self.query_features) - set(features))
+    unknown = sorted(set(features) - set(self.query_features))
+    if missing or unknown:
+      raise ValueError(
+        f"Query features do not match the index: missing {missing}, "
+        f"unknown {unknown}; expected {self.query_features}."
+      )
+    inputs = {
+      n: tf.reshape(tf.convert_to_tensor(features[n], tf.string), [-1])
+      for n in self.query_features
+    }
+    if exclude is None:
+      out = self.loaded.signatures["serving_default"](**inputs)
+    else:
+      batch = int(next(iter(inputs.values())).shape[0])
+      exclude = _pad_exclude(exclude, batch)
+      out = self.loaded.signatures[EXCLUDE_SIGNATURE](
+        **inputs, **{EXCLUDE_KEY: exclude}
+      )
+    return out["scores"], out["ids"]
+
+
+def _pad_exclude(exclude, batch: int) -> tf.Tensor:
+  """[B, E] string tensor from per-query lists of any lengths."""
+  if isinstance(exclude, tf.Tensor):
+    exclude = exclude.numpy()
+  rows = [
+    [v.decode() if isinstance(v, bytes) else str(v) for v in row]
+    for row in exclude
+  ]
+  if len(rows) != batch:
+    raise ValueError(
+      f"exclude has {len(rows)} lists for a batch of {batch} queries."
+    )
+  width = max((len(row) for row in rows), default=0)
+  padded = np.full((batch, width), "", dtype=object)
+  for i, row in enumerate(rows):
+    padded[i, : len(row)] = row
+  return tf.constant(padded.astype(str).reshape(batch, width), tf.string)
+
+
+def load_retrieval_model(
+  path: str, expected_manifest: Mapping[str, Any] | None = None
+) -> RetrievalModel:
+  """Loads a retrieval SavedModel, refusing one built for another model.
+
+  Args:
+    path: The index directory.
+    expected_manifest: Keys the manifest must match, e.g. `model_id`,
+      `embedding_dim`, `query_features`, `schema`; None checks nothing.
+
+  Returns:
+    A callable `RetrievalModel`.
+
+  Raises:
+    IndexMismatchError: no manifest, or one that differs from the expected.
+  """
+  # Registers the ScaNN ops that a ScaNN index's graph refers to.
+  import scann  # noqa: F401
+
+  manifest = read_manifest(path)
+  if expected_manifest:
+    check_manifest(manifest, expected_manifest, path)
+  return RetrievalModel(tf.saved_model.load(path), manifest)
