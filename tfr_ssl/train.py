@@ -107,6 +107,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     current = int(step)
     if current % config.train.log_every == 0 or current == total_steps:
       values = {k: float(v) for k, v in logs.items()}
+      # The values are already means over the window: show them as they are.
+      progbar.stateful_metrics = set(values)
       progbar.update(current, values=list(values.items()))
       with writer.as_default(step=current):
         for name, value in values.items():
@@ -157,8 +159,10 @@ def train_stream(
   config: config_lib.Config, prepared: contract.PreparedDataset
 ) -> tf.data.Dataset:
   """Main interactions and uniform SSL items, zipped, one dict per step."""
+  # Repeated: epochs are counted in steps, and the iterator (saved in the
+  # checkpoint) runs across epoch boundaries.
   return pipeline.train_dataset(
-    prepared, config.train, config.ssl, config.model
+    prepared, config.train, config.ssl, config.model, repeat=True
   )
 
 

@@ -11,56 +11,47 @@ fresh initialisation.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import trackable_object_graph_pb2
 
 Path = tuple[str, ...]
 
 
-def variables_by_path(root: tf.Module | object) -> dict[Path, tf.Variable]:
-  """Every variable reachable from `root`, keyed by its checkpoint path."""
-  view = tf.train.TrackableView(root)
-  out: dict[Path, tf.Variable] = {}
-  seen: set[int] = set()
+def variables_by_key(root: tf.Module | object) -> dict[str, tf.Variable]:
+  """Every variable reachable from `root`, keyed by its checkpoint key.
 
-  def walk(obj, path):
+  TensorFlow names a variable in a checkpoint by the first path that reaches
+  it in a breadth-first walk of the object graph (children in order); a
+  variable reachable several ways (a layer's weight is also an item of a
+  list attribute) gets that one key. This walk reproduces it, so the keys
+  match those `tf.train.Checkpoint(...)` writes for the same structure.
+  """
+  view = tf.train.TrackableView(root)
+  out: dict[str, tf.Variable] = {}
+  seen = {id(root)}
+  queue = collections.deque([(root, ())])
+  while queue:
+    obj, path = queue.popleft()
     for name, child in view.children(obj).items():
       if id(child) in seen:
         continue
       seen.add(id(child))
+      child_path = (*path, name)
       if isinstance(child, tf.Variable):
-        out[(*path, name)] = child
+        out[_checkpoint_key(child_path)] = child
       else:
-        walk(child, (*path, name))
-
-  walk(root, ())
+        queue.append((child, child_path))
   return out
 
 
-def checkpoint_keys_by_path(prefix: str) -> dict[Path, str]:
-  """The variable keys of a tf.train.Checkpoint, keyed by object path."""
-  reader = tf.train.load_checkpoint(prefix)
-  graph = trackable_object_graph_pb2.TrackableObjectGraph()
-  graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
-  out: dict[Path, str] = {}
-  stack = [(0, ())]
-  visited = set()
-  while stack:
-    node_id, path = stack.pop()
-    if node_id in visited:
-      continue
-    visited.add(node_id)
-    node = graph.nodes[node_id]
-    for attribute in node.attributes:
-      if attribute.name == "VARIABLE_VALUE":
-        out[path] = attribute.checkpoint_key
-    for child in node.children:
-      stack.append((child.node_id, (*path, child.local_name)))
-  return out
+def _checkpoint_key(path: Path) -> str:
+  # TensorFlow's escaping of object names inside a key.
+  escaped = (p.replace(".", "..").replace("/", ".S") for p in path)
+  return "/".join(escaped) + "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def remap_rows(
@@ -120,14 +111,13 @@ def warm_start(
       model architecture differs from the earlier run's).
   """
   reader = tf.train.load_checkpoint(old_prefix)
-  old_keys = checkpoint_keys_by_path(old_prefix)
+  old_keys = set(reader.get_variable_to_shape_map())
   feature_of = {
     id(v): name for name, variables in tables.items() for v in variables
   }
   counts = dict(copied=0, remapped=0, carried=0, new_values=0, fresh=0)
-  for path, variable in variables_by_path(root).items():
-    key = old_keys.get(path)
-    if key is None or any(part in skip for part in path):
+  for key, variable in variables_by_key(root).items():
+    if key not in old_keys or any(part in skip for part in key.split("/")):
       counts["fresh"] += 1
       continue
     old_value = reader.get_tensor(key)
@@ -148,7 +138,7 @@ def warm_start(
       counts["copied"] += 1
     else:
       raise ValueError(
-        f"Cannot warm-start {'/'.join(path)}: shape {variable.shape} "
+        f"Cannot warm-start {key.split('/.ATTRIBUTES')[0]}: shape {variable.shape} "
         f"here, {old_value.shape} in {old_prefix}. Only embedding tables "
         "may change size; use the earlier run's model settings."
       )

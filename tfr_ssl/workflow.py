@@ -307,12 +307,27 @@ def _evaluate_through_index(workdir, prepared, config, split) -> dict:
         [[row_of_key.get(i.decode(), -1) for i in r] for r in ids.numpy()]
       )
     )
+  # The index returns its own k results: deeper cut-offs cannot be scored.
+  index_k = retriever.manifest["k"]
+  ks = [k for k in config.eval.ks if k <= index_k]
+  if len(ks) < len(config.eval.ks):
+    logging.warning(
+      "The index returns %d items: evaluating K=%s only (not %s).",
+      index_k,
+      ks,
+      [k for k in config.eval.ks if k > index_k],
+    )
+  if not ks:
+    raise train.WorkdirError(
+      f"The index returns {index_k} items, fewer than every K in "
+      f"{list(config.eval.ks)}: rebuild it with a larger --k."
+    )
   return evaluate.metrics_from_topk(
-    np.concatenate(topk),
+    np.concatenate(topk)[:, : ks[-1]],
     pairs_query=query_of_pair,
     pairs_item=pairs.item_index[rows],
     item_train_count=prepared.item_train_count,
-    ks=config.eval.ks,
+    ks=ks,
     head_fraction=config.eval.head_fraction,
   )
 

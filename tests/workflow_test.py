@@ -1,0 +1,253 @@
+"""The whole chain on tiny synthetic data: train, export, index, evaluate.
+
+Each binary is one library call, so the chain is tested through the library
+(fast, in one process) and the binaries are tested separately in
+pipelines_test.py.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import tfr_ssl  # noqa: F401
+from tfr_ssl import config as config_lib
+from tfr_ssl import export, index, train, workflow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(cache_dir: str, **overrides) -> config_lib.Config:
+  """A config whose whole run takes seconds (300 items, 6k interactions)."""
+  values = {
+    "data.cache_dir": cache_dir,
+    "data.synthetic.num_items": 300,
+    "data.synthetic.num_users": 200,
+    "data.synthetic.num_interactions": 6000,
+    "model.embedding_dim": 16,
+    "model.query_layers": (32,),
+    "model.item_layers": (32,),
+    "model.output_dim": 16,
+    "model.estimator_buckets": 1024,
+    "ssl.batch_size": 64,
+    "train.batch_size": 256,
+    "train.epochs": 2,
+    "train.steps_per_epoch": 0,
+    "train.checkpoint_every": 8,
+    "train.log_every": 8,
+    "train.learning_rate": 0.1,
+    "train.validation_examples": 500,
+    "index.k": 50,
+    "index.audit_queries": 50,
+  }
+  values.update(overrides)
+  return config_lib.Config().override(values)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """One trained, exported, indexed and evaluated run."""
+  root = tmp_path_factory.mktemp("run")
+  config = tiny_config(str(root / "cache"))
+  workdir = str(root / "work")
+  summary = train.train_and_evaluate(config, workdir)
+  workflow.export_run(workdir)
+  workflow.build_index_run(workdir)
+  metrics = workflow.evaluate_run(workdir)
+  return {"workdir": workdir, "summary": summary, "metrics": metrics}
+
+
+def test_chain_writes_the_workdir_contract(run):
+  workdir = run["workdir"]
+  for name in (
+    "config.json",
+    "checkpoints",
+    "tensorboard",
+    "export/query/saved_model.pb",
+    "export/item/saved_model.pb",
+    "export/manifest.json",
+    "index/manifest.json",
+    "eval/metrics.json",
+    "eval/recall_by_decile.png",
+  ):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  # Two full passes over the training split (the stream must run across
+  # the epoch boundary), validated after each.
+  _, prepared, _ = train.load_trained_model(workdir)
+  steps_per_epoch = len(prepared.splits["train"]) // 256
+  assert run["summary"]["steps"] == 2 * steps_per_epoch
+  assert run["summary"]["validation"][1]["step"] == 2 * steps_per_epoch
+  assert [v["epoch"] for v in run["summary"]["validation"]] == [1, 2]
+  metrics = run["metrics"]
+  assert 0.0 <= metrics["recall@10"] <= metrics["recall@50"] <= 1.0
+  assert set(metrics["slices"]) == {"head", "tail", "cold"}
+  # 300 items is below exact_below: the index is exact, so its audit is 1.
+  with open(os.path.join(workdir, "index", "manifest.json")) as f:
+    assert json.load(f)["audit"] == 1.0
+
+
+def test_exported_towers_equal_the_trained_model(run):
+  model, prepared, _ = train.load_trained_model(run["workdir"])
+  schema = prepared.schema
+  rows = np.arange(10)
+  for name, features, table, tower in (
+    ("query", schema.query_features, prepared.queries, model.query_tower),
+    ("item", schema.item_features, prepared.items, model.item_tower),
+  ):
+    loaded = export.load_tower(os.path.join(run["workdir"], "export", name))
+    raw = export.raw_features(table, features, prepared.vocabularies, rows)
+    served = workflow.embed_raw(loaded, raw)
+    expected = tower({k: tf.constant(v[rows]) for k, v in table.items()})
+    np.testing.assert_allclose(served, expected.numpy(), atol=1e-5)
+
+
+_RETRIEVE_IN_FRESH_PROCESS = """
+import json, sys
+from tfr_ssl import workflow
+queries = json.loads(sys.argv[2])
+results = workflow.retrieve(sys.argv[1], queries, k=5)
+print(json.dumps([[(h["id"], h["score"]) for h in r] for r in results]))
+"""
+
+
+def test_retrieval_savedmodel_in_a_fresh_process_matches_the_model(run):
+  model, prepared, _ = train.load_trained_model(run["workdir"])
+  rows = np.array([0, 1, 2])
+  raw = export.raw_features(
+    prepared.queries,
+    prepared.schema.query_features,
+    prepared.vocabularies,
+    rows,
+  )
+  queries = [{k: str(v[i]) for k, v in raw.items()} for i in range(len(rows))]
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-c",
+      _RETRIEVE_IN_FRESH_PROCESS,
+      run["workdir"],
+      json.dumps(queries),
+    ],
+    capture_output=True,
+    text=True,
+    check=True,
+    cwd=REPO,
+  )
+  served = json.loads(result.stdout.strip().splitlines()[-1])
+  # The same top 5, computed here from the in-memory towers.
+  items = model.item_tower(
+    {k: tf.constant(v) for k, v in prepared.items.items()}
+  ).numpy()
+  users = model.query_tower(
+    {k: tf.constant(v[rows]) for k, v in prepared.queries.items()}
+  ).numpy()
+  scores = users @ items.T
+  keys = prepared.item_keys()
+  for q in range(len(rows)):
+    top = np.argsort(-scores[q], kind="stable")[:5]
+    assert [item for item, _ in served[q]] == [keys[i] for i in top]
+    np.testing.assert_allclose(
+      [s for _, s in served[q]], scores[q, top], atol=1e-4
+    )
+
+
+def test_retrieve_excludes_items_and_rejects_unknown_features(run):
+  queries = [{"user_id": "u1"}]
+  first = workflow.retrieve(run["workdir"], queries, k=3)[0]
+  banned = [first[0]["id"]]
+  again = workflow.retrieve(run["workdir"], queries, exclude=[banned], k=3)[0]
+  assert banned[0] not in [h["id"] for h in again]
+  assert again[0]["id"] == first[1]["id"]
+  with pytest.raises(workflow.QueryError, match="query features are"):
+    workflow.retrieve(run["workdir"], [{"colour": "red"}])
+
+
+def test_index_built_for_another_export_is_refused(run, tmp_path):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(run["workdir"], workdir)
+  workflow.export_run(workdir)  # a new export: a new model id
+  with pytest.raises(index.IndexMismatchError, match="model_id"):
+    workflow.load_retriever(workdir)
+
+
+def test_interrupted_export_leaves_the_old_export_loadable(
+  run, tmp_path, monkeypatch
+):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(run["workdir"], workdir)
+  before = export.read_manifest(os.path.join(workdir, "export"))
+  real_save = tf.saved_model.save
+  calls = []
+
+  def crash_on_second_tower(*args, **kwargs):
+    calls.append(1)
+    if len(calls) == 2:
+      raise KeyboardInterrupt("simulated crash mid-export")
+    return real_save(*args, **kwargs)
+
+  monkeypatch.setattr(tf.saved_model, "save", crash_on_second_tower)
+  with pytest.raises(KeyboardInterrupt):
+    workflow.export_run(workdir)
+  monkeypatch.undo()
+  after = export.read_manifest(os.path.join(workdir, "export"))
+  assert after["model_id"] == before["model_id"]
+  tower = export.load_tower(os.path.join(workdir, "export", "item"))
+  assert tower.serve is not None
+  assert sorted(os.listdir(workdir)) == sorted(os.listdir(run["workdir"]))
+
+
+def test_exact_evaluation_and_index_evaluation_agree(run):
+  # The index is exact here, so retrieving through the saved model must give
+  # the same recall as the matmul evaluation, except for held-out items the
+  # user also saw in training, which the index excludes (they count as
+  # misses there and stay rankable in the exact evaluation).
+  through_index = workflow.evaluate_run(run["workdir"], use_index=True)
+  exact = run["metrics"]
+  assert exact["num_pairs_target_in_train"] == 0
+  for k in (10, 50):
+    assert through_index[f"recall@{k}"] == pytest.approx(
+      exact[f"recall@{k}"], abs=1e-9
+    )
+
+
+def test_warm_start_carries_known_values_and_initialises_new_ones(
+  run, tmp_path
+):
+  old_model, old_data, old_config = train.load_trained_model(run["workdir"])
+  # More items: ids 300..329 are new to the vocabulary.
+  config = old_config.override({"data.synthetic.num_items": 330})
+  new_data = train.data_lib.load(config.data)
+  model = train.build_model(config, new_data)
+  fresh = model.item_encoder.tables[0].numpy().copy()
+  train._warm_start(model, new_data, run["workdir"])
+
+  item_id = new_data.schema.item_id
+  position = model.item_encoder.feature_names.index(item_id)
+  old_table = old_model.item_encoder.tables[position].numpy()
+  new_table = model.item_encoder.tables[position].numpy()
+  old_row = {v: i + 1 for i, v in enumerate(old_data.vocabularies[item_id])}
+  carried = new_values = 0
+  for i, value in enumerate(new_data.vocabularies[item_id]):
+    if value in old_row:
+      np.testing.assert_array_equal(new_table[i + 1], old_table[old_row[value]])
+      carried += 1
+    else:
+      np.testing.assert_array_equal(new_table[i + 1], fresh[i + 1])
+      new_values += 1
+  assert carried > 0 and new_values > 0
+  # The MLP is copied as is.
+  np.testing.assert_array_equal(
+    model.item_tower.projection.kernel.numpy(),
+    old_model.item_tower.projection.kernel.numpy(),
+  )
+
+
+def test_a_workdir_of_another_run_is_refused(run):
+  config = train.read_config(run["workdir"]).override({"ssl.alpha": 0.0})
+  with pytest.raises(train.WorkdirError, match=r"ssl\.alpha"):
+    train.train_and_evaluate(config, run["workdir"])
