@@ -138,9 +138,10 @@ def warm_start(
       counts["copied"] += 1
     else:
       raise ValueError(
-        f"Cannot warm-start {key.split('/.ATTRIBUTES')[0]}: shape {variable.shape} "
-        f"here, {old_value.shape} in {old_prefix}. Only embedding tables "
-        "may change size; use the earlier run's model settings."
+        f"Cannot warm-start {key.split('/.ATTRIBUTES')[0]}: shape "
+        f"{variable.shape} here, {old_value.shape} in {old_prefix}. Only "
+        "embedding tables may change size; use the earlier run's model "
+        "settings."
       )
   logging.info("Warm start from %s: %s", old_prefix, counts)
   return counts
