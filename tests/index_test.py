@@ -348,3 +348,19 @@ def test_benchmark_search_reports_both_rates(corpus):
   assert rates["speedup"] == pytest.approx(
     rates["index_qps"] / rates["exact_qps"]
   )
+
+
+@pytest.mark.parametrize(
+  "num_items, exact_below, reorder, exact",
+  [
+    (19_999, 20_000, 100, True),  # below the size threshold
+    (20_000, 20_000, 10_000, True),  # would re-score half the corpus
+    (20_001, 20_000, 10_000, False),  # re-scores just under half
+    (100_000, 20_000, 10_000, False),
+  ],
+)
+def test_exact_search_where_scann_cannot_pay_off(
+  num_items, exact_below, reorder, exact
+):
+  config = IndexConfig(exact_below=exact_below, reorder=reorder)
+  assert index.use_exact_search(num_items, config) is exact

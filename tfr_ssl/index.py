@@ -337,6 +337,17 @@ def scann_settings(num_items: int, config: IndexConfig) -> dict[str, Any]:
   }
 
 
+def use_exact_search(num_items: int, config: IndexConfig) -> bool:
+  """Whether brute force beats ScaNN for this corpus.
+
+  Below `config.exact_below` items a matmul is fast enough and exact. Above
+  it, ScaNN pays off only while the candidates it re-scores exactly are a
+  small part of the corpus: re-scoring half of it or more costs about as
+  much as scoring all of it, plus the tree search on top.
+  """
+  return num_items < config.exact_below or 2 * config.reorder >= num_items
+
+
 def build_searcher(
   item_embeddings: np.ndarray,
   item_ids: Sequence[str] | np.ndarray,
@@ -345,7 +356,7 @@ def build_searcher(
   tune_queries: np.ndarray | None = None,
   target_recall: float = TARGET_RECALL,
 ) -> ExactIndex | ScaNNIndex:
-  """Indexes the corpus: exact below `config.exact_below` items, else ScaNN.
+  """Indexes the corpus: exact search when `use_exact_search`, else ScaNN.
 
   Args:
     item_embeddings: float [N, D], item tower outputs by corpus row.
@@ -384,7 +395,7 @@ def build_searcher(
       f"item_ids must be unique; {unique[counts > 1][:5].tolist()} repeat."
     )
   num_items = embeddings.shape[0]
-  if num_items < config.exact_below:
+  if use_exact_search(num_items, config):
     layer = ExactIndex(query_model=query_model, k=min(config.k, num_items))
   else:
     layer = ScaNNIndex(
