@@ -47,16 +47,16 @@ def atomic_dir(path: str) -> Iterator[str]:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def write_text(path: str, text: str) -> None:
-  """Writes `text` to `path` through a temporary file and a rename."""
+def write_bytes(path: str, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file and a rename."""
   path = os.path.abspath(path)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   fd, tmp = tempfile.mkstemp(
     prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path)
   )
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -64,6 +64,11 @@ def write_text(path: str, text: str) -> None:
     with contextlib.suppress(FileNotFoundError):
       os.remove(tmp)
     raise
+
+
+def write_text(path: str, text: str) -> None:
+  """Writes `text` (UTF-8) to `path` through a temporary file and a rename."""
+  write_bytes(path, text.encode("utf-8"))
 
 
 def write_json(path: str, value: Any) -> None:

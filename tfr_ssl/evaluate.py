@@ -34,11 +34,8 @@ Conventions:
 
 from __future__ import annotations
 
-import contextlib
 import io
 import math
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -570,27 +567,8 @@ def plot_recall_by_decile(
   buffer = io.BytesIO()
   figure.savefig(buffer, format="png", dpi=100)
   plt.close(figure)
-  _write_bytes(path, buffer.getvalue())
+  atomic.write_bytes(path, buffer.getvalue())
 
 
 def _nan_if_none(value):
   return math.nan if value is None else value
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-  """Writes `data` through a temporary sibling and a rename."""
-  path = os.path.abspath(path)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  fd, tmp = tempfile.mkstemp(
-    prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path)
-  )
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    with contextlib.suppress(FileNotFoundError):
-      os.remove(tmp)
-    raise
