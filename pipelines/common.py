@@ -105,6 +105,27 @@ def config_from_flags(
     raise app.UsageError(str(e)) from None
 
 
+def section_overrides(section: str) -> dict[str, object]:
+  """Flags given on the command line for one config section.
+
+  Raises:
+    app.UsageError: a flag of another section was given (it cannot change
+      an existing run).
+  """
+  from absl import app
+
+  overrides = {}
+  for name, (path, _, _) in _flag_names().items():
+    if name in FLAGS and FLAGS[name].present:
+      if not path.startswith(f"{section}."):
+        raise app.UsageError(
+          f"--{name} cannot change an existing run; this binary takes only "
+          f"{section} settings."
+        )
+      overrides[path] = FLAGS[name].value
+  return overrides
+
+
 def load_config(path: str) -> config_lib.Config:
   """Reads a config JSON file, with errors that name the file."""
   from absl import app

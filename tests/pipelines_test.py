@@ -102,6 +102,7 @@ def test_training_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
     ("evaluate", ["--workdir=/nonexistent/run"], "/nonexistent/run"),
     ("export", ["--workdir=/nonexistent/run"], "/nonexistent/run"),
     ("retrieve", ["--workdir=w", "--query=[1]"], "JSON object"),
+    ("build_index", ["--workdir=w", "--alpha=0.5"], "only index settings"),
   ],
 )
 def test_bad_usage_gets_a_message_not_a_trace(tmp_path, name, args, message):

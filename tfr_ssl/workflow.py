@@ -59,16 +59,22 @@ def export_run(workdir: str) -> dict:
   )
 
 
-def build_index_run(workdir: str) -> dict:
+def build_index_run(
+  workdir: str, index_overrides: Mapping[str, object] | None = None
+) -> dict:
   """Embeds the corpus with the exported item tower and saves WORKDIR/index/.
 
   The index is audited against exact search on sampled queries before it is
   saved; the audit and the query speed go into its manifest.
 
+  Args:
+    workdir: A run with an export.
+    index_overrides: Dotted `index.*` settings replacing the run's.
+
   Returns:
     The index manifest.
   """
-  config = train.read_config(workdir)
+  config = train.read_config(workdir).override(dict(index_overrides or {}))
   export_dir = os.path.join(workdir, EXPORT_DIR)
   if not os.path.exists(os.path.join(export_dir, "manifest.json")):
     raise train.WorkdirError(
