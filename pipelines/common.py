@@ -160,13 +160,13 @@ def fail(message: str) -> typing.NoReturn:
 
 def user_errors() -> tuple[type[Exception], ...]:
   """Errors that mean bad input or a bad workdir, not a bug: shown briefly."""
-  from tfr_ssl import index, train
+  from tfr_ssl import serving, train
   from tfr_ssl.data import errors
 
   return (
     errors.DataError,
     train.WorkdirError,
-    index.IndexMismatchError,
+    serving.IndexMismatchError,
     FileNotFoundError,
   )
 

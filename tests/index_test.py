@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import index
+from tfr_ssl import index, serving
 from tfr_ssl.config import IndexConfig
 
 # TFRS layers, reached through tfr_ssl so that Keras 2 is selected first.
@@ -160,7 +160,7 @@ def _in_memory(model, searcher, k):
 
 
 def _save(searcher, path, model_id="m1", model=None):
-  return index.save_retrieval_model(
+  return serving.save_retrieval_model(
     model or query_model(),
     searcher,
     str(path),
@@ -172,11 +172,11 @@ def _save(searcher, path, model_id="m1", model=None):
 _LOAD_SCRIPT = """
 import json, sys
 import tfr_ssl
-from tfr_ssl import index
+from tfr_ssl import index, serving
 features, exclude = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 out = {}
 for path in sys.argv[3:]:
-  model = index.load_retrieval_model(path, {"model_id": "m1"})
+  model = serving.load_retrieval_model(path, {"model_id": "m1"})
   plain, excluded = model(features), model(features, exclude=exclude)
   out[path] = {
     name: {"scores": r[0].numpy().tolist(),
@@ -247,7 +247,7 @@ def saved_exact(tmp_path_factory):
 
 def test_exclusion_drops_ids_and_pads_when_short(saved_exact):
   path, _, _ = saved_exact
-  model = index.load_retrieval_model(str(path))
+  model = serving.load_retrieval_model(str(path))
   _, top = model(FEATURES)
   top = top.numpy().astype(str)
   # Query 0 excludes its ranks 1 and 3; query 1 an unknown id; the rest
@@ -274,16 +274,16 @@ def test_exclusion_drops_ids_and_pads_when_short(saved_exact):
 def test_manifest_mismatch_is_refused(saved_exact):
   path, _, manifest = saved_exact
   assert manifest["versions"]["scann"]
-  with pytest.raises(index.IndexMismatchError, match=r"model_id.*'m1'.*'m2'"):
-    index.load_retrieval_model(str(path), {"model_id": "m2"})
-  with pytest.raises(index.IndexMismatchError, match="embedding_dim"):
-    index.load_retrieval_model(str(path), {"embedding_dim": 64})
-  with pytest.raises(index.IndexMismatchError, match="query_features"):
-    index.load_retrieval_model(str(path), {"query_features": ["user"]})
-  with pytest.raises(index.IndexMismatchError, match=r"manifest\.json"):
-    index.load_retrieval_model(str(path.parent / "nothing"))
+  with pytest.raises(serving.IndexMismatchError, match=r"model_id.*'m1'.*'m2'"):
+    serving.load_retrieval_model(str(path), {"model_id": "m2"})
+  with pytest.raises(serving.IndexMismatchError, match="embedding_dim"):
+    serving.load_retrieval_model(str(path), {"embedding_dim": 64})
+  with pytest.raises(serving.IndexMismatchError, match="query_features"):
+    serving.load_retrieval_model(str(path), {"query_features": ["user"]})
+  with pytest.raises(serving.IndexMismatchError, match=r"manifest\.json"):
+    serving.load_retrieval_model(str(path.parent / "nothing"))
   # Matching expectations load.
-  index.load_retrieval_model(
+  serving.load_retrieval_model(
     str(path), {"model_id": "m1", "query_features": ("user", "city")}
   )
 
@@ -314,7 +314,7 @@ def test_loaded_export_object_serves_as_query_model(saved_exact, tmp_path):
     _save(searcher, tmp_path / "index", model=tower.serve)
   _save(searcher, tmp_path / "index", model=tower)
   del tower  # the index must hold its own copy of the tower
-  _, ids = index.load_retrieval_model(str(tmp_path / "index"))(FEATURES)
+  _, ids = serving.load_retrieval_model(str(tmp_path / "index"))(FEATURES)
   _, expected = _in_memory(model, searcher, k=5)
   np.testing.assert_array_equal(ids.numpy().astype(str), expected)
 
@@ -331,11 +331,11 @@ def test_interrupted_save_keeps_the_old_index(saved_exact, monkeypatch):
   def crash(*args, **kwargs):
     raise RuntimeError("disk full")
 
-  monkeypatch.setattr(index.atomic, "write_json", crash)
+  monkeypatch.setattr(serving.atomic, "write_json", crash)
   with pytest.raises(RuntimeError, match="disk full"):
     _save(searcher, path, model_id="m2")
   monkeypatch.undo()
-  model = index.load_retrieval_model(str(path), {"model_id": "m1"})
+  model = serving.load_retrieval_model(str(path), {"model_id": "m1"})
   assert model(FEATURES)[1].shape == (6, 5)
   assert sorted(os.listdir(path.parent)) == ["index"]
 

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
-from tfr_ssl import export, index, train, workflow
+from tfr_ssl import export, serving, train, workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -171,7 +171,7 @@ def test_index_built_for_another_export_is_refused(run, tmp_path):
   workdir = str(tmp_path / "copy")
   shutil.copytree(run["workdir"], workdir)
   workflow.export_run(workdir)  # a new export: a new model id
-  with pytest.raises(index.IndexMismatchError, match="model_id"):
+  with pytest.raises(serving.IndexMismatchError, match="model_id"):
     workflow.load_retriever(workdir)
 
 

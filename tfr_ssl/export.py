@@ -207,7 +207,7 @@ def read_manifest(export_dir: str) -> dict:
 
 def versions() -> dict[str, str]:
   """Versions of the libraries an artifact was written with."""
-  out = {}
+  out = {"numpy": np.__version__}
   for package in (
     "tfr_ssl",
     "tensorflow",

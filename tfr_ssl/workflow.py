@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import data as data_lib
-from tfr_ssl import embed, evaluate, export, index, train
+from tfr_ssl import embed, evaluate, export, index, serving, train
 from tfr_ssl.data import contract
 
 EXPORT_DIR = "export"
@@ -137,7 +137,7 @@ def build_index_run(
     "embed_seconds": embed_seconds,
     "versions": export.versions(),
   }
-  index.save_retrieval_model(
+  serving.save_retrieval_model(
     query_tower,
     searcher,
     os.path.join(workdir, INDEX_DIR),
@@ -197,7 +197,7 @@ def evaluate_run(
 def load_retriever(workdir: str):
   """Loads WORKDIR/index/ (the retrieval SavedModel), checked for this run."""
   export_manifest = export.read_manifest(os.path.join(workdir, EXPORT_DIR))
-  return index.load_retrieval_model(
+  return serving.load_retrieval_model(
     os.path.join(workdir, INDEX_DIR),
     expected_manifest={
       "model_id": export_manifest["model_id"],
