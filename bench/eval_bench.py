@@ -17,7 +17,7 @@ two paths are printed side by side as a correctness check.
 
 Usage:
   .venv/bin/python bench/eval_bench.py [--tfrs_pairs 8192]
-      [--out bench/results/eval.md]
+      [--workdir workdir/demo] [--out bench/results/eval.md]
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+import tfr_ssl  # noqa: F401  (Keras 2 before TensorFlow is used)
 from tfr_ssl import atomic, evaluate
 
 DIM = 64
@@ -99,10 +100,29 @@ def tfrs_recall(layer_name, queries, items, pairs_query, pairs_item):
   return [float(r) for r in metric.result()], seconds
 
 
-def run(name, num_queries, num_items, num_pairs, tfrs_pairs):
-  queries, items, pairs_query, pairs_item, exclude, count = problem(
-    num_queries, num_items, num_pairs, train_per_query=130
+def trained_problem(workdir):
+  """The test split of a trained run: its real embeddings, pairs, exclusion."""
+  from tfr_ssl import embed, train
+
+  model, prepared, _ = train.load_trained_model(workdir)
+  test = prepared.splits["test"]
+  users, pairs_query = np.unique(test.query_index, return_inverse=True)
+  queries = embed.embed_rows(model.query_tower, prepared.queries, users)
+  items = embed.embed_rows(model.item_tower, prepared.items)
+  exclude = embed._select_rows(prepared.train_items_by_query, users)
+  return (
+    queries,
+    items,
+    pairs_query,
+    test.item_index,
+    exclude,
+    prepared.item_train_count,
   )
+
+
+def run(name, arrays, tfrs_pairs):
+  queries, items, pairs_query, pairs_item, exclude, count = arrays
+  num_queries, num_items, num_pairs = len(queries), len(items), len(pairs_item)
   ours = {}
   # Warm-up traces the scoring function once.
   evaluate.evaluate_embeddings(
@@ -141,8 +161,8 @@ def run(name, num_queries, num_items, num_pairs, tfrs_pairs):
   print(name, ours, flush=True)
   return {
     "name": name,
-    "shape": f"{num_queries:,} queries x {num_items:,} items x {DIM} dims, "
-    f"{num_pairs:,} pairs",
+    "shape": f"{name}: {num_queries:,} queries x {num_items:,} items x "
+    f"{items.shape[1]} dims, {num_pairs:,} pairs",
     "ours": ours,
     "theirs": theirs,
     "tfrs_pairs": tfrs_pairs,
@@ -191,8 +211,10 @@ Machine: {platform.machine()}, 2 cores shared with other jobs
 ({platform.python_version()}, TF {tf.__version__}); times are wall clock,
 evaluate_embeddings best of 3 after a warm-up trace.
 
-Random unit vectors (recall is near chance; only time matters here), Zipf
-item popularity, about 130 training items per query for the exclusion.
+The first two corpora are random unit vectors (recall is near chance; only
+time matters there), Zipf item popularity, about 130 training items per
+query for the exclusion; "trained" rows are the test split of a trained run
+(`--workdir`), with its real embeddings and training items.
 evaluate_embeddings scores each distinct query once and reads every K off
 one top-100; FactorizedTopK scores every held-out pair (batches of
 {PAIR_BATCH} inside a tf.function) and cannot exclude training items. The
@@ -218,11 +240,21 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--tfrs_pairs", type=int, default=8192)
   parser.add_argument("--out", default="bench/results/eval.md")
+  parser.add_argument(
+    "--workdir",
+    action="append",
+    default=[],
+    help="Also time a trained run's test split (repeatable).",
+  )
   args = parser.parse_args()
   results = [
-    run("ml-1m-like", 6040, 3706, 100_000, args.tfrs_pairs),
-    run("20k items", 6040, 20_000, 100_000, args.tfrs_pairs),
+    run("ml-1m-like", problem(6040, 3706, 100_000, 130), args.tfrs_pairs),
+    run("20k items", problem(6040, 20_000, 100_000, 130), args.tfrs_pairs),
   ]
+  for workdir in args.workdir:
+    results.append(
+      run(f"trained {workdir}", trained_problem(workdir), args.tfrs_pairs)
+    )
   command = " ".join(["bench/eval_bench.py", *sys.argv[1:]])
   text = report(results, command)
   print(text)
