@@ -29,7 +29,7 @@ format: install
 	$(VENV)/bin/ruff check --fix tfr_ssl pipelines tests bench
 
 # The demo: synthetic data, CFM + streaming logQ, then the whole chain.
-DEMO_FLAGS ?= --masking=cfm --alpha=1 --logq=streaming --epochs=2
+DEMO_FLAGS ?= --masking=cfm --alpha=1 --logq=streaming --epochs=3
 demo: install
 	rm -rf $(WORKDIR)
 	$(PY) -m pipelines.prepare_data --source=synthetic --cache_dir=$(CACHE_DIR)

@@ -40,7 +40,7 @@ def tiny_config(cache_dir: str, **overrides) -> config_lib.Config:
     "train.steps_per_epoch": 0,
     "train.checkpoint_every": 8,
     "train.log_every": 8,
-    "train.learning_rate": 0.1,
+    "train.learning_rate": 0.01,
     "train.validation_examples": 500,
     "index.k": 50,
     "index.audit_queries": 50,

@@ -206,7 +206,9 @@ class TrainConfig:
   Attributes:
     batch_size: Interactions per main-task batch.
     learning_rate: Learning rate of the optimizer.
-    optimizer: `adagrad` (the paper) or `adam`.
+    optimizer: `adam` (default: on the synthetic data Adam at 0.003 reached
+      twice the validation recall of the paper's Adagrad after one epoch,
+      bench/results/ablation.md) or `adagrad` (the paper).
     epochs: Passes over the training split.
     steps_per_epoch: Cap on steps per epoch (0 = one full pass).
     schedule: `joint` (the paper) or `pretrain` (SSL-only pretraining of the
@@ -221,9 +223,9 @@ class TrainConfig:
   """
 
   batch_size: int = _field(1024, "Main-task batch size.")
-  learning_rate: float = _field(0.05, "Optimizer learning rate.")
-  optimizer: str = _field("adagrad", "Optimizer.", choices=("adagrad", "adam"))
-  epochs: int = _field(2, "Training epochs.")
+  learning_rate: float = _field(0.003, "Optimizer learning rate.")
+  optimizer: str = _field("adam", "Optimizer.", choices=("adam", "adagrad"))
+  epochs: int = _field(3, "Training epochs.")
   steps_per_epoch: int = _field(0, "Steps per epoch cap (0 = full pass).")
   schedule: str = _field(
     "joint", "Training schedule.", choices=("joint", "pretrain")
