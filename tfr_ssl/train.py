@@ -84,6 +84,15 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     logging.info(
       "Resuming from %s at step %d.", manager.latest_checkpoint, int(step)
     )
+    if int(step) > total_steps:
+      logging.warning(
+        "%s already holds a model trained for %d steps, more than the %d "
+        "this config asks for: that model is kept (use a new --workdir to "
+        "train a shorter run).",
+        workdir,
+        int(step),
+        total_steps,
+      )
   elif config.train.warm_start_from:
     _warm_start(model, prepared, config.train.warm_start_from)
 
@@ -91,6 +100,7 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   # Epochs validated after the checkpoint we resumed from happen again.
   history = [h for h in _read_history(workdir) if h["step"] <= int(step)]
   step_fns = {}
+  window = {name: tf_keras.metrics.Mean(name) for name in _PER_BATCH_LOGS}
   progbar = tf_keras.utils.Progbar(
     total_steps, stateful_metrics=None, unit_name="step"
   )
@@ -101,13 +111,13 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   while int(step) < total_steps:
     phase = model_lib.phase_for_step(config, int(step))
     if phase not in step_fns:
-      step_fns[phase] = _train_step_fn(model, phase)
+      step_fns[phase] = _train_step_fn(model, phase, window)
     logs = step_fns[phase](next(iterator))
     step.assign_add(1)
     current = int(step)
     if current % config.train.log_every == 0 or current == total_steps:
       values = {k: float(v) for k, v in logs.items()}
-      # The values are already means over the window: show them as they are.
+      # Every value is a mean over the window: show them as they are.
       progbar.stateful_metrics = set(values)
       progbar.update(current, values=list(values.items()))
       with writer.as_default(step=current):
@@ -116,6 +126,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       # Metrics are running means: restart them so each log covers only
       # the steps since the previous one.
       model.reset_metrics()
+      for metric in window.values():
+        metric.reset_state()
     main_step = current - pretrain_steps
     epoch_end = main_step > 0 and main_step % steps_per_epoch == 0
     if epoch_end:
@@ -275,13 +287,24 @@ def _steps_per_epoch(
   return full
 
 
-def _train_step_fn(model: TwoTowerModel, phase: str):
+# TFRS's train step reports the last batch's value of these; the loop
+# replaces them by means over the logging window, like the loss components.
+_PER_BATCH_LOGS = ("loss", "regularization_loss", "total_loss")
+
+
+def _train_step_fn(
+  model: TwoTowerModel, phase: str, window: dict[str, tf_keras.metrics.Mean]
+):
   # compute_loss reads the phase when traced; setting it inside the traced
   # function keeps a retrace from picking up another phase's value.
   @tf.function
   def step_fn(batch):
     model.phase = phase
-    return model.train_step(batch)
+    logs = model.train_step(batch)
+    for name in _PER_BATCH_LOGS:
+      window[name].update_state(logs[name])
+      logs[name] = window[name].result()
+    return logs
 
   return step_fn
 
