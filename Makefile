@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdir/demo
+# TensorFlow's C++ INFO lines (CUDA probing, oneDNN notes) hide the output.
+export TF_CPP_MIN_LOG_LEVEL ?= 1
 # Where prepared (TFDS-cached) datasets live; each source/config gets a version.
 CACHE_DIR ?= $(HOME)/.cache/tfr_ssl
 

@@ -32,10 +32,8 @@ def main(argv):
   manifest = common.run_or_fail(
     workflow.build_index_run, _WORKDIR.value, overrides
   )
-  audit, speed = manifest["audit"], manifest["speed"]
-  print(f"Index of {manifest['num_items']} items in {_WORKDIR.value}/index")
-  print(f"  audit vs exact search: {audit}")
-  print(f"  query speed: {speed}")
+  print(workflow.describe_index(manifest))
+  print(f"Saved to {_WORKDIR.value}/index")
 
 
 if __name__ == "__main__":

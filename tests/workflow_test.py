@@ -57,9 +57,14 @@ def run(tmp_path_factory):
   workdir = str(root / "work")
   summary = train.train_and_evaluate(config, workdir)
   workflow.export_run(workdir)
-  workflow.build_index_run(workdir)
+  index_manifest = workflow.build_index_run(workdir)
   metrics = workflow.evaluate_run(workdir)
-  return {"workdir": workdir, "summary": summary, "metrics": metrics}
+  return {
+    "workdir": workdir,
+    "summary": summary,
+    "metrics": metrics,
+    "index_manifest": index_manifest,
+  }
 
 
 def test_chain_writes_the_workdir_contract(run):
@@ -94,7 +99,12 @@ def test_chain_writes_the_workdir_contract(run):
   assert set(metrics["slices"]) == {"head", "tail", "cold"}
   # 300 items is below exact_below: the index is exact, so its audit is 1.
   with open(os.path.join(workdir, "index", "manifest.json")) as f:
-    assert json.load(f)["audit"] == 1.0
+    written = json.load(f)
+  assert written["audit"] == 1.0
+  assert run["index_manifest"] == written
+  assert workflow.describe_index(written).startswith(
+    "Index: exact over 300 items; recall@50 vs exact search 1.0000"
+  )
 
 
 def test_exported_towers_equal_the_trained_model(run):

@@ -137,14 +137,13 @@ def build_index_run(
     "embed_seconds": embed_seconds,
     "versions": export.versions(),
   }
-  serving.save_retrieval_model(
+  return serving.save_retrieval_model(
     query_tower,
     searcher,
     os.path.join(workdir, INDEX_DIR),
     manifest,
     k=config.index.k,
   )
-  return manifest
 
 
 def evaluate_run(
@@ -373,6 +372,25 @@ __all__ = [
 ]
 
 
+def describe_index(manifest: Mapping) -> str:
+  """One line on an index: its kind, audit recall and speed vs exact."""
+  settings = manifest["index"]
+  kind = settings["kind"]
+  if kind == "scann":
+    kind = (
+      f"ScaNN ({settings['num_leaves']} leaves, "
+      f"{settings['num_leaves_to_search']} searched, reorder "
+      f"{settings['num_reordering_candidates']})"
+    )
+  speed = manifest["speed"]
+  return (
+    f"Index: {kind} over {manifest['num_items']:,} items; "
+    f"recall@{manifest['k']} vs exact search {manifest['audit']:.4f}; "
+    f"{speed['index_qps']:,.0f} queries/s vs {speed['exact_qps']:,.0f} "
+    f"exact ({speed['speedup']:.2f}x)"
+  )
+
+
 def report(workdir: str) -> str:
   """A human summary of a run's artifacts and figures."""
   workdir = os.path.abspath(workdir)
@@ -400,7 +418,7 @@ def report(workdir: str) -> str:
   if os.path.exists(index_manifest):
     with open(index_manifest) as f:
       manifest = json.load(f)
-    lines.append(f"Index: audit {manifest['audit']}; speed {manifest['speed']}")
+    lines.append(describe_index(manifest))
   metrics_path = os.path.join(workdir, EVAL_DIR, "metrics.json")
   if os.path.exists(metrics_path):
     with open(metrics_path) as f:
