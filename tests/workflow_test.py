@@ -267,3 +267,23 @@ def test_a_workdir_of_another_run_is_refused(run):
   config = train.read_config(run["workdir"]).override({"ssl.alpha": 0.0})
   with pytest.raises(train.WorkdirError, match=r"ssl\.alpha"):
     train.train_and_evaluate(config, run["workdir"])
+
+
+def test_pretrain_schedule_runs_ssl_steps_before_the_epochs(tmp_path):
+  config = tiny_config(
+    str(tmp_path / "cache"),
+    **{
+      "train.schedule": "pretrain",
+      "train.pretrain_steps": 5,
+      "train.epochs": 1,
+      "train.steps_per_epoch": 3,
+      "train.log_every": 1,
+    },
+  )
+  summary = train.train_and_evaluate(config, str(tmp_path / "work"))
+  # 5 SSL-only steps, then one epoch of 3 joint steps, validated at its end.
+  assert summary["steps"] == 8
+  assert [(v["epoch"], v["step"]) for v in summary["validation"]] == [(1, 8)]
+  # The last logged step was a joint one: both losses were computed.
+  assert summary["final_logs"]["main_loss"] > 0
+  assert summary["final_logs"]["ssl_loss"] > 0
