@@ -231,12 +231,16 @@ def test_exact_evaluation_and_index_evaluation_agree(run):
     )
 
 
+@pytest.mark.parametrize("logq", ["streaming", "static"])
 def test_warm_start_carries_known_values_and_initialises_new_ones(
-  run, tmp_path
+  run, tmp_path, logq
 ):
   old_model, old_data, old_config = train.load_trained_model(run["workdir"])
-  # More items: ids 300..329 are new to the vocabulary.
-  config = old_config.override({"data.synthetic.num_items": 330})
+  # More items: ids 300..329 are new to the vocabulary. The sampling state
+  # (per corpus row, and sized by the corpus when static) starts afresh.
+  config = old_config.override(
+    {"data.synthetic.num_items": 330, "model.logq": logq}
+  )
   new_data = train.data_lib.load(config.data)
   model = train.build_model(config, new_data)
   fresh = model.item_encoder.tables[0].numpy().copy()
@@ -256,6 +260,9 @@ def test_warm_start_carries_known_values_and_initialises_new_ones(
       np.testing.assert_array_equal(new_table[i + 1], fresh[i + 1])
       new_values += 1
   assert carried > 0 and new_values > 0
+  # The estimator's state is per corpus row: fresh (zeros), not copied.
+  if logq == "streaming":
+    assert all(not np.any(v.numpy()) for v in model.sampling.variables)
   # The MLP is copied as is.
   np.testing.assert_array_equal(
     model.item_tower.projection.kernel.numpy(),

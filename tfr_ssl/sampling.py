@@ -7,17 +7,18 @@ lands in a training batch. Two sources share one interface:
   probs = source.probabilities(item_index)  # float32 [n], per-batch units
   source.update(item_index)                 # once per training step
 
-Both report *per-batch* quantities (how likely, or how often, the item is in
-one global training batch), so they can be added to the expected count of
-extra sampled negatives (see `losses.py`):
+Both report the same per-batch quantity, the expected number of copies of
+the item in one global training batch, so they are interchangeable and can
+be added to the expected count of extra sampled negatives (see
+`losses.py`):
 
   - `StaticSamplingProbability`: `p_j = batch_size * count_j / total`, the
     expected occurrences of `j` in a batch of iid draws from the training
-    interactions (equal to the inclusion probability for rare items).
+    interactions.
   - `StreamingFrequencyEstimator`: Yi et al.'s hashed estimator of the mean
-    gap (in steps) between batches that contain `j`; `p_j = 1 / gap`, the
-    per-batch inclusion probability. It needs no counts up front and tracks
-    drift.
+    gap (in steps) between batches that contain `j`, times the mean number
+    of copies of `j` in such a batch. It needs no counts up front and
+    tracks drift.
 """
 
 from __future__ import annotations
@@ -155,26 +156,36 @@ class StreamingFrequencyEstimator(SamplingProbability):
   """Streaming per-batch sampling probability (Yi et al. 2019, Alg. 2 and 3).
 
   For each of `m` hash functions `h_i` it keeps arrays `A_i` (the step at
-  which bucket `h_i(y)` was last seen) and `B_i` (the estimated gap, in
-  steps, between batches that contain the bucket). At training step `t`
-  (1, 2, ...), for every distinct bucket `b` hit by the batch:
+  which bucket `h_i(y)` was last seen), `B_i` (the estimated gap, in steps,
+  between batches that contain the bucket) and `C_i` (the estimated number
+  of copies of the bucket in a batch that contains it). At training step
+  `t` (1, 2, ...), for every distinct bucket `b` hit by the batch `k_b`
+  times:
 
     B_i[b] <- (1 - a) B_i[b] + a (t - A_i[b]);   A_i[b] <- t
+    C_i[b] <- (1 - a) C_i[b] + a k_b
 
-  and `p(y) = 1 / max_i B_i[h_i(y)]` (Algorithm 3; with `m = 1` this is
-  Algorithm 2). A collision only makes a bucket look more frequent (a
-  smaller gap), so the largest gap over hashes is the least collided one.
+  and `p(y) = min_i C_i[h_i(y)] / B_i[h_i(y)]`: the expected number of
+  copies of `y` per batch. With every `k_b = 1` this is `1 / B`, Algorithm 2
+  (and with the min, whose bucket has the largest gap, Algorithm 3): a
+  collision only makes a bucket look more frequent, so the smallest
+  estimate over hashes is the least collided one.
 
   Decisions (documented because the paper leaves them open):
-    - Repeats: an item (precisely: a bucket) that occurs several times in a
-      batch updates once per step, so `delta` is a gap in steps and `p` is
-      the per-batch inclusion probability `P(j in batch)`, not an expected
-      count (the two agree for items with `p << 1`).
+    - Units: `p` is the expected count of `y` in a batch, the unit of
+      `StaticSamplingProbability` and the one the correction needs: the
+      retrieval loss removes only copies of the positive, so a head item
+      sampled twice stays twice among the negatives, and the log of its
+      expected count is what un-biases the softmax normaliser. The chance
+      `P(y in batch)` that `1 / B` alone estimates saturates at 1 and would
+      under-correct exactly the head items the method targets.
+    - Repeats: a bucket hit several times in a batch updates its gap once
+      (a gap in steps) and records the number of copies in `C`.
     - First sighting: `B` starts at 0 meaning "never seen"; the first
       sighting sets `B = t - A = t` (the elapsed gap) instead of averaging
       in from 0, which would overstate `p` by a factor `1 / a` early on.
     - Never seen: an unseen bucket's gap is at least the steps elapsed, so
-      it reports `p = 1 / max(t, 1)`.
+      it reports `p = 1 / max(t, 1)` (one copy per that many steps).
     - Order: the model calls `update` before `probabilities` in a step, so
       an item's first batch already has a finite estimate.
     - Distribution: under a `tf.distribute` strategy, `update` all-gathers
@@ -243,6 +254,14 @@ class StreamingFrequencyEstimator(SamplingProbability):
       trainable=False,
       aggregation=only_first,
     )
+    self.copies = self.add_weight(
+      name="copies",
+      shape=(size,),
+      dtype=tf.float32,
+      initializer="zeros",
+      trainable=False,
+      aggregation=only_first,
+    )
 
   def buckets(self, item_index: tf.Tensor) -> tf.Tensor:
     """Flat bucket index `[n, m]` of each id under each hash."""
@@ -259,7 +278,9 @@ class StreamingFrequencyEstimator(SamplingProbability):
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1:
       ids = context.all_gather(ids, axis=0)
-    buckets, _ = tf.unique(tf.reshape(self.buckets(ids), [-1]))
+    buckets, _, counts = tf.unique_with_counts(
+      tf.reshape(self.buckets(ids), [-1])
+    )
     # Tie the step to the batch: in a traced step whose input fetch fails
     # (end of an unsized dataset) data-independent ops may still run.
     with tf.control_dependencies([ids]):
@@ -267,8 +288,13 @@ class StreamingFrequencyEstimator(SamplingProbability):
     delta = tf.cast(t - tf.gather(self.last_step, buckets), tf.float32)
     gap = tf.gather(self.gap, buckets)
     a = self.learning_rate
-    new_gap = tf.where(gap > 0, (1.0 - a) * gap + a * delta, delta)
+    seen = gap > 0
+    new_gap = tf.where(seen, (1.0 - a) * gap + a * delta, delta)
+    count = tf.cast(counts, tf.float32)
+    copies = tf.gather(self.copies, buckets)
+    new_copies = tf.where(seen, (1.0 - a) * copies + a * count, count)
     self.gap.scatter_update(tf.IndexedSlices(new_gap, buckets))
+    self.copies.scatter_update(tf.IndexedSlices(new_copies, buckets))
     self.last_step.scatter_update(
       tf.IndexedSlices(tf.fill(tf.shape(buckets), t), buckets)
     )
@@ -276,11 +302,14 @@ class StreamingFrequencyEstimator(SamplingProbability):
 
   def probabilities(self, item_index: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(item_index)
-    gaps = tf.gather(self.gap, self.buckets(item_index))
-    elapsed = tf.cast(self.step, tf.float32)
-    gaps = tf.where(gaps > 0, gaps, elapsed)
-    gap = tf.maximum(tf.reduce_max(gaps, axis=1), 1.0)
-    return tf.reshape(1.0 / gap, shape)
+    buckets = self.buckets(item_index)
+    gaps = tf.gather(self.gap, buckets)
+    seen = gaps > 0
+    # Never seen: at most one copy in all the steps so far.
+    gaps = tf.where(seen, gaps, tf.cast(self.step, tf.float32))
+    copies = tf.where(seen, tf.gather(self.copies, buckets), 1.0)
+    expected = copies / tf.maximum(gaps, 1.0)
+    return tf.reshape(tf.reduce_min(expected, axis=1), shape)
 
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()

@@ -143,8 +143,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       or epoch_end
       or current == total_steps
     ):
-      manager.save(checkpoint_number=current)
+      # History first: on resume, entries past the restored step are
+      # dropped, so a crash between the two writes loses nothing.
       _write_history(workdir, history)
+      manager.save(checkpoint_number=current)
   writer.flush()
   elapsed = time.perf_counter() - started
   summary = {
@@ -331,7 +333,7 @@ def _warm_start(
     tables=model.embedding_tables(),
     old_vocabularies=old_info["vocabularies"],
     new_vocabularies=prepared.vocabularies,
-    skip=("estimator",),
+    skip=("sampling",),
   )
 
 
