@@ -109,7 +109,7 @@ def trained_problem(workdir):
   users, pairs_query = np.unique(test.query_index, return_inverse=True)
   queries = embed.embed_rows(model.query_tower, prepared.queries, users)
   items = embed.embed_rows(model.item_tower, prepared.items)
-  exclude = embed._select_rows(prepared.train_items_by_query, users)
+  exclude = evaluate.select_csr_rows(prepared.train_items_by_query, users)
   return (
     queries,
     items,

@@ -100,7 +100,7 @@ def evaluate_model(
       pairs.query_index[pair_rows], return_inverse=True
     )
     query_embeddings = embed_rows(query_tower, prepared.queries, queries)
-    exclude = _select_rows(prepared.train_items_by_query, queries)
+    exclude = evaluate.select_csr_rows(prepared.train_items_by_query, queries)
   return evaluate.evaluate_embeddings(
     query_embeddings,
     item_embeddings,
@@ -112,19 +112,3 @@ def evaluate_model(
     head_fraction=eval_config.head_fraction,
     batch_size=eval_config.batch_size,
   )
-
-
-def _select_rows(
-  csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-  """The CSR sub-matrix of `rows`, renumbered 0..len(rows)-1."""
-  indptr, indices = csr
-  starts, ends = indptr[rows], indptr[rows + 1]
-  lengths = ends - starts
-  new_indptr = np.zeros(len(rows) + 1, np.int64)
-  np.cumsum(lengths, out=new_indptr[1:])
-  if new_indptr[-1] == 0:
-    return new_indptr, np.zeros(0, np.int32)
-  # Positions of every kept entry: start of its row plus its offset in it.
-  offsets = np.arange(new_indptr[-1]) - np.repeat(new_indptr[:-1], lengths)
-  return new_indptr, indices[np.repeat(starts, lengths) + offsets]

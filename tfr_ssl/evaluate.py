@@ -395,16 +395,33 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
   return positions, target_in_train
 
 
+def select_csr_rows(
+  csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """The CSR sub-matrix of `rows`, renumbered 0..len(rows)-1.
+
+  Args:
+    csr: (indptr [R + 1], indices [nnz]).
+    rows: Rows to keep, in the order wanted.
+
+  Returns:
+    (indptr [len(rows) + 1], indices) of the selected rows.
+  """
+  indptr, indices = csr
+  begin = indptr[rows]
+  lengths = indptr[rows + 1] - begin
+  new_indptr = np.zeros(len(rows) + 1, np.int64)
+  np.cumsum(lengths, out=new_indptr[1:])
+  # Offset of each entry inside its row's run, plus the run's start.
+  within = np.arange(new_indptr[-1]) - np.repeat(new_indptr[:-1], lengths)
+  return new_indptr, indices[np.repeat(begin, lengths) + within]
+
+
 def _csr_rows(csr, query_rows):
   """(row in block, item) of every CSR entry of the given queries."""
-  indptr, indices = csr
-  begin = indptr[query_rows]
-  lengths = indptr[query_rows + 1] - begin
-  total = int(lengths.sum())
-  rows = np.repeat(np.arange(query_rows.shape[0]), lengths)
-  # Offset of each entry inside its query's run, plus the run's start.
-  within = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-  return rows, indices[np.repeat(begin, lengths) + within]
+  indptr, cols = select_csr_rows(csr, query_rows)
+  rows = np.repeat(np.arange(query_rows.shape[0]), np.diff(indptr))
+  return rows, cols
 
 
 def _recall(hit: np.ndarray) -> float | None:
