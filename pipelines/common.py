@@ -95,10 +95,7 @@ def config_from_flags(
     base = config_lib.Config()
     if FLAGS.config:
       base = load_config(FLAGS.config)
-  overrides = {}
-  for name, (path, _, _) in _flag_names().items():
-    if FLAGS[name].present:
-      overrides[path] = FLAGS[name].value
+  overrides = {path: value for path, (_, value) in _given_flags().items()}
   try:
     return base.override(overrides)
   except ValueError as e:
@@ -115,15 +112,23 @@ def section_overrides(section: str) -> dict[str, object]:
   from absl import app
 
   overrides = {}
-  for name, (path, _, _) in _flag_names().items():
-    if name in FLAGS and FLAGS[name].present:
-      if not path.startswith(f"{section}."):
-        raise app.UsageError(
-          f"--{name} cannot change an existing run; this binary takes only "
-          f"{section} settings."
-        )
-      overrides[path] = FLAGS[name].value
+  for path, (name, value) in _given_flags().items():
+    if not path.startswith(f"{section}."):
+      raise app.UsageError(
+        f"--{name} cannot change an existing run; this binary takes only "
+        f"{section} settings."
+      )
+    overrides[path] = value
   return overrides
+
+
+def _given_flags() -> dict[str, tuple[str, object]]:
+  """Config path -> (flag name, value) of the config flags given."""
+  return {
+    path: (name, FLAGS[name].value)
+    for name, (path, _, _) in _flag_names().items()
+    if name in FLAGS and FLAGS[name].present
+  }
 
 
 def load_config(path: str) -> config_lib.Config:
