@@ -163,7 +163,12 @@ def evaluate_run(
   Returns:
     The metrics.
   """
-  model, prepared, config = train.load_trained_model(workdir)
+  if use_index:
+    # The saved index embeds the queries itself: no model to rebuild.
+    config = train.read_config(workdir)
+    prepared = data_lib.load(config.data)
+  else:
+    model, prepared, config = train.load_trained_model(workdir)
   split = split or config.eval.split
   started = time.perf_counter()
   if use_index:
