@@ -121,6 +121,63 @@ def test_previous_item_follows_timestamps(tmp_path):
   assert previous == {(0, 0): 2, (0, 2): PAD, (1, 0): PAD, (1, 1): 0}
 
 
+EIGHT_ITEMS = "item,genre,tags\n" + "".join(f"i{k},g,t\n" for k in range(1, 9))
+# Row r (0-based) is item i{r+1} (corpus row r) at time r + 1, except row 7
+# at time 0 (before every other row).
+EIGHT_INTERACTIONS = (
+  "user,item,w,t\n"
+  "u1,i1,1,1\n"  # 0
+  "u1,i2,1,2\n"  # 1
+  "u1,i3,1,3\n"  # 2
+  "u2,i4,1,4\n"  # 3
+  "u2,i5,1,5\n"  # 4
+  "u1,i6,1,6\n"  # 5
+  "u2,i7,1,7\n"  # 6
+  "u1,i8,1,0\n"  # 7
+)
+
+
+def _eight(tmp_path, train_fraction=1.0):
+  write_dir(
+    tmp_path / "raw",
+    **{"items.csv": EIGHT_ITEMS, "interactions.csv": EIGHT_INTERACTIONS},
+  )
+  cfg = config(tmp_path, train_fraction=train_fraction)
+  cfg.validation_fraction = 0.25
+  return data.build(cfg).splits
+
+
+def test_previous_items_are_computed_within_each_split(tmp_path):
+  splits = _eight(tmp_path)
+  # The random split of 8 rows with seed 0 (pinned by the timestamps):
+  # train rows [2, 3, 4, 6], validation [0, 5], test [1, 7].
+  assert splits["train"].timestamp.tolist() == [3, 4, 5, 7]
+  assert splits["validation"].timestamp.tolist() == [1, 6]
+  assert splits["test"].timestamp.tolist() == [2, 0]
+  # Whole history: u1 is rows 7 (t=0), 0, 1, 2, 5; u2 is rows 3, 4, 6. That
+  # gives train [i2, PAD, i4, i5], validation [i8, i3], test [i1, PAD]: row
+  # 2's i2 is a test item, row 0's i8 a test item, row 5's i3 a training
+  # item, row 1's i1 a validation item. Within each split:
+  #   train: u1 row 2 -> PAD; u2 rows 3, 4, 6 -> PAD, i4, i5
+  #   validation: u1 rows 0, 5 -> PAD, i1
+  #   test: u1 row 7 (t=0) then row 1 (t=2) -> row 1: i8, row 7: PAD
+  # Items as corpus rows: i{k} is row k - 1.
+  assert splits["train"].prev_item_index.tolist() == [PAD, PAD, 3, 4]
+  assert splits["validation"].prev_item_index.tolist() == [PAD, 0]
+  assert splits["test"].prev_item_index.tolist() == [7, PAD]
+
+
+def test_previous_items_of_train_use_only_the_kept_rows(tmp_path):
+  splits = _eight(tmp_path, train_fraction=0.5)
+  # train_fraction 0.5 keeps train rows [3, 6] (u2's i4 and i7); the dropped
+  # row 4 (i5, the whole-split answer for row 6) is nobody's previous item.
+  assert splits["train"].timestamp.tolist() == [4, 7]
+  assert splits["train"].prev_item_index.tolist() == [PAD, 3]
+  # Held-out splits are unchanged by the subsample.
+  assert splits["validation"].prev_item_index.tolist() == [PAD, 0]
+  assert splits["test"].prev_item_index.tolist() == [7, PAD]
+
+
 def test_without_users_csv_queries_come_from_interactions(tmp_path):
   schema = dict(SCHEMA, features=SCHEMA["features"][:4])
   write_dir(tmp_path / "raw", schema=schema, **{"users.csv": None})

@@ -34,6 +34,50 @@ def test_previous_items_ties_keep_file_order():
   np.testing.assert_array_equal(previous, [3, 1, PAD])
 
 
+def test_previous_items_by_split_look_only_within_the_split():
+  # Interactions (row: query, item), no timestamps (file order):
+  #   0: q0 10   1: q0 11   2: q0 12   3: q0 13   4: q1 20   5: q1 21
+  #   6: q1 22
+  # split: train [0, 2, 3, 5], validation [1, 6], test [4].
+  # Over the whole history q0 sees 10, 11, 12, 13 and q1 20, 21, 22, so the
+  # train rows would get [PAD, 11, 12, 20]: 11 is a validation item and 20 a
+  # test item (leakage). Within each split:
+  #   train: q0 10, 12, 13 -> PAD, 10, 12; q1 21 -> PAD   = [PAD, 10, 12, PAD]
+  #   validation: q0 11 -> PAD; q1 22 -> PAD              = [PAD, PAD]
+  #   test: q1 20 -> PAD                                  = [PAD]
+  rows = {
+    "train": np.array([0, 2, 3, 5]),
+    "validation": np.array([1, 6]),
+    "test": np.array([4]),
+  }
+  previous = splits.previous_items_by_split(
+    rows,
+    np.array([0, 0, 0, 0, 1, 1, 1]),
+    np.array([10, 11, 12, 13, 20, 21, 22]),
+    None,
+  )
+  np.testing.assert_array_equal(previous["train"], [PAD, 10, 12, PAD])
+  np.testing.assert_array_equal(previous["validation"], [PAD, PAD])
+  np.testing.assert_array_equal(previous["test"], [PAD])
+  for name in rows:
+    assert previous[name].dtype == np.int32
+
+
+def test_previous_items_by_split_follow_timestamps_within_the_split():
+  # q0: rows 0 (item 1, t=30), 1 (item 2, t=10), 2 (item 3, t=20), 3 (item
+  # 4, t=5). Train rows [0, 1, 2]: by time 2, 3, 1 -> prev of row 0 is 3, of
+  # row 1 PAD, of row 2 is 2. Row 3 (test, t=5) precedes all of them, but it
+  # is in another split, so it is nobody's previous item here.
+  previous = splits.previous_items_by_split(
+    {"train": np.array([0, 1, 2]), "test": np.array([3])},
+    np.array([0, 0, 0, 0]),
+    np.array([1, 2, 3, 4]),
+    np.array([30, 10, 20, 5]),
+  )
+  np.testing.assert_array_equal(previous["train"], [3, PAD, 2])
+  np.testing.assert_array_equal(previous["test"], [PAD])
+
+
 def _random(seed, n=1000):
   return splits.split_rows(
     "random",

@@ -2,7 +2,8 @@
 
 Every source (synthetic, MovieLens, CSV) only parses its files into
 `RawData`; this module turns raw values into ids, resolves interactions to
-corpus and query rows, orders each query's history, splits, and computes the
+corpus and query rows, splits, computes each interaction's previous item
+within its own split (the `item_to_item` query), and computes the
 statistics. Checks that need the whole data (duplicate ids, an interaction
 whose item is not in the corpus) live here and still name the file and line.
 """
@@ -91,7 +92,6 @@ def build_prepared(
     else weight.astype(np.float32)
   )
   timestamp = interactions.timestamp
-  previous = splits.previous_items(query_rows, item_rows, timestamp)
   rows = splits.split_rows(
     config.split,
     num_interactions=len(interactions),
@@ -103,13 +103,18 @@ def build_prepared(
     path=interactions.path,
     no_timestamp_reason=interactions.no_timestamp_reason,
   )
+  # After splitting (and subsampling train), so a previous item never comes
+  # from another split.
+  previous = splits.previous_items_by_split(
+    rows, query_rows, item_rows, timestamp
+  )
   split_data = {
     name: Interactions(
       query_index=query_rows[r].astype(np.int32),
       item_index=item_rows[r].astype(np.int32),
       weight=weight[r],
       timestamp=None if timestamp is None else timestamp[r].astype(np.int64),
-      prev_item_index=previous[r],
+      prev_item_index=previous[name],
     )
     for name, r in rows.items()
   }

@@ -127,9 +127,10 @@ class Interactions:
     item_index: int32 [n], rows of the item corpus.
     weight: float32 [n], example weights (1.0 when the data has none).
     timestamp: int64 [n] or None when the data has no timestamps.
-    prev_item_index: int32 [n], the query's previous item in its history
-      (by timestamp, else by file order), PAD when there is none; the query
-      of the item-to-item task.
+    prev_item_index: int32 [n], the query of the item-to-item task, a
+      corpus row or PAD (no query item). In session-log mode the query's
+      previous item within the same split (by timestamp, else by file
+      order; PAD for its first interaction in the split).
   """
 
   query_index: np.ndarray

@@ -12,6 +12,14 @@ keep their file order.
 `train_fraction` then keeps a uniform, seeded subsample of the training split
 only; validation and test are untouched, so runs at different fractions are
 scored on the same pairs.
+
+Previous items (the queries of the `item_to_item` task in session-log mode)
+are computed within each split, once its rows are final
+(`previous_items_by_split`): a training interaction's previous item is an
+earlier training interaction of the same query, never a held-out one, and a
+test interaction looks only at earlier test interactions. Computing them over
+the whole history before splitting would leak held-out items into training
+queries (and training items into test queries) under a random split.
 """
 
 from __future__ import annotations
@@ -27,9 +35,12 @@ def previous_items(
   item_rows: np.ndarray,
   timestamp: np.ndarray | None,
 ) -> np.ndarray:
-  """Each interaction's previous item in its query's own history.
+  """Each interaction's previous item among the given interactions.
 
-  History order is by timestamp, ties (or no timestamps) by file order.
+  History order is by timestamp, ties (or no timestamps) by the order of the
+  arrays (file order when they are a split's rows, which stay sorted). Only
+  the given interactions count: pass one split's rows to get previous items
+  within that split (`previous_items_by_split`).
 
   Args:
     query_rows: int [n] query row of each interaction.
@@ -163,3 +174,32 @@ def split_rows(
     raise ValueError(f"Unknown split {kind!r}: use random or temporal.")
   rows["train"] = keep_fraction(rows["train"], train_fraction, seed)
   return rows
+
+
+def previous_items_by_split(
+  rows: dict[str, np.ndarray],
+  query_rows: np.ndarray,
+  item_rows: np.ndarray,
+  timestamp: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+  """Previous items computed within each split (no cross-split leakage).
+
+  Args:
+    rows: split name -> sorted interaction rows of the split (the kept
+      training rows after `train_fraction`, so a dropped training row is
+      nobody's previous item).
+    query_rows: int [n] query row of every interaction.
+    item_rows: int [n] item row of every interaction.
+    timestamp: int64 [n] or None.
+
+  Returns:
+    split name -> int32 [len(rows[name])]: for each row of the split, the
+    item row of the same query's previous interaction in that split, PAD for
+    the query's first interaction in the split.
+  """
+  return {
+    name: previous_items(
+      query_rows[r], item_rows[r], None if timestamp is None else timestamp[r]
+    )
+    for name, r in rows.items()
+  }
