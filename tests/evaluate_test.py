@@ -83,7 +83,8 @@ def test_exclusion_masks_only_the_querys_own_items():
 def test_item_slices_head_tail_cold_and_deciles():
   count = np.array([5, 0, 9, 1, 1, 0, 2, 3, 4, 7])
   slices = evaluate.item_slices(count, head_fraction=0.2)
-  # 0.2 * 10 = 2 head items: counts 9 (row 2) and 7 (row 9).
+  # 8 items are seen (rows 1 and 5 are cold): round(0.2 * 8 = 1.6) = 2 head
+  # items, counts 9 (row 2) and 7 (row 9).
   np.testing.assert_array_equal(np.flatnonzero(slices["head"]), [2, 9])
   np.testing.assert_array_equal(np.flatnonzero(slices["cold"]), [1, 5])
   np.testing.assert_array_equal(
@@ -97,10 +98,11 @@ def test_item_slices_head_tail_cold_and_deciles():
 
 
 def test_item_slices_ties_and_cold_items_never_head():
-  # Ties go to the lower row: 0.5 * 4 = 2 head items among three 3s.
+  # Ties go to the lower row: 3 seen items, 0.5 * 3 = 1.5 rounds up to 2
+  # head items among the three 3s.
   slices = evaluate.item_slices(np.array([3, 3, 3, 0]), head_fraction=0.5)
   np.testing.assert_array_equal(slices["head"], [True, True, False, False])
-  # A head share larger than the seen items leaves the cold ones cold.
+  # One seen item: 0.5 * 1 rounds up to 1; the cold ones stay cold.
   slices = evaluate.item_slices(np.array([1, 0, 0, 0]), head_fraction=0.5)
   np.testing.assert_array_equal(slices["head"], [True, False, False, False])
   np.testing.assert_array_equal(slices["cold"], [False, True, True, True])
@@ -110,8 +112,130 @@ def test_item_slices_ties_and_cold_items_never_head():
   np.testing.assert_array_equal(deciles, np.arange(20) // 2)
 
 
+def test_head_is_a_share_of_the_seen_items_not_of_the_corpus():
+  # A 10%-fraction dataset: 1,000 corpus rows of which only 100 were seen
+  # in training (counts 1..100 on rows 0, 10, 20, ...). The head is
+  # round(0.1 * 100) = 10 items, the counts 91..100 on rows 900..990; over
+  # the whole corpus it would have been 100, i.e. every seen item.
+  count = np.zeros(1000, np.int64)
+  count[::10] = np.arange(1, 101)
+  slices = evaluate.item_slices(count, head_fraction=0.1)
+  np.testing.assert_array_equal(
+    np.flatnonzero(slices["head"]), np.arange(900, 1000, 10)
+  )
+  assert slices["tail"].sum() == 90 and slices["cold"].sum() == 900
+  # The same seen items in a corpus without cold rows: the same head.
+  seen_only = evaluate.item_slices(count[::10], head_fraction=0.1)
+  np.testing.assert_array_equal(
+    np.flatnonzero(seen_only["head"]), np.arange(90, 100)
+  )
+  # 0.1 * 25 = 2.5 rounds up to 3 whatever the float rounding of 0.1 * 25.
+  assert evaluate.item_slices(np.arange(1, 26), 0.1)["head"].sum() == 3
+  # Nothing seen: no head and no tail.
+  empty = evaluate.item_slices(np.zeros(5, np.int64), 0.5)
+  assert not empty["head"].any() and empty["cold"].all()
+
+
+def test_exclusion_without_targets_keeps_the_pairs_own_items():
+  # Query 0 excludes items 4 and 7, query 1 excludes 7. Pairs (0, 7) and
+  # (1, 5): item 7 leaves query 0's list only; one pair had its item listed.
+  exclude, target_excluded = evaluate.exclusion_without_targets(
+    (np.array([0, 2, 3]), np.array([4, 7, 7])), [0, 1], [7, 5]
+  )
+  np.testing.assert_array_equal(exclude[0], [0, 1, 2])
+  np.testing.assert_array_equal(exclude[1], [4, 7])
+  assert target_excluded == 1
+
+
+# Most-popular baseline. Training counts of five items [2, 5, 0, 5, 1]:
+# the fixed ranking (count descending, ties to the lower row) is
+# i1 (5), i3 (5), i0 (2), i4 (1), i2 (0).
+POPULAR_COUNT = np.array([2, 5, 0, 5, 1])
+# q0 excludes i1; q1 excludes i3 and i0, but i0 is also one of q1's
+# held-out items, so only i3 is masked for q1.
+POPULAR_EXCLUDE = (np.array([0, 1, 3]), np.array([1, 3, 0]))
+# Pairs (q0, i3), (q0, i2), (q1, i0), (q1, i4).
+POPULAR_PAIRS = (np.array([0, 0, 1, 1]), np.array([3, 2, 0, 4]))
+
+
+def test_most_popular_golden_values():
+  metrics = evaluate.evaluate_most_popular(
+    POPULAR_COUNT, *POPULAR_PAIRS, exclude=POPULAR_EXCLUDE, ks=(1, 2, 3)
+  )
+  # q0 ranks i3, i0, i4, i2 (i1 masked): (q0, i3) at 0, (q0, i2) at 3.
+  # q1 ranks i1, i0, i4, i2 (i3 masked): (q1, i0) at 1, (q1, i4) at 2.
+  np.testing.assert_array_equal(
+    evaluate.most_popular_positions(
+      POPULAR_COUNT,
+      *POPULAR_PAIRS,
+      exclude=(np.array([0, 1, 2]), np.array([1, 3])),
+    ),
+    [0, 3, 1, 2],
+  )
+  assert metrics["recall@1"] == pytest.approx(1 / 4)
+  assert metrics["recall@2"] == pytest.approx(2 / 4)
+  assert metrics["recall@3"] == pytest.approx(3 / 4)
+  # MAP@2: q0: i3 at 0 -> 1/1, i2 missed; / min(2, 2) -> 0.5.
+  #        q1: i0 at 1 -> 1/2, i4 at 2 missed; / 2 -> 0.25. Mean 0.375.
+  assert metrics["map@2"] == pytest.approx(0.375)
+  # MAP@3: q0 still 0.5; q1: (1/2 + 2/3) / 2 = 7/12. Mean 13/24.
+  assert metrics["map@3"] == pytest.approx(13 / 24)
+  assert metrics["num_pairs_target_in_train"] == 1
+  assert metrics["num_items"] == 5
+  # Without exclusions every query ranks i1, i3, i0, i4, i2: positions
+  # 1, 4, 2, 3 -> recall@2 = 1/4.
+  plain = evaluate.evaluate_most_popular(
+    POPULAR_COUNT, *POPULAR_PAIRS, ks=(2,), with_slices=False
+  )
+  assert plain["recall@2"] == pytest.approx(1 / 4)
+  assert "slices" not in plain
+
+
+def test_most_popular_slices_use_the_same_definitions():
+  metrics = evaluate.evaluate_most_popular(
+    POPULAR_COUNT,
+    *POPULAR_PAIRS,
+    exclude=POPULAR_EXCLUDE,
+    ks=(1, 2),
+    head_fraction=0.5,
+  )
+  # Seen: i0, i1, i3, i4; head = round(0.5 * 4) = 2 items, i1 and i3.
+  # Head pair (q0, i3) hits at 0; tail pairs (q1, i0) at 1 and (q1, i4) at
+  # 2; cold pair (q0, i2) at 3.
+  slices = metrics["slices"]
+  assert (slices["head"]["num_items"], slices["head"]["num_pairs"]) == (2, 1)
+  assert slices["head"]["recall@1"] == 1.0
+  assert (slices["tail"]["num_pairs"], slices["tail"]["recall@2"]) == (2, 0.5)
+  assert (slices["cold"]["num_pairs"], slices["cold"]["recall@2"]) == (1, 0.0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_most_popular_equals_exact_search_on_count_embeddings(seed):
+  # The baseline is exact search with item embedding = training count and
+  # one query embedding [1]: the same ranking, ties to the lower row.
+  _, _, pairs_query, pairs_item, exclude = _random_problem(seed)
+  rng = np.random.default_rng(seed)
+  count = rng.integers(0, 6, 60)  # few values: many ties
+  count[:5] = 0  # and some cold items
+  ks = (1, 5, 20)
+  exact = evaluate.evaluate_embeddings(
+    np.ones((40, 1), np.float32),
+    count[:, np.newaxis].astype(np.float32),
+    pairs_query,
+    pairs_item,
+    exclude=exclude,
+    item_train_count=count,
+    ks=ks,
+  )
+  baseline = evaluate.evaluate_most_popular(
+    count, pairs_query, pairs_item, exclude=exclude, ks=ks
+  )
+  assert baseline == exact
+
+
 def test_slice_metrics_count_pairs_by_item():
-  # Counts: i0 = 5 (head with head_fraction 1/3), i1 = 1 (tail), i2 cold.
+  # Counts: i0 = 5, i1 = 1, i2 cold. Two seen items, round(2 / 3) = 1 head
+  # item: i0 is head, i1 tail.
   count = np.array([5, 1, 0])
   metrics = evaluate.evaluate_embeddings(
     QUERIES,
@@ -322,3 +446,32 @@ def test_format_metrics_lists_overall_slices_and_deciles():
   assert "recall@1 0.3333" in text and "map@2 0.7500" in text
   assert "cold (1 items, 0 pairs): recall@1 n/a" in text
   assert "by decile" in text
+  assert "model" not in text  # no baseline, no labels
+
+
+def test_format_metrics_prints_the_baseline_beside_the_model():
+  common = {
+    "pairs_query": PAIRS_QUERY,
+    "pairs_item": PAIRS_ITEM,
+    "exclude": EXCLUDE,
+    "ks": (1, 2),
+    "head_fraction": 1 / 3,
+  }
+  count = np.array([5, 1, 0])
+  metrics = evaluate.evaluate_embeddings(
+    QUERIES, ITEMS, item_train_count=count, **common
+  )
+  metrics["excluded"] = ["train", "validation"]
+  # Ranking i0, i1, i2; q0 masks i2: (q0, i0) at 0, (q0, i1) at 1;
+  # q1: (q1, i1) at 1. Recall@1 = 1/3, MAP@1 = (1 + 0) / 2.
+  metrics["baseline"] = {
+    "most_popular": evaluate.evaluate_most_popular(count, **common)
+  }
+  assert metrics["baseline"]["most_popular"]["map@1"] == pytest.approx(0.5)
+  text = evaluate.format_metrics(metrics).splitlines()
+  assert text[0] == "3 pairs, 2 queries (excluded: train, validation)"
+  assert text[1].startswith("model         recall@1 0.3333")
+  assert text[2].startswith("most popular  recall@1 0.3333")
+  assert text[3].startswith("head (1 items, 1 pairs): recall@1 1.0000")
+  assert "| most popular: recall@1 1.0000  recall@2 1.0000" in text[3]
+  assert any(line.startswith("most popular recall@1 by") for line in text)

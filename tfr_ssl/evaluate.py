@@ -17,19 +17,29 @@ speed-up).
 Conventions:
   * Ranks are 0-based positions in the top-K list; ties between equal scores
     go to the lower corpus row (the order `tf.math.top_k` returns).
-  * A held-out item that the same query also saw in training stays
-    scoreable for that query: only the *other* training items are masked.
+  * `exclude` lists, per query, the items it is known to like already (see
+    eval_pairs.py: its training positives, and its validation positives
+    when scoring the test split); they are masked out of its ranking. A
+    held-out item that is also in that list stays scoreable for that query:
+    only the *other* known items are masked (`exclusion_without_targets`).
     Excluding it would make such a pair an automatic miss that says nothing
     about the model. The result reports how often this happened
-    (`num_pairs_target_in_train`).
+    (`num_pairs_target_in_train`, "train" standing for every excluded
+    split).
   * Recall@K is per pair (a query with three held-out items counts three
     times). MAP@K is per distinct query: average precision over its distinct
     held-out items, normalised by `min(K, number of its held-out items)`.
-  * Item slices come from training counts: `head` = the `head_fraction` most
-    frequent items (ties to the lower row) among those seen in training,
-    `cold` = items never seen in training, `tail` = the rest. Deciles sort
-    all items by count ascending (ties to the lower row) into 10 equal-size
-    groups: decile 0 holds the rarest items, decile 9 the most frequent.
+  * Item slices come from training counts and are defined on the items seen
+    in training (count > 0), so that they do not move with the share of the
+    corpus that happens to be cold: `head` = the `head_fraction` most
+    frequent of the seen items (ties to the lower row), `tail` = the other
+    seen items, `cold` = items never seen in training. Deciles are over the
+    whole corpus: all items sorted by count ascending (ties to the lower
+    row) into 10 equal-size groups, decile 0 holding the rarest (cold items
+    first), decile 9 the most frequent.
+  * The most-popular baseline (`evaluate_most_popular`) ranks every item by
+    training count (ties to the lower row), the same fixed ranking for
+    every query, with the same exclusions.
 """
 
 from __future__ import annotations
@@ -82,16 +92,25 @@ def item_slices(
 ) -> dict[str, np.ndarray]:
   """Assigns every item to head / tail / cold and to a popularity decile.
 
+  Head and tail split the items seen in training (count > 0): the head is
+  the `round(head_fraction * seen)` most frequent of them (halves round up,
+  ties to the lower row), so its size does not depend on how many corpus
+  rows are cold. Deciles are over the whole corpus (see the module
+  docstring).
+
   Args:
     item_train_count: int [N], training occurrences of each corpus row.
-    head_fraction: Share of the corpus (by row count) called head.
+    head_fraction: Share of the seen items called head.
 
   Returns:
     `head`, `tail`, `cold`: bool [N] masks that partition the corpus;
     `decile`: int32 [N] in 0..9 (0 = rarest).
 
   Example:
-    >>> item_slices(np.array([5, 0, 9, 1, 1, 0, 2, 3, 4, 7]), 0.2)["head"]
+    Eight of the ten items are seen; 0.25 * 8 = 2 head items, the counts 9
+    (row 2) and 7 (row 9). (Over the whole corpus it would be 2.5.)
+
+    >>> item_slices(np.array([5, 0, 9, 1, 1, 0, 2, 3, 4, 7]), 0.25)["head"]
     array([False, False,  True, False, False, False, False, False, False,
             True])
   """
@@ -103,12 +122,13 @@ def item_slices(
       f"head_fraction must be in [0, 1], got {head_fraction}."
     )
   rows = np.arange(n)
+  cold = count == 0
+  num_seen = int(n - cold.sum())
   # lexsort sorts by its last key first; rows break ties deterministically.
+  # Seen items come first, so the head is drawn from them only.
   most_frequent_first = np.lexsort((rows, -count))
   head = np.zeros(n, bool)
-  head[most_frequent_first[: round(head_fraction * n)]] = True
-  cold = count == 0
-  head &= ~cold
+  head[most_frequent_first[: _head_size(head_fraction, num_seen)]] = True
   rank = np.empty(n, np.int64)
   rank[np.lexsort((rows, count))] = rows
   return {
@@ -117,6 +137,14 @@ def item_slices(
     "cold": cold,
     "decile": (rank * NUM_DECILES // max(n, 1)).astype(np.int32),
   }
+
+
+def _head_size(head_fraction: float, num_seen: int) -> int:
+  """round(head_fraction * num_seen), halves up, within [0, num_seen]."""
+  # The small epsilon keeps products like 0.1 * 25 (= 2.5000000000000004 or
+  # 2.4999999999999996) rounding the same way as the exact value.
+  size = math.floor(head_fraction * num_seen + 0.5 + 1e-9)
+  return min(max(size, 0), num_seen)
 
 
 def evaluate_embeddings(
@@ -265,6 +293,141 @@ def metrics_from_topk(
   return metrics
 
 
+def most_popular_positions(
+  item_train_count: np.ndarray,
+  pairs_query: np.ndarray,
+  pairs_item: np.ndarray,
+  exclude: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+  """Position of each pair's item in the most-popular ranking of its query.
+
+  Every query ranks the corpus by training count, descending, ties to the
+  lower row; its excluded items are skipped. The position of item t for
+  query q is t's place in that fixed order minus the number of q's excluded
+  items ahead of it, so nothing of size [queries, items] is built: the cost
+  is one sort of the corpus and one of the exclusion entries.
+
+  Args:
+    item_train_count: int [N], training occurrences of each corpus row.
+    pairs_query: int [P], query row of each held-out pair.
+    pairs_item: int [P], corpus row of each held-out item.
+    exclude: CSR (indptr [Q + 1], indices [nnz]) of the corpus rows removed
+      from each query's ranking, used as given (a target listed there is
+      still ranked; drop targets first with `exclusion_without_targets`).
+
+  Returns:
+    int64 [P], 0-based positions (no cut-off).
+  """
+  count = np.asarray(item_train_count).astype(np.int64)
+  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
+  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
+  n = count.shape[0]
+  rows = np.arange(n, dtype=np.int64)
+  rank = np.empty(n, np.int64)
+  rank[np.lexsort((rows, -count))] = rows
+  position = rank[pairs_item]
+  if exclude is None:
+    return position
+  indptr = np.asarray(exclude[0]).astype(np.int64, copy=False)
+  indices = np.asarray(exclude[1]).astype(np.int64, copy=False)
+  num_queries = indptr.shape[0] - 1
+  # One sorted key per distinct (query, rank of excluded item): the entries
+  # of query q with a rank below r lie between keys q * n and q * n + r.
+  owner = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
+  keys = sorted_distinct(owner * n + rank[indices])
+  ahead = np.searchsorted(keys, pairs_query * n + position) - np.searchsorted(
+    keys, pairs_query * n
+  )
+  return position - ahead
+
+
+def evaluate_most_popular(
+  item_train_count: np.ndarray,
+  pairs_query: np.ndarray,
+  pairs_item: np.ndarray,
+  exclude: tuple[np.ndarray, np.ndarray] | None = None,
+  ks: Sequence[int] = (10, 50, 100),
+  head_fraction: float = 0.1,
+  with_slices: bool = True,
+) -> dict[str, Any]:
+  """The metrics of `evaluate_embeddings` for the most-popular recommender.
+
+  Same pairs, same exclusions (the pairs' own items stay scoreable), same
+  keys; the ranking is the items by training count (ties to the lower row)
+  for every query. Handles a million items and a hundred thousand queries
+  in memory linear in items + exclusions + pairs.
+
+  Args:
+    item_train_count: int [N], training occurrences per corpus row; both
+      the ranking and the slices.
+    pairs_query: int [P], query row of each held-out pair (rows of
+      `exclude`).
+    pairs_item: int [P], corpus row of each held-out item.
+    exclude: CSR of the corpus rows each query must not be recommended, as
+      in `evaluate_embeddings`. None excludes nothing.
+    ks: Cut-offs K.
+    head_fraction: Share of the seen items called head.
+    with_slices: Also report the slices and deciles.
+
+  Returns:
+    The dict of `evaluate_embeddings` (recall@K, map@K, counts, slices).
+
+  Example:
+    >>> evaluate_most_popular(data.item_train_count, pairs.query_of_pair,
+    ...                       pairs.targets, exclude=pairs.exclude)["recall@10"]
+  """
+  count = np.asarray(item_train_count)
+  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
+  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
+  if count.ndim != 1 or count.shape[0] == 0:
+    raise EvaluationInputError(
+      f"item_train_count must be a non-empty 1-D array, got {count.shape}."
+    )
+  if pairs_query.shape != pairs_item.shape or pairs_query.ndim != 1:
+    raise EvaluationInputError(
+      "pairs_query and pairs_item must be 1-D of equal length, got shapes "
+      f"{pairs_query.shape} and {pairs_item.shape}."
+    )
+  if pairs_query.shape[0] == 0:
+    raise EvaluationInputError("No held-out pairs to evaluate.")
+  num_items = count.shape[0]
+  bad = np.flatnonzero((pairs_item < 0) | (pairs_item >= num_items))
+  if bad.size:
+    raise EvaluationInputError(
+      f"pairs_item[{bad[0]}] = {pairs_item[bad[0]]} is outside "
+      f"[0, {num_items})."
+    )
+  ks = sorted({int(k) for k in ks})
+  if not ks or ks[0] < 1:
+    raise EvaluationInputError(f"ks must be positive integers, got {ks}.")
+  target_in_train = 0
+  if exclude is not None:
+    num_queries = np.asarray(exclude[0]).shape[0] - 1
+    bad = np.flatnonzero((pairs_query < 0) | (pairs_query >= num_queries))
+    if bad.size:
+      raise EvaluationInputError(
+        f"pairs_query[{bad[0]}] = {pairs_query[bad[0]]} is outside "
+        f"[0, {num_queries})."
+      )
+    exclude = _check_csr(exclude, num_queries, num_items)
+    exclude, target_in_train = exclusion_without_targets(
+      exclude, pairs_query, pairs_item
+    )
+  positions = most_popular_positions(count, pairs_query, pairs_item, exclude)
+  positions = np.minimum(positions, min(ks[-1], num_items))
+  metrics = _metrics_from_positions(
+    positions,
+    pairs_query,
+    pairs_item,
+    ks,
+    count if with_slices else None,
+    head_fraction,
+  )
+  metrics["num_items"] = int(num_items)
+  metrics["num_pairs_target_in_train"] = int(target_in_train)
+  return metrics
+
+
 def _metrics_from_positions(
   positions, pairs_query, pairs_item, ks, item_train_count, head_fraction
 ):
@@ -360,6 +523,13 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
   """Top-k position of every pair's item (k = not retrieved)."""
   num_items = items.shape[0]
   unique_queries, pair_query_rank = np.unique(pairs_query, return_inverse=True)
+  pair_query_rank = pair_query_rank.reshape(-1)
+  target_in_train = 0
+  if exclude is not None:
+    # Keep each query's own held-out items scoreable.
+    exclude, target_in_train = exclusion_without_targets(
+      exclude, pairs_query, pairs_item
+    )
   # Pairs grouped by query, so a block of distinct queries owns one
   # contiguous run of pairs.
   order = np.argsort(pair_query_rank, kind="stable")
@@ -369,7 +539,6 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
   block = max(1, min(batch_size, _MAX_BLOCK_SCORES // num_items))
   items_tensor = tf.constant(items)
   positions = np.empty(pairs_query.shape[0], np.int32)
-  target_in_train = 0
   for first in range(0, unique_queries.shape[0], block):
     last = min(first + block, unique_queries.shape[0])
     block_pairs = order[starts[first] : starts[last]]
@@ -378,12 +547,7 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
     excluded = np.zeros((0, 2), np.int32)
     if exclude is not None:
       rows, cols = _csr_rows(exclude, unique_queries[first:last])
-      # Keep each query's own held-out items scoreable.
-      pair_keys = pair_row * num_items + pair_item
-      excluded_keys = rows * num_items + cols
-      is_target = np.isin(excluded_keys, pair_keys)
-      target_in_train += int(np.isin(pair_keys, excluded_keys).sum())
-      excluded = np.stack([rows[~is_target], cols[~is_target]], axis=1)
+      excluded = np.stack([rows, cols], axis=1)
     positions[block_pairs] = _target_positions(
       tf.constant(queries[unique_queries[first:last]]),
       items_tensor,
@@ -393,6 +557,71 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
       tf.constant(k, tf.int32),
     ).numpy()
   return positions, target_in_train
+
+
+def exclusion_without_targets(
+  exclude: tuple[np.ndarray, np.ndarray],
+  pairs_query: np.ndarray,
+  pairs_item: np.ndarray,
+) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+  """The exclusion CSR minus each query's own held-out items.
+
+  A held-out item stays scoreable for its query even when the query also
+  saw it earlier (module docstring); every ranking path (exact search, the
+  index, the most-popular baseline) applies this before excluding.
+
+  Args:
+    exclude: CSR (indptr [Q + 1], indices [nnz]) of excluded corpus rows
+      per query row.
+    pairs_query: int [P], query row of each held-out pair.
+    pairs_item: int [P], corpus row of each held-out item.
+
+  Returns:
+    ((indptr int64 [Q + 1], indices [nnz']), number of pairs whose item was
+    in its query's exclusion list).
+
+  Example:
+    >>> exclusion_without_targets(
+    ...   (np.array([0, 2, 3]), np.array([4, 7, 7])), [0, 1], [7, 5])
+    ((array([0, 1, 2]), array([4, 7])), 1)
+  """
+  indptr = np.asarray(exclude[0]).astype(np.int64, copy=False)
+  indices = np.asarray(exclude[1])
+  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
+  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
+  num_queries = indptr.shape[0] - 1
+  width = int(max(indices.max(initial=-1), pairs_item.max(initial=-1))) + 1
+  rows = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
+  excluded_keys = rows * width + indices
+  pair_keys = pairs_query * width + pairs_item
+  is_target = _is_in(excluded_keys, pair_keys)
+  target_excluded = int(_is_in(pair_keys, excluded_keys).sum())
+  new_indptr = np.zeros(num_queries + 1, np.int64)
+  np.cumsum(
+    np.bincount(rows[~is_target], minlength=num_queries), out=new_indptr[1:]
+  )
+  return (new_indptr, indices[~is_target]), target_excluded
+
+
+def sorted_distinct(values: np.ndarray) -> np.ndarray:
+  """np.unique of a 1-D integer array, by sorting.
+
+  numpy 2's np.unique hashes plain 1-D input, which is an order of magnitude
+  slower than a sort on millions of int64 keys.
+  """
+  values = np.sort(values)
+  if values.size < 2:
+    return values
+  return values[np.concatenate([[True], values[1:] != values[:-1]])]
+
+
+def _is_in(values: np.ndarray, universe: np.ndarray) -> np.ndarray:
+  """np.isin of integer keys, by sorting (see `sorted_distinct`)."""
+  universe = np.sort(universe)
+  if universe.size == 0:
+    return np.zeros(values.shape, bool)
+  at = np.minimum(np.searchsorted(universe, values), universe.size - 1)
+  return universe[at] == values
 
 
 def select_csr_rows(
@@ -486,36 +715,59 @@ def _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks):
 def format_metrics(metrics: Mapping[str, Any]) -> str:
   """A few human-readable lines: overall, by slice and by decile.
 
+  With a baseline (`metrics["baseline"]["most_popular"]`, as written by
+  `workflow.evaluate_run`) its figures are printed beside the model's.
+
   Example:
     >>> print(format_metrics(metrics))
-    12,000 pairs, 950 queries
-    recall@10 0.1200  recall@50 0.3100  map@10 0.0610  map@50 0.0702
-    head (371 items, 8,100 pairs): recall@10 0.1500 ...
+    12,000 pairs, 950 queries (excluded: train, validation)
+    model         recall@10 0.1200  recall@50 0.3100  map@10 0.0610 ...
+    most popular  recall@10 0.0400  recall@50 0.1100  map@10 0.0150 ...
+    head (371 items, 8,100 pairs): recall@10 0.1500 ... | most popular: ...
   """
   ks = metrics.get("ks", [])
-  lines = [
+  baseline = metrics.get("baseline", {}).get("most_popular")
+  header = (
     f"{metrics.get('num_pairs', 0):,} pairs, "
     f"{metrics.get('num_queries', 0):,} queries"
-  ]
-  lines.append(
-    "  ".join(
-      f"{kind}@{k} {_number(metrics.get(f'{kind}@{k}'))}"
+  )
+  if metrics.get("excluded"):
+    header += f" (excluded: {', '.join(metrics['excluded'])})"
+  lines = [header]
+
+  def overall(values):
+    return "  ".join(
+      f"{kind}@{k} {_number(values.get(f'{kind}@{k}'))}"
       for kind in ("recall", "map")
       for k in ks
     )
-  )
+
+  def recalls(row):
+    return "  ".join(f"recall@{k} {_number(row[f'recall@{k}'])}" for k in ks)
+
+  if baseline is None:
+    lines.append(overall(metrics))
+  else:
+    lines.append(f"{'model':13s} {overall(metrics)}")
+    lines.append(f"{'most popular':13s} {overall(baseline)}")
   for name, row in metrics.get("slices", {}).items():
-    recalls = "  ".join(f"recall@{k} {_number(row[f'recall@{k}'])}" for k in ks)
-    lines.append(
+    line = (
       f"{name} ({row['num_items']:,} items, {row['num_pairs']:,} pairs): "
-      f"{recalls}"
+      f"{recalls(row)}"
     )
+    if baseline is not None and name in baseline.get("slices", {}):
+      line += f" | most popular: {recalls(baseline['slices'][name])}"
+    lines.append(line)
   if metrics.get("deciles") and ks:
     k = ks[0]
-    values = " ".join(
-      _number(row[f"recall@{k}"], 3) for row in metrics["deciles"]
-    )
-    lines.append(f"recall@{k} by decile (rarest first): {values}")
+    runs = [("", metrics)]
+    if baseline is not None and baseline.get("deciles"):
+      runs.append(("most popular ", baseline))
+    for label, values in runs:
+      by_decile = " ".join(
+        _number(row[f"recall@{k}"], 3) for row in values["deciles"]
+      )
+      lines.append(f"{label}recall@{k} by decile (rarest first): {by_decile}")
   return "\n".join(lines)
 
 
