@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import config as config_lib
-from tfr_ssl import evaluate
+from tfr_ssl import eval_pairs, evaluate
 from tfr_ssl.data import contract
 
 Tower = Callable[[Mapping[str, tf.Tensor]], tf.Tensor]
@@ -60,8 +60,14 @@ def evaluate_model(
   max_pairs: int = 0,
   seed: int = 0,
   item_embeddings: np.ndarray | None = None,
+  pairs: eval_pairs.EvalPairs | None = None,
 ) -> dict:
   """Full-corpus metrics of a model on one split (see evaluate.py).
+
+  The pairs and exclusions are those of `eval_pairs.select_pairs`: for
+  user-to-item the query's positives of the earlier splits are excluded
+  (training items on validation, training and validation items on test);
+  for item-to-item the seed item itself.
 
   Args:
     query_tower: Query tower over int ids.
@@ -69,46 +75,37 @@ def evaluate_model(
     prepared: The dataset.
     split: `validation` or `test`.
     eval_config: Cut-offs, head share and batch size.
-    task: `user_to_item` (queries are users; items seen in training are
-      excluded) or `item_to_item` (the query is the previous item; the seed
-      item itself is excluded).
+    task: `user_to_item` (queries are users) or `item_to_item` (the query is
+      the previous item).
     max_pairs: Score a uniform sample of this many held-out pairs (0 = all).
     seed: Seed of that sample.
     item_embeddings: Precomputed corpus embeddings (else computed here).
+    pairs: Pairs already selected (e.g. to score a baseline on the same
+      ones); replaces split, task, max_pairs and seed.
 
   Returns:
-    The metrics dict of `evaluate.evaluate_embeddings`.
+    The metrics dict of `evaluate.evaluate_embeddings`, plus `excluded`
+    (what the rankings excluded, e.g. `["train", "validation"]`).
   """
-  pairs = prepared.splits[split]
-  pair_rows = np.arange(len(pairs))
-  if task == "item_to_item":
-    pair_rows = pair_rows[pairs.prev_item_index >= 0]
-  if max_pairs and len(pair_rows) > max_pairs:
-    rng = np.random.default_rng(seed)
-    pair_rows = np.sort(rng.choice(pair_rows, max_pairs, replace=False))
+  if pairs is None:
+    pairs = eval_pairs.select_pairs(prepared, split, task, max_pairs, seed)
   if item_embeddings is None:
     item_embeddings = embed_rows(item_tower, prepared.items)
-  targets = pairs.item_index[pair_rows]
-  if task == "item_to_item":
-    seeds = pairs.prev_item_index[pair_rows]
-    queries, query_of_pair = np.unique(seeds, return_inverse=True)
-    query_embeddings = embed_rows(query_tower, prepared.items, queries)
-    # Each seed item excludes itself from its own ranking.
-    exclude = (np.arange(len(queries) + 1, dtype=np.int64), queries)
+  if pairs.task == eval_pairs.ITEM_TO_ITEM:
+    query_table = prepared.items
   else:
-    queries, query_of_pair = np.unique(
-      pairs.query_index[pair_rows], return_inverse=True
-    )
-    query_embeddings = embed_rows(query_tower, prepared.queries, queries)
-    exclude = evaluate.select_csr_rows(prepared.train_items_by_query, queries)
-  return evaluate.evaluate_embeddings(
+    query_table = prepared.queries
+  query_embeddings = embed_rows(query_tower, query_table, pairs.queries)
+  metrics = evaluate.evaluate_embeddings(
     query_embeddings,
     item_embeddings,
-    pairs_query=query_of_pair,
-    pairs_item=targets,
-    exclude=exclude,
+    pairs_query=pairs.query_of_pair,
+    pairs_item=pairs.targets,
+    exclude=pairs.exclude,
     item_train_count=prepared.item_train_count,
     ks=eval_config.ks,
     head_fraction=eval_config.head_fraction,
     batch_size=eval_config.batch_size,
   )
+  metrics["excluded"] = list(pairs.excluded)
+  return metrics
