@@ -1,5 +1,6 @@
 """Tests of the TFDS cache: round trip, hits, versions, atomic writes."""
 
+import json
 import os
 
 import numpy as np
@@ -25,10 +26,10 @@ SCHEMA = """{
 }"""
 
 
-def write(path, interactions=INTERACTIONS):
+def write(path, interactions=INTERACTIONS, schema=SCHEMA):
   os.makedirs(path, exist_ok=True)
   for name, text in (
-    ("schema.json", SCHEMA),
+    ("schema.json", schema),
     ("items.csv", ITEMS),
     ("interactions.csv", interactions),
   ):
@@ -84,6 +85,67 @@ def test_round_trip_and_cache_hit(tmp_path, monkeypatch):
   second = data.load(cfg)
   assert_same(first, second)
   assert second.version.startswith("csv-raw/")
+
+
+# The query item of the item with row k (i{k+1}) is row k + 1 (i{k+2}), none
+# for i1 (row 0).
+SEED_INTERACTIONS = "user,item,t,seed\n" + "".join(
+  f"u{u},i{i},{10 * u + i},{'' if i == 1 else f'i{i + 1}'}\n"
+  for u in range(1, 6)
+  for i in range(1, 4)
+)
+SEED_SCHEMA = SCHEMA.replace(
+  '{"timestamp": "t"}', '{"timestamp": "t", "query_item": "seed"}'
+)
+
+
+def test_round_trip_keeps_the_item_to_item_source(tmp_path, monkeypatch):
+  write(tmp_path / "raw", SEED_INTERACTIONS, SEED_SCHEMA)
+  cfg = DataConfig(
+    source="csv",
+    data_dir=str(tmp_path / "raw"),
+    cache_dir=str(tmp_path / "cache"),
+  )
+  first = data.load(cfg)
+  monkeypatch.setattr(
+    loader, "build_prepared", lambda *a: pytest.fail("prepared twice")
+  )
+  second = data.load(cfg)
+  assert_same(first, second)
+  assert second.schema.query_item == "seed"
+  assert second.item_to_item_source == "column"
+  for split in second.splits.values():
+    expected = np.where(split.item_index == 0, -1, split.item_index + 1)
+    np.testing.assert_array_equal(split.prev_item_index, expected)
+  metadata = cache.read_metadata(data.cache_path(cfg))
+  assert metadata["item_to_item_source"] == "column"
+  assert metadata["schema"]["query_item"] == "seed"
+  assert metadata["format_version"] == cache.FORMAT_VERSION
+
+
+def test_round_trip_keeps_the_previous_item_source(tmp_path):
+  cfg = config(tmp_path)
+  built = data.build(cfg)
+  cache.save(built, str(tmp_path / "v"), {})
+  loaded = cache.load(str(tmp_path / "v"))
+  assert loaded.schema.query_item is None
+  assert loaded.item_to_item_source == "previous_item"
+  metadata = cache.read_metadata(str(tmp_path / "v"))
+  assert metadata["item_to_item_source"] == "previous_item"
+
+
+def test_metadata_without_the_item_to_item_source_is_not_loaded(tmp_path):
+  # A version of an older format has no item_to_item_source: it must not
+  # load as if its mode were known (prepare then rebuilds it).
+  built = data.build(config(tmp_path))
+  path = str(tmp_path / "v")
+  cache.save(built, path, {})
+  metadata = cache.read_metadata(path)
+  del metadata["item_to_item_source"]
+  with open(os.path.join(path, cache.METADATA), "w") as f:
+    json.dump(metadata, f)
+  with pytest.raises(ValueError, match="item_to_item_source"):
+    cache.load(path)
 
 
 def test_round_trip_chunks(tmp_path, monkeypatch):

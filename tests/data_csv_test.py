@@ -137,18 +137,22 @@ EIGHT_INTERACTIONS = (
 )
 
 
-def _eight(tmp_path, train_fraction=1.0):
+def _eight(tmp_path, train_fraction=1.0, schema=None, interactions=None):
   write_dir(
     tmp_path / "raw",
-    **{"items.csv": EIGHT_ITEMS, "interactions.csv": EIGHT_INTERACTIONS},
+    schema=schema,
+    **{
+      "items.csv": EIGHT_ITEMS,
+      "interactions.csv": interactions or EIGHT_INTERACTIONS,
+    },
   )
   cfg = config(tmp_path, train_fraction=train_fraction)
   cfg.validation_fraction = 0.25
-  return data.build(cfg).splits
+  return data.build(cfg)
 
 
 def test_previous_items_are_computed_within_each_split(tmp_path):
-  splits = _eight(tmp_path)
+  splits = _eight(tmp_path).splits
   # The random split of 8 rows with seed 0 (pinned by the timestamps):
   # train rows [2, 3, 4, 6], validation [0, 5], test [1, 7].
   assert splits["train"].timestamp.tolist() == [3, 4, 5, 7]
@@ -168,7 +172,7 @@ def test_previous_items_are_computed_within_each_split(tmp_path):
 
 
 def test_previous_items_of_train_use_only_the_kept_rows(tmp_path):
-  splits = _eight(tmp_path, train_fraction=0.5)
+  splits = _eight(tmp_path, train_fraction=0.5).splits
   # train_fraction 0.5 keeps train rows [3, 6] (u2's i4 and i7); the dropped
   # row 4 (i5, the whole-split answer for row 6) is nobody's previous item.
   assert splits["train"].timestamp.tolist() == [4, 7]
@@ -176,6 +180,92 @@ def test_previous_items_of_train_use_only_the_kept_rows(tmp_path):
   # Held-out splits are unchanged by the subsample.
   assert splits["validation"].prev_item_index.tolist() == [PAD, 0]
   assert splits["test"].prev_item_index.tolist() == [7, PAD]
+
+
+SEED_SCHEMA = dict(
+  SCHEMA, interactions={"weight": "w", "timestamp": "t", "query_item": "seed"}
+)
+# EIGHT_INTERACTIONS with a query-item column (an empty cell: no query item).
+SEED_INTERACTIONS = (
+  "user,item,w,t,seed\n"
+  "u1,i1,1,1,i5\n"  # 0
+  "u1,i2,1,2,\n"  # 1
+  "u1,i3,1,3,i1\n"  # 2
+  "u2,i4,1,4,i3\n"  # 3
+  "u2,i5,1,5,\n"  # 4
+  "u1,i6,1,6,i8\n"  # 5
+  "u2,i7,1,7,i2\n"  # 6
+  "u1,i8,1,0,i7\n"  # 7
+)
+
+
+def test_query_item_column_gives_the_item_to_item_queries(tmp_path):
+  prepared = _eight(
+    tmp_path, schema=SEED_SCHEMA, interactions=SEED_INTERACTIONS
+  )
+  assert prepared.schema.query_item == "seed"
+  assert prepared.item_to_item_source == "column"
+  splits = prepared.splits
+  # Same split as above: train rows [2, 3, 4, 6], validation [0, 5], test
+  # [1, 7]. Each row's query is its seed cell (i{k} is corpus row k - 1,
+  # empty is PAD), not its previous item:
+  #   train: i1, i3, -, i2 -> [0, 2, PAD, 1]
+  #   validation: i5, i8   -> [4, 7]
+  #   test: -, i7          -> [PAD, 6]
+  assert splits["train"].timestamp.tolist() == [3, 4, 5, 7]
+  assert splits["train"].prev_item_index.tolist() == [0, 2, PAD, 1]
+  assert splits["validation"].prev_item_index.tolist() == [4, 7]
+  assert splits["test"].prev_item_index.tolist() == [PAD, 6]
+  assert splits["train"].prev_item_index.dtype == np.int32
+
+
+def test_session_logs_use_previous_items(tmp_path):
+  prepared = _eight(tmp_path)
+  assert prepared.schema.query_item is None
+  assert prepared.item_to_item_source == "previous_item"
+
+
+def _query_item_schema_error(tmp_path, query_item, **interactions):
+  columns = {"weight": "w", "timestamp": "t", **interactions}
+  schema = dict(SCHEMA, interactions={**columns, "query_item": query_item})
+  write_dir(tmp_path / "raw", schema=schema)
+  with pytest.raises(data.DataError) as error:
+    data.build(config(tmp_path))
+  text = json.dumps(schema, indent=2)
+  line = text[: text.index('"query_item"')].count("\n") + 1
+  assert error.value.path == str(tmp_path / "raw" / "schema.json")
+  assert error.value.line == line
+  assert error.value.column == "query_item"
+  return str(error.value)
+
+
+@pytest.mark.parametrize(
+  "query_item,interactions,fragment",
+  [
+    # The item id's own column (interactions.item defaults to item_id).
+    ("item", {}, "is also the interactions.item column"),
+    # The item column under another name.
+    ("product", {"item": "product"}, "is also the interactions.item column"),
+    ("user", {}, "is also the interactions.query column"),
+    ("t", {}, "is also the interactions.timestamp column"),
+    ("w", {}, "is also the interactions.weight column"),
+    # A declared item feature (the item id feature when the item column has
+    # another name) or query feature.
+    ("genre", {}, "is also declared as a feature"),
+    ("item", {"item": "product"}, "is also declared as a feature"),
+    ("age", {}, "is also declared as a feature"),
+    ("", {}, "must be a non-empty string"),
+  ],
+)
+def test_ambiguous_query_item_column_is_refused(
+  tmp_path, query_item, interactions, fragment
+):
+  message = _query_item_schema_error(tmp_path, query_item, **interactions)
+  assert fragment in message
+  if fragment.startswith("is also"):
+    assert f"ambiguous schema: interactions.query_item {query_item!r}" in (
+      message
+    )
 
 
 def test_without_users_csv_queries_come_from_interactions(tmp_path):
@@ -278,6 +368,23 @@ BAD_INPUTS = {
     3,
     "t",
     "'7' is a number but other timestamps are dates",
+  ),
+  "query item not in corpus": (
+    {
+      "schema.json": json.dumps(SEED_SCHEMA),
+      "interactions.csv": "user,item,w,t,seed\nu1,i1,1,1,\nu2,i2,1,2,i9\n",
+    },
+    "interactions.csv",
+    3,
+    "seed",
+    "query item is not in the corpus: 'i9' is not an id in items.csv",
+  ),
+  "missing query item column": (
+    {"schema.json": json.dumps(SEED_SCHEMA)},
+    "interactions.csv",
+    1,
+    "seed",
+    "missing column",
   ),
   "undecodable text": (
     {"items.csv": b"item,genre,tags\ni1,rock,a\ni2,j\xe9zz,b\n"},

@@ -2,10 +2,11 @@
 
 Every source (synthetic, MovieLens, CSV) only parses its files into
 `RawData`; this module turns raw values into ids, resolves interactions to
-corpus and query rows, splits, computes each interaction's previous item
-within its own split (the `item_to_item` query), and computes the
-statistics. Checks that need the whole data (duplicate ids, an interaction
-whose item is not in the corpus) live here and still name the file and line.
+corpus and query rows, splits, resolves the `item_to_item` query of each
+interaction (the item of the schema's query-item column, else the previous
+item within its own split), and computes the statistics. Checks that need
+the whole data (duplicate ids, an interaction or query item that is not in
+the corpus) live here and still name the file and line.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 from tfr_ssl.config import DataConfig
 from tfr_ssl.data import encode, splits, stats
-from tfr_ssl.data.contract import Interactions, PreparedDataset
+from tfr_ssl.data.contract import PAD, Interactions, PreparedDataset
 from tfr_ssl.data.errors import DataError
 from tfr_ssl.data.raw import RawData, RawTable
 
@@ -53,6 +54,36 @@ def _rows(table: RawTable, id_name: str, raw: RawData, key: str) -> np.ndarray:
   return rows
 
 
+def _query_item_rows(raw: RawData) -> np.ndarray:
+  """Corpus row of every interaction's query item (PAD where empty).
+
+  Raises:
+    DataError: a query item that is not an id of the corpus (names the file,
+      line and column).
+  """
+  interactions = raw.interactions
+  column = raw.schema.query_item
+  keys = interactions.query_item_key
+  if keys is None:
+    raise ValueError(
+      f"The schema declares the query_item column {column!r}, but the source "
+      "read no query items."
+    )
+  rows = encode.lookup(raw.items.columns[raw.schema.item_id], keys)
+  empty = np.char.str_len(keys.astype(str)) == 0
+  unknown = np.flatnonzero((rows < 0) & ~empty)
+  if unknown.size:
+    row = int(unknown[0])
+    raise DataError(
+      f"query item is not in the corpus: {str(keys[row])!r} is not an id in "
+      f"{os.path.basename(raw.items.path)} ({unknown.size} such rows)",
+      path=interactions.path,
+      line=interactions.line(row),
+      column=column,
+    )
+  return np.where(empty, PAD, rows).astype(np.int32)
+
+
 def build_prepared(
   raw: RawData, config: DataConfig, version: str = ""
 ) -> PreparedDataset:
@@ -67,8 +98,8 @@ def build_prepared(
     The prepared dataset.
 
   Raises:
-    DataError: duplicate ids, interactions with unknown items or queries, no
-      interactions, or a temporal split without timestamps.
+    DataError: duplicate ids, interactions with unknown items, query items
+      or queries, no interactions, or a temporal split without timestamps.
   """
   schema = raw.schema
   interactions = raw.interactions
@@ -103,11 +134,15 @@ def build_prepared(
     path=interactions.path,
     no_timestamp_reason=interactions.no_timestamp_reason,
   )
-  # After splitting (and subsampling train), so a previous item never comes
-  # from another split.
-  previous = splits.previous_items_by_split(
-    rows, query_rows, item_rows, timestamp
-  )
+  if schema.query_item is not None:
+    query_items = _query_item_rows(raw)
+    previous = {name: query_items[r] for name, r in rows.items()}
+  else:
+    # After splitting (and subsampling train), so a previous item never
+    # comes from another split.
+    previous = splits.previous_items_by_split(
+      rows, query_rows, item_rows, timestamp
+    )
   split_data = {
     name: Interactions(
       query_index=query_rows[r].astype(np.int32),

@@ -2,8 +2,10 @@
 
 Layout of one version (`<cache_dir>/<dataset>/<key>/`):
 
-    metadata.json        schema, vocabularies, MI matrix, version, source
-                         and config it was built from (small, JSON)
+    metadata.json        schema (with its query-item column, if any),
+                         item_to_item_source, vocabularies, MI matrix,
+                         version, source and config it was built from
+                         (small, JSON)
     tfds/tfr_ssl_prepared/<FORMAT_VERSION>/
                          a TFDS dataset written by a GeneratorBasedBuilder
 
@@ -42,8 +44,9 @@ from tfr_ssl.data.contract import (
 )
 
 # The TFDS version of the stored form; part of every cache key, so bumping it
-# invalidates caches written by older code.
-FORMAT_VERSION = "1.0.0"
+# invalidates caches written by older code. 1.1.0: metadata records where
+# prev_item_index comes from (`item_to_item_source`, `schema.query_item`).
+FORMAT_VERSION = "1.1.0"
 BUILDER_NAME = "tfr_ssl_prepared"
 CHUNK_VALUES = 1 << 16
 METADATA = "metadata.json"
@@ -196,6 +199,7 @@ def save(prepared: PreparedDataset, path: str, metadata: dict) -> None:
         "format_version": FORMAT_VERSION,
         "version": prepared.version,
         "schema": prepared.schema.to_dict(),
+        "item_to_item_source": prepared.item_to_item_source,
         "vocabularies": prepared.vocabularies,
         "mutual_information": prepared.mutual_information.tolist(),
         "has_timestamps": prepared.splits["train"].timestamp is not None,
@@ -225,6 +229,8 @@ def load(path: str) -> PreparedDataset:
 
   Raises:
     FileNotFoundError: there is no complete version at `path`.
+    ValueError: the metadata does not say where `prev_item_index` comes
+      from consistently (a version of another format).
   """
   import tensorflow_datasets as tfds
 
@@ -235,6 +241,12 @@ def load(path: str) -> PreparedDataset:
   )
   tables = _read_tables(builder)
   schema = Schema.from_dict(metadata["schema"])
+  if metadata.get("item_to_item_source") != schema.item_to_item_source:
+    raise ValueError(
+      f"{path}: metadata item_to_item_source "
+      f"{metadata.get('item_to_item_source')!r} does not match the schema "
+      f"({schema.item_to_item_source!r}); written by other code."
+    )
   stats = tables["stats"]
   splits = {}
   for name in SPLITS:

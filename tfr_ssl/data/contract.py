@@ -28,6 +28,11 @@ QUERY = "query"
 ITEM = "item"
 ROLES = (QUERY, ITEM)
 SPLITS = ("train", "validation", "test")
+# Where the query of the item-to-item task comes from: a column of the
+# interactions naming the query item, or each query's previous item.
+FROM_COLUMN = "column"
+FROM_PREVIOUS_ITEM = "previous_item"
+ITEM_TO_ITEM_SOURCES = (FROM_COLUMN, FROM_PREVIOUS_ITEM)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,11 +74,17 @@ class Schema:
     features: Every feature, query and item, in a fixed order.
     item_id: Name of the item id feature (an item feature, categorical).
     query_id: Name of the query (user) id feature, a query feature.
+    query_item: Name of the interactions column holding each interaction's
+      query item for the item-to-item task (a corpus item id, or nothing),
+      or None: the query is then the previous item of the same query within
+      the same split (session logs). Not a feature name: the query item is
+      embedded with the corpus item's own features.
   """
 
   features: tuple[Feature, ...]
   item_id: str
   query_id: str
+  query_item: str | None = None
 
   def __post_init__(self):
     names = [f.name for f in self.features]
@@ -87,6 +98,20 @@ class Schema:
         raise ValueError(
           f"Schema: {special!r} must be a categorical {role} feature."
         )
+    if self.query_item is not None:
+      if not self.query_item:
+        raise ValueError("Schema: query_item must be a column name or None.")
+      if self.query_item in by_name:
+        raise ValueError(
+          f"Schema: query_item {self.query_item!r} is also a feature; the "
+          "query item column holds corpus item ids, whose features are the "
+          "item's own."
+        )
+
+  @property
+  def item_to_item_source(self) -> str:
+    """`column` (the query_item column) or `previous_item`."""
+    return FROM_PREVIOUS_ITEM if self.query_item is None else FROM_COLUMN
 
   @property
   def item_features(self) -> tuple[Feature, ...]:
@@ -103,11 +128,14 @@ class Schema:
     raise KeyError(f"Schema has no feature {name!r}.")
 
   def to_dict(self) -> dict:
-    return {
+    values = {
       "features": [dataclasses.asdict(f) for f in self.features],
       "item_id": self.item_id,
       "query_id": self.query_id,
     }
+    if self.query_item is not None:
+      values["query_item"] = self.query_item
+    return values
 
   @classmethod
   def from_dict(cls, values: Mapping) -> Schema:
@@ -115,6 +143,7 @@ class Schema:
       features=tuple(Feature(**f) for f in values["features"]),
       item_id=values["item_id"],
       query_id=values["query_id"],
+      query_item=values.get("query_item"),
     )
 
 
@@ -128,9 +157,11 @@ class Interactions:
     weight: float32 [n], example weights (1.0 when the data has none).
     timestamp: int64 [n] or None when the data has no timestamps.
     prev_item_index: int32 [n], the query of the item-to-item task, a
-      corpus row or PAD (no query item). In session-log mode the query's
-      previous item within the same split (by timestamp, else by file
-      order; PAD for its first interaction in the split).
+      corpus row or PAD (no query item). With a `schema.query_item` column,
+      the row of that column's item (PAD where it is empty); otherwise
+      (session logs) the query's previous item within the same split (by
+      timestamp, else by file order; PAD for its first interaction in the
+      split).
   """
 
   query_index: np.ndarray
@@ -178,6 +209,11 @@ class PreparedDataset:
   @property
   def num_queries(self) -> int:
     return int(self.queries[self.schema.query_id].shape[0])
+
+  @property
+  def item_to_item_source(self) -> str:
+    """Where `prev_item_index` comes from: `column` or `previous_item`."""
+    return self.schema.item_to_item_source
 
   def vocabulary_size(self, name: str) -> int:
     """Embedding rows for `name`: the vocabulary plus the OOV bucket."""

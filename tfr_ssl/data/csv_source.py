@@ -3,7 +3,9 @@
 The format is documented in data/README.md (with a tiny example in
 data/example/). Files are UTF-8 with a header row; multi-valued cells list
 their values separated by `|`; an empty cell of a categorical feature is a
-missing value. Columns that schema.json does not mention are ignored.
+missing value. Columns that schema.json does not mention are ignored. An
+optional query-item column of interactions.csv (`interactions.query_item`)
+names the seed item of each item-to-item pair; an empty cell means none.
 """
 
 from __future__ import annotations
@@ -174,8 +176,11 @@ def _timestamps(values: list[str], path: str, lines, column: str):
 
 
 def _interactions(path: str, spec: CsvSchema) -> RawInteractions:
+  query_item = spec.schema.query_item
   required = [spec.query_column, spec.item_column]
-  required += [c for c in (spec.weight_column, spec.timestamp_column) if c]
+  required += [
+    c for c in (spec.weight_column, spec.timestamp_column, query_item) if c
+  ]
   cells, lines = read_csv(path, required)
   for column in (spec.query_column, spec.item_column):
     empty = [i for i, v in enumerate(cells[column]) if not v]
@@ -216,6 +221,10 @@ def _interactions(path: str, spec: CsvSchema) -> RawInteractions:
     item_column=spec.item_column,
     no_timestamp_reason=(
       "schema.json declares no interactions.timestamp column"
+    ),
+    # Raw item ids ("" = no query item), resolved to corpus rows by build.py.
+    query_item_key=(
+      None if query_item is None else np.array(cells[query_item], dtype=str)
     ),
   )
 

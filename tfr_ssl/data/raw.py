@@ -70,6 +70,8 @@ class RawInteractions:
     item_column: Name of the item id column (for errors).
     no_timestamp_reason: Why there are no timestamps (for the error of a
       temporal split), e.g. "ratings.dat has 3 fields".
+    query_item_key: [n] raw item id of each interaction's item-to-item
+      query ("" = none), when the schema declares `query_item`; else None.
   """
 
   path: str
@@ -81,6 +83,7 @@ class RawInteractions:
   query_column: str
   item_column: str
   no_timestamp_reason: str = "the data has no timestamp column"
+  query_item_key: np.ndarray | None = None
 
   def __len__(self) -> int:
     return int(self.item_key.shape[0])

@@ -2,8 +2,9 @@
 
 The file declares every feature (name = column, kind, role), which feature
 is the item id and which the query (user) id, and how interactions.csv names
-its columns. The exact format is documented in data/README.md. Every mistake
-is a DataError that names schema.json and the line of the offending entry.
+its columns, including the optional query-item column of the item-to-item
+task. The exact format is documented in data/README.md. Every mistake is a
+DataError that names schema.json and the line of the offending entry.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from tfr_ssl.data.files import read_text
 
 _TOP_KEYS = {"features", "item_id", "query_id", "interactions"}
 _FEATURE_KEYS = {"name", "kind", "role"}
-_INTERACTION_KEYS = {"query", "item", "weight", "timestamp"}
+_INTERACTION_KEYS = {"query", "item", "weight", "timestamp", "query_item"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +32,8 @@ class CsvSchema:
     item_column: interactions.csv column of the item id.
     weight_column: interactions.csv column of the weight, or None.
     timestamp_column: interactions.csv column of the timestamp, or None.
+
+  The query-item column, if any, is `schema.query_item`.
   """
 
   schema: Schema
@@ -70,7 +73,8 @@ def parse(path: str) -> CsvSchema:
 
   Raises:
     DataError: invalid JSON, unknown keys, a missing or unknown kind/role, an
-      id that is not a categorical feature of the right role.
+      id that is not a categorical feature of the right role, an ambiguous
+      query-item column (also another interactions column, or a feature).
   """
   text = read_text(path, "utf-8")
   try:
@@ -126,21 +130,57 @@ def parse(path: str) -> CsvSchema:
       line=_line_of(text, unknown[0]),
       column=unknown[0],
     )
-  optional = {}
-  for key in ("weight", "timestamp"):
-    value = columns.get(key)
-    optional[key] = None if value is None else _string(value, text, path, key)
-  return CsvSchema(
-    schema=schema,
-    query_column=_string(
+  names = {
+    "query": _string(
       columns.get("query", schema.query_id), text, path, "query"
     ),
-    item_column=_string(
-      columns.get("item", schema.item_id), text, path, "item"
-    ),
-    weight_column=optional["weight"],
-    timestamp_column=optional["timestamp"],
+    "item": _string(columns.get("item", schema.item_id), text, path, "item"),
+  }
+  for key in ("weight", "timestamp", "query_item"):
+    value = columns.get(key)
+    names[key] = None if value is None else _string(value, text, path, key)
+  query_item = names["query_item"]
+  if query_item is not None:
+    _check_query_item(query_item, names, features, text, path)
+    schema = dataclasses.replace(schema, query_item=query_item)
+  return CsvSchema(
+    schema=schema,
+    query_column=names["query"],
+    item_column=names["item"],
+    weight_column=names["weight"],
+    timestamp_column=names["timestamp"],
   )
+
+
+def _check_query_item(
+  column: str, names: dict, features: list[Feature], text: str, path: str
+) -> None:
+  """Refuses a query-item column that has another meaning as well.
+
+  The column names the seed item of an item-to-item pair; it must be its own
+  column of interactions.csv, not the interacted item, the user, the weight
+  or the time, and not a feature (its features are the seed item's own).
+  """
+  line = _line_of(text, "query_item")
+  for key in ("item", "query", "weight", "timestamp"):
+    if names[key] == column:
+      raise DataError(
+        f"ambiguous schema: interactions.query_item {column!r} is also the "
+        f"interactions.{key} column; the query item (the seed of an "
+        "item-to-item pair) needs a column of its own",
+        path=path,
+        line=line,
+        column="query_item",
+      )
+  if any(f.name == column for f in features):
+    raise DataError(
+      f"ambiguous schema: interactions.query_item {column!r} is also declared "
+      "as a feature; the query item is a corpus item id, embedded with that "
+      "item's own features, so it cannot be a feature as well",
+      path=path,
+      line=line,
+      column="query_item",
+    )
 
 
 def _feature(entry, text: str, path: str) -> Feature:
