@@ -7,12 +7,27 @@ config and can be changed here without retraining.
 Embeds the whole corpus with the exported item tower, builds ScaNN (exact
 search for small corpora), prints the audit recall and query speed, and saves
 one retrieval SavedModel (raw query features -> top-k ids and scores) to
-WORKDIR/index/.
+WORKDIR/index/, with WORKDIR/index/items.jsonl (the features `retrieve`
+shows).
+
+--add_items=PATH/items.csv (the daily incremental update) also indexes the
+items of that CSV, embedded by the same exported item tower: no retraining,
+no model rebuild. The file is formatted like the CSV source's items.csv
+(data/README.md) and its columns must be exactly the run's item features (an
+extra or missing column, an empty id and an id repeated in the file are
+errors naming the file, line and column). A new id is unknown to the model
+and is embedded from its content features; an id already in the corpus
+replaces that item's features. The index manifest's `added_items` records the
+file (path, sha256) and how many items were added and replaced; `num_items`
+includes the added ones. Each run builds the index from the corpus plus the
+given file only: pass every file still to be served (or merge them first).
 
 Example:
   python -m pipelines.build_index --workdir=runs/cfm
   python -m pipelines.build_index --workdir=runs/cfm --exact_below=0 \
       --reorder=1000
+  python -m pipelines.build_index --workdir=runs/cfm \
+      --add_items=feeds/2024-05-01/items.csv
 """
 
 from absl import app, flags
@@ -22,6 +37,13 @@ from tfr_ssl import workflow
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 flags.mark_flag_as_required("workdir")
+_ADD_ITEMS = flags.DEFINE_string(
+  "add_items",
+  None,
+  "CSV of new items (the run's item feature columns, items.csv format) to "
+  "embed with the exported item tower and index with the corpus; an id "
+  "already in the corpus replaces that item.",
+)
 common.define_config_flags()
 
 
@@ -30,9 +52,18 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   overrides = common.section_overrides("index")
   manifest = common.run_or_fail(
-    workflow.build_index_run, _WORKDIR.value, overrides
+    workflow.build_index_run,
+    _WORKDIR.value,
+    overrides,
+    add_items=_ADD_ITEMS.value,
   )
   print(workflow.describe_index(manifest))
+  added = manifest.get("added_items")
+  if added:
+    print(
+      f"Added {added['count']} item(s) and replaced {added['replaced']} from "
+      f"{added['source']} (sha256 {added['sha256'][:12]})"
+    )
   print(f"Saved to {_WORKDIR.value}/index")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import data as data_lib
-from tfr_ssl import embed, evaluate, export, index, serving, train
+from tfr_ssl import embed, evaluate, export, index, new_items, serving, train
 from tfr_ssl.data import contract
 
 EXPORT_DIR = "export"
@@ -60,16 +60,22 @@ def export_run(workdir: str) -> dict:
 
 
 def build_index_run(
-  workdir: str, index_overrides: Mapping[str, object] | None = None
+  workdir: str,
+  index_overrides: Mapping[str, object] | None = None,
+  add_items: str | None = None,
 ) -> dict:
   """Embeds the corpus with the exported item tower and saves WORKDIR/index/.
 
   The index is audited against exact search on sampled queries before it is
-  saved; the audit and the query speed go into its manifest.
+  saved; the audit and the query speed go into its manifest. The index
+  directory also holds items.jsonl, the features of its items.
 
   Args:
     workdir: A run with an export.
     index_overrides: Dotted `index.*` settings replacing the run's.
+    add_items: Optional CSV of new items (the run's item feature columns),
+      embedded by the exported tower and indexed with the corpus; an id
+      already in the corpus replaces that item (see `new_items`).
 
   Returns:
     The index manifest.
@@ -86,13 +92,18 @@ def build_index_run(
 
   item_tower = export.load_tower(os.path.join(export_dir, "item"))
   query_tower = export.load_tower(os.path.join(export_dir, "query"))
-  started = time.perf_counter()
-  item_embeddings = embed_raw(
-    item_tower,
-    export.raw_features(
-      prepared.items, schema.item_features, prepared.vocabularies
-    ),
+  item_keys = prepared.item_keys()
+  item_raw = export.raw_features(
+    prepared.items, schema.item_features, prepared.vocabularies
   )
+  added = None
+  if add_items:
+    update = new_items.read(
+      add_items, contract.Schema.from_dict(export_manifest["schema"])
+    )
+    item_keys, item_raw, added = new_items.merge(item_keys, item_raw, update)
+  started = time.perf_counter()
+  item_embeddings = embed_raw(item_tower, item_raw)
   embed_seconds = time.perf_counter() - started
 
   # Queries for tuning the search and queries for auditing it are drawn
@@ -115,7 +126,7 @@ def build_index_run(
   query_embeddings = embed_queries(audit_rows)
   searcher = index.build_searcher(
     item_embeddings,
-    np.array(prepared.item_keys()),
+    np.array(item_keys),
     config.index,
     tune_queries=embed_queries(tune_rows),
   )
@@ -135,14 +146,17 @@ def build_index_run(
     "audit": audit,
     "speed": speed,
     "embed_seconds": embed_seconds,
+    "added_items": added,
     "versions": export.versions(),
   }
-  return serving.save_retrieval_model(
-    query_tower,
-    searcher,
+  return new_items.write_with_items(
     os.path.join(workdir, INDEX_DIR),
-    manifest,
-    k=config.index.k,
+    new_items.items_jsonl(
+      item_keys, item_raw, [f.name for f in schema.item_features]
+    ),
+    lambda path: serving.save_retrieval_model(
+      query_tower, searcher, path, manifest, k=config.index.k
+    ),
   )
 
 
@@ -244,7 +258,12 @@ def retrieve(
     name: tf.constant([str(q.get(name, "")) for q in queries]) for name in names
   }
   scores, ids = retriever(raw, exclude=exclude)
-  items = _read_items(os.path.join(workdir, EXPORT_DIR, ITEMS_FILE))
+  # The index's own list knows items added with --add_items; an index
+  # written without one falls back to the export's.
+  items_path = os.path.join(workdir, INDEX_DIR, ITEMS_FILE)
+  if not os.path.exists(items_path):
+    items_path = os.path.join(workdir, EXPORT_DIR, ITEMS_FILE)
+  items = _read_items(items_path)
   k = k or manifest["k"]
   out = []
   for row_scores, row_ids in zip(scores.numpy(), ids.numpy(), strict=True):
