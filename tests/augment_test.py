@@ -9,14 +9,15 @@ import tensorflow as tf
 import tfr_ssl  # noqa: F401
 from tfr_ssl import augment
 
-# MI between 5 features (symmetric; the diagonal, an entropy, is the largest
+# Dependence between 5 features (symmetric; the diagonal is the largest
 # entry of every row, so a ranking that forgot to exclude it would pick the
-# seed itself). Masked set of view 1 = seed + its top floor(5/2) = 2 partners:
-#   seed 0: row (.9, .1, .2, .65) -> {1, 4} -> {0, 1, 4}
-#   seed 1: row (.9, .8, .05, .15) -> {0, 2} -> {0, 1, 2}
-#   seed 2: row (.1, .8, .4, .6)   -> {1, 4} -> {1, 2, 4}
-#   seed 3: row (.2, .05, .4, .7)  -> {4, 2} -> {2, 3, 4}
-#   seed 4: row (.65, .15, .6, .7) -> {3, 0} -> {0, 3, 4}
+# seed itself). Masked set of view 1 = seed + its top floor(5/2) - 1 = 1
+# partner, so 2 features, as many as RFM masks:
+#   seed 0: row (.9, .1, .2, .65) -> {1} -> {0, 1}
+#   seed 1: row (.9, .8, .05, .15) -> {0} -> {0, 1}
+#   seed 2: row (.1, .8, .4, .6)   -> {1} -> {1, 2}
+#   seed 3: row (.2, .05, .4, .7)  -> {4} -> {3, 4}
+#   seed 4: row (.65, .15, .6, .7) -> {3} -> {3, 4}
 MI = np.array(
   [
     [5.0, 0.9, 0.1, 0.2, 0.65],
@@ -27,13 +28,8 @@ MI = np.array(
   ],
   np.float32,
 )
-CFM_SETS = {
-  (0, 1, 4),
-  (0, 1, 2),
-  (1, 2, 4),
-  (2, 3, 4),
-  (0, 3, 4),
-}
+# Probability of each set: the seed is uniform over the 5 features.
+CFM_SETS = {(0, 1): 2 / 5, (1, 2): 1 / 5, (3, 4): 2 / 5}
 
 
 def _masked_set(mask_row):
@@ -72,11 +68,10 @@ def test_cfm_masks_the_seed_and_its_top_partners():
     np.testing.assert_array_equal(m2, ~m1)
     assert (m1 == m1[0]).all()
     counts[masked] += 1
-  # The seed feature is uniform: each set has probability 1/5, binomial
-  # std sqrt(500 * .2 * .8) ~ 8.9; allow 5 std around the mean of 100.
-  assert set(counts) == CFM_SETS
-  for n in counts.values():
-    assert abs(n - draws / 5) < 5 * 8.95
+  # Binomial std of a count: sqrt(500 p (1 - p)) <= 11.2; allow 5 std.
+  assert set(counts) == set(CFM_SETS)
+  for masked, n in counts.items():
+    assert abs(n - draws * CFM_SETS[masked]) < 5 * 11.2
 
 
 def test_cfm_with_two_features_masks_one_per_view():
@@ -84,7 +79,22 @@ def test_cfm_with_two_features_masks_one_per_view():
   m1, m2 = augment.cfm_masks(2, mi, seed=[0, 0])
   assert m1.numpy()[0].sum() == 1 and m2.numpy()[0].sum() == 1
   assert augment.cfm_top_count(2) == 0
-  assert augment.cfm_top_count(7) == 3
+  assert augment.cfm_top_count(3) == 0
+  assert augment.cfm_top_count(7) == 2
+
+
+@pytest.mark.parametrize("num_features", [2, 3, 4, 5, 6, 7, 8])
+def test_cfm_and_rfm_mask_the_same_number_of_features(num_features):
+  rng = np.random.default_rng(num_features)
+  dep = rng.random((num_features, num_features)).astype(np.float32)
+  dep = (dep + dep.T) / 2
+  for step in range(10):
+    cfm1, cfm2 = augment.cfm_masks(1, dep, seed=[0, step])
+    rfm1, rfm2 = augment.rfm_masks(1, num_features, seed=[0, step])
+    # floor(F / 2) in view 1, the complement in view 2, for both.
+    assert int(cfm1.numpy().sum()) == int(rfm1.numpy().sum())
+    assert int(cfm2.numpy().sum()) == int(rfm2.numpy().sum())
+    assert int(cfm1.numpy().sum()) == num_features // 2
 
 
 def test_random_masking_rate_holds_per_view():
@@ -113,13 +123,14 @@ def test_value_dropout_rate_holds_and_keeps_padding():
   np.testing.assert_array_equal(out[kept], ids[kept])
 
 
-def _augmenter(masking="cfm"):
+def _augmenter(masking="cfm", **kwargs):
   return augment.Augmenter(
     ["a", "b", "c", "d", "tags"],
     ["tags"],
     masking=masking,
     dropout_rate=0.5,
-    mutual_information=MI,
+    dependence=MI,
+    **kwargs,
   )
 
 
@@ -167,12 +178,59 @@ def test_same_seed_same_views_eager_function_and_dataset(masking):
     )
 
 
+@pytest.mark.parametrize("masking", augment.MASKINGS)
+def test_the_id_is_never_visible_in_both_views(masking):
+  # "a" is the id: with MI's row 0, CFM would pick it as a partner of "b"
+  # if it were a candidate; as a key it only follows the key rule.
+  augmenter = _augmenter(masking, key_features=["a"])
+  rows = 2000
+  batch = {k: tf.repeat(v, rows // 4, axis=0) for k, v in _batch().items()}
+  seen1 = []
+  for step in range(5):
+    _, m1, _, m2 = augmenter(batch, seed=[3, step])
+    m1, m2 = m1.numpy(), m2.numpy()
+    # Column 0 is the id: masked in exactly one view per row.
+    np.testing.assert_array_equal(m1[:, 0] ^ m2[:, 0], np.ones(rows, bool))
+    seen1.append(~m1[:, 0])
+  # The view that sees it is a fair coin per row: 10,000 draws, std 0.005.
+  assert abs(np.mean(seen1) - 0.5) < 0.025
+  if masking in ("rfm", "cfm"):
+    # Halves of the 4 content features: 2 masked in each view.
+    assert (m1[:, 1:].sum(axis=1) == 2).all()
+    np.testing.assert_array_equal(m1[:, 1:], ~m2[:, 1:])
+
+
+def test_cfm_never_uses_a_key_as_seed_or_partner():
+  augmenter = _augmenter("cfm", key_features=["a"])
+  # Content features b, c, d, tags (rows/cols 1..4 of MI); 4 // 2 = 2 masked:
+  #   seed b: (.8, .05, .15) -> c -> {b, c};  seed c: (.8, .4, .6) -> b
+  #   seed d: (.05, .4, .7) -> tags -> {d, tags};  seed tags: -> d.
+  # Without the key rule seed b would take a (0.9) as its partner.
+  splits = set()
+  for step in range(100):
+    _, m1, _, _ = augmenter(_batch(), seed=[0, step])
+    splits.add(_masked_set(m1.numpy()[0][1:]))
+  assert splits == {(0, 1), (2, 3)}
+
+
+def test_key_mode_both_masks_the_id_in_both_views():
+  augmenter = _augmenter("rfm", key_features=["a"], key_mode="both")
+  _, m1, _, m2 = augmenter(_batch(), seed=[0, 1])
+  assert m1.numpy()[:, 0].all() and m2.numpy()[:, 0].all()
+
+
 def test_bad_settings_are_clear_errors():
   with pytest.raises(ValueError, match="masking must be one of"):
     augment.Augmenter(["a", "b"], masking="half")
-  with pytest.raises(ValueError, match="needs the mutual information"):
+  with pytest.raises(ValueError, match="key_mode must be one of"):
+    augment.Augmenter(["a", "b"], masking="rfm", key_mode="two")
+  with pytest.raises(ValueError, match="needs the feature dependence"):
     augment.Augmenter(["a", "b"], masking="cfm")
   with pytest.raises(ValueError, match=r"is \(3, 3\), expected \(2, 2\)"):
-    augment.Augmenter(["a", "b"], masking="cfm", mutual_information=np.eye(3))
-  with pytest.raises(ValueError, match="at least 2 item features"):
+    augment.Augmenter(["a", "b"], masking="cfm", dependence=np.eye(3))
+  with pytest.raises(ValueError, match="at least 2 content item features"):
     augment.Augmenter(["a"], masking="rfm")
+  with pytest.raises(ValueError, match="at least 2 content item features"):
+    augment.Augmenter(["id", "a"], masking="rfm", key_features=["id"])
+  with pytest.raises(ValueError, match="Key features not in the list"):
+    augment.Augmenter(["a", "b"], masking="rfm", key_features=["id"])

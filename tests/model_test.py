@@ -218,10 +218,13 @@ def test_checkpoint_round_trip(dataset, tmp_path):
 def test_config_errors_are_clear(dataset):
   with pytest.raises(model_lib.ModelConfigError, match=r"ssl\.batch_size=16"):
     _model(dataset, **{"model.mixed_negatives": 64})
-  bad = model_fakes.tiny_dataset()
-  bad.mutual_information = np.eye(2, dtype=np.float32)
-  with pytest.raises(model_lib.ModelConfigError, match="mutual_information"):
-    _model(bad)
+  # The tiny items have 2 content features (category, tags); counting
+  # category as key-like (key_share ~ 0: every feature is a key) leaves
+  # fewer than 2 to split.
+  with pytest.raises(model_lib.ModelConfigError, match="2 content item"):
+    _model(dataset, **{"ssl.key_share": 1e-9})
+  with pytest.raises(model_lib.ModelConfigError, match="id_dropout"):
+    _model(dataset, **{"model.id_dropout": 1.0})
   model = _model(dataset)
   batch = dict(_batch(dataset))
   del batch["ssl_item"]
@@ -284,3 +287,74 @@ def test_unigram_proposal_probability(dataset):
   np.testing.assert_allclose(
     uniform._proposal_probability(tf.constant([0, 5])), [1 / 24, 1 / 24]
   )
+
+
+def _cold_dataset():
+  # Items 0..3 get no training interaction: their ids are cold.
+  data = model_fakes.tiny_dataset()
+  data.item_train_count = data.item_train_count.copy()
+  data.item_train_count[:4] = 0
+  return data
+
+
+def test_an_item_without_training_interactions_uses_the_id_default():
+  data = _cold_dataset()
+  model = _model(data)
+  rows = np.arange(8)
+  features = {k: tf.constant(v[rows]) for k, v in data.items.items()}
+  out = model.item_tower(features).numpy()
+  missing = dict(features, item_id=tf.fill([8], -1))
+  oov = dict(features, item_id=tf.zeros([8], tf.int32))
+  without_id = model.item_tower(missing).numpy()
+  # Cold rows 0..3: the id counts as missing, so the output is the tower of
+  # the content features with the id's default embedding; so is the OOV id
+  # of an item added after training.
+  np.testing.assert_allclose(out[:4], without_id[:4], rtol=1e-6)
+  np.testing.assert_allclose(
+    model.item_tower(oov).numpy(), without_id, rtol=1e-6
+  )
+  # Warm rows 4..7 keep their own id embedding.
+  assert np.abs(out[4:] - without_id[4:]).max() > 1e-3
+
+
+def test_id_dropout_drops_only_the_key_columns():
+  model = _model(_cold_dataset(), **{"model.id_dropout": 0.3})
+  mask = model._dropout_mask(20_000, True, tf.constant([0, 1], tf.int64))
+  mask = mask.numpy()
+  assert model.item_encoder.feature_names == ["item_id", "category", "tags"]
+  # 20,000 Bernoulli(0.3) draws: std 0.0032; 5 std.
+  assert abs(mask[:, 0].mean() - 0.3) < 0.016
+  assert not mask[:, 1:].any()
+  assert model._dropout_mask(10, False, tf.constant([0, 1])) is None
+
+
+def test_projection_head_feeds_only_the_ssl_loss(dataset):
+  model = _model(dataset, **{"ssl.projection_dim": 12})
+  batch = _batch(dataset)
+  trained = {id(v) for v in model.trainable_variables}
+  head = model.ssl_head.trainable_variables
+  assert len(head) == 4 and all(id(v) in trained for v in head)
+  items = model.item_tower(batch["item"]).numpy()
+  before = _components(model, batch)
+  for variable in model.ssl_head.trainable_variables:
+    variable.assign(variable * 2.0 + 0.1)
+  after = _components(model, batch)
+  # The head changes the SSL loss, not the retrieval embedding or main loss.
+  np.testing.assert_allclose(model.item_tower(batch["item"]).numpy(), items)
+  assert after[1] == pytest.approx(before[1], rel=1e-6)
+  assert abs(after[2] - before[2]) > 1e-4
+
+
+def test_gradient_norms_scale_with_alpha(dataset):
+  # The SSL gradient is alpha * dL_ssl/dw: doubling alpha doubles its norm
+  # and leaves the main norm and the cosine unchanged.
+  batch = _batch(dataset)
+  one = _model(dataset, **{"ssl.alpha": 1.0}).gradient_norms(batch)
+  two = _model(dataset, **{"ssl.alpha": 2.0}).gradient_norms(batch)
+  one = {k: float(v) for k, v in one.items()}
+  two = {k: float(v) for k, v in two.items()}
+  assert one["grad_norm/main"] > 0 and one["grad_norm/ssl"] > 0
+  assert two["grad_norm/main"] == pytest.approx(one["grad_norm/main"], 1e-5)
+  assert two["grad_norm/ssl"] == pytest.approx(2 * one["grad_norm/ssl"], 1e-5)
+  assert two["grad_norm/cosine"] == pytest.approx(one["grad_norm/cosine"], 1e-4)
+  assert -1.0 <= one["grad_norm/cosine"] <= 1.0

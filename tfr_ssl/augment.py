@@ -14,6 +14,12 @@ Granularity (a choice, kept deliberately simple):
     feature per batch) and broadcast it to every row.
   - `random` masking and value dropout are per example (an independent
     Bernoulli draw per row and feature, or per value).
+  - The view that sees the item id (and any key-like feature) is drawn per
+    example, so within a batch both views carry id-less items.
+
+Only content features are masked by the masking strategy; the item id and
+key-like features (`tfr_ssl.data.stats.key_like_features`) are handled by
+one rule for every strategy: never visible in both views.
 """
 
 from __future__ import annotations
@@ -26,10 +32,12 @@ import tensorflow as tf
 from tfr_ssl.data.contract import PAD
 
 MASKINGS = ("none", "random", "rfm", "cfm")
+KEY_MODES = ("one_view", "both")
 
 # Offsets folded into the seed so every random draw of a step is independent.
 _MASK_STREAM = 1
 _DROPOUT_STREAM = {1: 2, 2: 3}
+_KEY_STREAM = 4
 
 
 def _seed(seed: tf.Tensor | Sequence[int], stream: int) -> tf.Tensor:
@@ -51,6 +59,11 @@ def random_masks(
   return draws[0] < rate, draws[1] < rate
 
 
+def half_count(num_features: int) -> int:
+  """Features masked in view 1 by RFM and CFM: floor(F / 2)."""
+  return num_features // 2
+
+
 def rfm_masks(
   batch_size: tf.Tensor | int, num_features: int, seed
 ) -> tuple[tf.Tensor, tf.Tensor]:
@@ -70,51 +83,51 @@ def rfm_masks(
   )
   # rank of each feature in a random order; the first half goes to view 1.
   rank = tf.argsort(tf.argsort(scores))
-  masked = rank < num_features // 2
+  masked = rank < half_count(num_features)
   view1 = tf.broadcast_to(masked, [batch_size, num_features])
   return view1, tf.logical_not(view1)
 
 
 def cfm_top_count(num_features: int) -> int:
-  """Correlated features masked with the seed: floor(F/2), capped at F-2.
+  """Partners masked with the CFM seed: floor(F/2) - 1.
 
-  The cap only bites for F = 2 (seed alone), so view 1 always keeps at least
-  one feature and view 2 masks at least one.
+  Seed plus partners make `half_count(F)` features, the number RFM masks,
+  so the two compare fairly; F = 2 or 3 masks the seed alone.
   """
-  return max(0, min(num_features // 2, num_features - 2))
+  return max(0, half_count(num_features) - 1)
 
 
 def cfm_masks(
-  batch_size: tf.Tensor | int, mutual_information: tf.Tensor, seed
+  batch_size: tf.Tensor | int, dependence: tf.Tensor, seed
 ) -> tuple[tf.Tensor, tf.Tensor]:
   """Correlated feature masking (CFM).
 
   Per batch a seed feature `s` is drawn uniformly; view 1 masks `s` and the
-  `cfm_top_count(F)` other features with the highest mutual information with
-  `s` (the diagonal, an entropy, is excluded from the ranking; ties go to
-  the lower index). View 2 masks exactly the complement. Masking correlated
+  `cfm_top_count(F)` other features most dependent on `s` (ties go to the
+  lower index). View 2 masks exactly the complement. Masking correlated
   features together stops the model from reading a masked feature off an
   unmasked twin.
 
   Args:
     batch_size: Rows B.
-    mutual_information: float `[F, F]` MI between item features.
+    dependence: float `[F, F]` dependence between the candidate features
+      (`tfr_ssl.data.stats.feature_dependence`; the diagonal is ignored).
     seed: int `[2]` seed.
 
   Returns:
     bool `[B, F]` masks (view 1, view 2) with `m1 == ~m2`.
   """
-  mi = tf.convert_to_tensor(mutual_information, tf.float32)
-  num_features = mi.shape[0]
-  if num_features is None or mi.shape != (num_features, num_features):
-    raise ValueError(f"CFM needs a square [F, F] MI matrix, got {mi.shape}.")
+  dep = tf.convert_to_tensor(dependence, tf.float32)
+  num_features = dep.shape[0]
+  if num_features is None or dep.shape != (num_features, num_features):
+    raise ValueError(f"CFM needs a square [F, F] matrix, got {dep.shape}.")
   if num_features < 2:
     raise ValueError(f"CFM needs at least 2 item features, got {num_features}.")
   top = cfm_top_count(num_features)
   anchor = tf.random.stateless_uniform(
     [], seed=_seed(seed, _MASK_STREAM), maxval=num_features, dtype=tf.int32
   )
-  row = tf.gather(mi, anchor)
+  row = tf.gather(dep, anchor)
   row = tf.where(tf.range(num_features) == anchor, -np.inf, row)
   _, partners = tf.math.top_k(row, k=top)
   chosen = tf.concat([anchor[tf.newaxis], partners], axis=0)
@@ -122,6 +135,29 @@ def cfm_masks(
     tf.one_hot(chosen, num_features, on_value=True, off_value=False), axis=0
   )
   view1 = tf.broadcast_to(masked, [batch_size, num_features])
+  return view1, tf.logical_not(view1)
+
+
+def key_masks(
+  batch_size: tf.Tensor | int, num_keys: int, mode: str, seed
+) -> tuple[tf.Tensor, tf.Tensor]:
+  """Masks of the key features (the item id and key-like features).
+
+  `one_view`: per row, a fair coin picks the view that sees the keys; the
+  other view has them masked. `both`: masked in both views. Either way a
+  key is never visible in both views: otherwise the two views share an
+  identifier and the contrastive task is solved by a lookup.
+
+  Returns:
+    bool `[B, K]` masks (view 1, view 2).
+  """
+  if mode == "both":
+    masked = tf.ones([batch_size, num_keys], tf.bool)
+    return masked, masked
+  coin = tf.random.stateless_uniform(
+    [batch_size, 1], seed=_seed(seed, _KEY_STREAM)
+  )
+  view1 = tf.broadcast_to(coin < 0.5, [batch_size, num_keys])
   return view1, tf.logical_not(view1)
 
 
@@ -140,16 +176,29 @@ def dropout_values(ids: tf.Tensor, rate: float, seed) -> tf.Tensor:
 class Augmenter:
   """Makes two augmented views of a batch of items.
 
+  The item features fall in two groups:
+    - content features (candidates): masked by `masking` (`random`: each
+      independently; `rfm`, `cfm`: floor(C/2) of the C candidates in view 1,
+      the rest in view 2);
+    - key features (the item id and key-like features): never a candidate;
+      visible in exactly one view, picked per row at random (`key_mode =
+      "one_view"`), or masked in both (`"both"`), whatever the masking.
+
   Args:
     feature_names: Item features, in the encoder's order (mask columns).
     multi_feature_names: The multi-valued ones (subject to value dropout).
     masking: One of `MASKINGS`.
     mask_rate: Rate of `random` masking.
     dropout_rate: Rate of value dropout in multi-valued features (0 = off).
-    mutual_information: `[F, F]` MI matrix, required for `cfm`.
+    dependence: `[F, F]` dependence between all item features (in
+      `feature_names` order; rows of key features are ignored), required
+      for `cfm`.
+    key_features: The key features (a subset of `feature_names`).
+    key_mode: One of `KEY_MODES`.
 
   Example:
-    >>> augmenter = Augmenter(["id", "tags"], ["tags"], "rfm")
+    >>> augmenter = Augmenter(["id", "a", "tags"], ["tags"], "rfm",
+    ...                       key_features=["id"])
     >>> f1, m1, f2, m2 = augmenter(batch, seed=tf.constant([0, step]))
   """
 
@@ -160,15 +209,25 @@ class Augmenter:
     masking: str = "cfm",
     mask_rate: float = 0.5,
     dropout_rate: float = 0.0,
-    mutual_information: np.ndarray | None = None,
+    dependence: np.ndarray | None = None,
+    key_features: Sequence[str] = (),
+    key_mode: str = "one_view",
   ):
     if masking not in MASKINGS:
       raise ValueError(
         f"masking must be one of {list(MASKINGS)}, got {masking!r}."
       )
-    unknown = sorted(set(multi_feature_names) - set(feature_names))
-    if unknown:
-      raise ValueError(f"Multi-valued features not in the list: {unknown}.")
+    if key_mode not in KEY_MODES:
+      raise ValueError(
+        f"key_mode must be one of {list(KEY_MODES)}, got {key_mode!r}."
+      )
+    for label, names in (
+      ("Multi-valued features", multi_feature_names),
+      ("Key features", key_features),
+    ):
+      unknown = sorted(set(names) - set(feature_names))
+      if unknown:
+        raise ValueError(f"{label} not in the list: {unknown}.")
     for name, rate in (
       ("mask_rate", mask_rate),
       ("dropout_rate", dropout_rate),
@@ -177,35 +236,54 @@ class Augmenter:
         raise ValueError(f"{name} must be in [0, 1), got {rate}.")
     self.feature_names = list(feature_names)
     self.multi_feature_names = list(multi_feature_names)
+    self.key_features = [n for n in self.feature_names if n in key_features]
+    self.candidates = [n for n in self.feature_names if n not in key_features]
     self.masking = masking
+    self.key_mode = key_mode
     self.mask_rate = float(mask_rate)
     self.dropout_rate = float(dropout_rate)
-    num = len(self.feature_names)
+    num = len(self.candidates)
     if masking in ("rfm", "cfm") and num < 2:
-      raise ValueError(f"{masking} needs at least 2 item features, got {num}.")
-    self.mutual_information = None
+      raise ValueError(
+        f"{masking} needs at least 2 content item features (not the id or "
+        f"key-like features {self.key_features}), got {self.candidates}."
+      )
+    positions = {n: i for i, n in enumerate(self.feature_names)}
+    self._candidate_columns = [positions[n] for n in self.candidates]
+    self._key_columns = [positions[n] for n in self.key_features]
+    self.dependence = None
     if masking == "cfm":
-      if mutual_information is None:
-        raise ValueError("cfm masking needs the mutual information matrix.")
-      mi = np.asarray(mutual_information, np.float32)
-      if mi.shape != (num, num):
+      if dependence is None:
+        raise ValueError("cfm masking needs the feature dependence matrix.")
+      full = np.asarray(dependence, np.float32)
+      size = len(self.feature_names)
+      if full.shape != (size, size):
         raise ValueError(
-          f"The mutual information matrix is {mi.shape}, expected "
-          f"({num}, {num}) for item features {self.feature_names}."
+          f"The dependence matrix is {full.shape}, expected ({size}, "
+          f"{size}) for item features {self.feature_names}."
         )
-      self.mutual_information = mi
+      columns = self._candidate_columns
+      self.dependence = full[np.ix_(columns, columns)]
 
   def masks(self, batch_size, seed) -> tuple[tf.Tensor, tf.Tensor]:
-    """The two views' bool `[B, F]` masks."""
-    num = len(self.feature_names)
+    """The two views' bool `[B, F]` masks, in `feature_names` order."""
+    num = len(self.candidates)
     if self.masking == "random":
-      return random_masks(batch_size, num, self.mask_rate, seed)
-    if self.masking == "rfm":
-      return rfm_masks(batch_size, num, seed)
-    if self.masking == "cfm":
-      return cfm_masks(batch_size, self.mutual_information, seed)
-    none = tf.zeros([batch_size, num], tf.bool)
-    return none, none
+      content = random_masks(batch_size, num, self.mask_rate, seed)
+    elif self.masking == "rfm":
+      content = rfm_masks(batch_size, num, seed)
+    elif self.masking == "cfm":
+      content = cfm_masks(batch_size, self.dependence, seed)
+    else:
+      none = tf.zeros([batch_size, num], tf.bool)
+      content = none, none
+    keys = key_masks(batch_size, len(self.key_features), self.key_mode, seed)
+    # Scatter the candidate and key columns back to the encoder's order.
+    order = np.argsort(self._candidate_columns + self._key_columns)
+    return tuple(
+      tf.gather(tf.concat([c, k], axis=1), order, axis=1)
+      for c, k in zip(content, keys, strict=True)
+    )
 
   def __call__(
     self, features: Mapping[str, tf.Tensor], seed

@@ -117,6 +117,10 @@ class ModelConfig:
       training example with this rate.
     spread_out_weight: Weight of the spread-out regulariser on item
       embeddings (Zhang et al. 2017); 0 disables it.
+    id_dropout: Rate at which a training example's item id (and key-like
+      features) is replaced by its default embedding in the main task, so
+      the item tower also learns to embed an item from its content alone,
+      as it must for an item with no training interactions.
   """
 
   task: str = _field(
@@ -169,6 +173,9 @@ class ModelConfig:
   spread_out_weight: float = _field(
     0.0, "Baseline: spread-out regulariser weight (0 = off)."
   )
+  id_dropout: float = _field(
+    0.0, "Main task: rate of replacing the item id by its default."
+  )
 
 
 @dataclasses.dataclass
@@ -183,6 +190,14 @@ class SSLConfig:
     dropout_rate: Rate at which values of multi-valued features are dropped.
     temperature: Temperature of the contrastive softmax.
     batch_size: Items per SSL batch, drawn uniformly from the corpus.
+    key_mode: The item id (and key-like features) in the two views:
+      `one_view` (visible in one view per item, chosen at random) or
+      `both` (masked in both views).
+    key_share: A single-valued item feature with at least this many
+      distinct values per corpus item is key-like (treated as the id).
+    projection_dim: Width of the SSL projection head (two dense layers on
+      the item embedding, used by the SSL loss only); 0 = no head, the SSL
+      loss acts on the retrieval embedding itself.
   """
 
   alpha: float = _field(1.0, "SSL loss weight (0 = main task only).")
@@ -197,6 +212,18 @@ class SSLConfig:
   )
   temperature: float = _field(0.1, "SSL softmax temperature.")
   batch_size: int = _field(512, "Items per SSL batch (uniform over corpus).")
+  key_mode: str = _field(
+    "one_view",
+    "Item id in the SSL views: visible in one view at random, or masked "
+    "in both.",
+    choices=("one_view", "both"),
+  )
+  key_share: float = _field(
+    0.5, "Distinct values per item from which a feature counts as a key."
+  )
+  projection_dim: int = _field(
+    0, "Width of the SSL projection head (0 = none)."
+  )
 
 
 @dataclasses.dataclass
@@ -219,6 +246,9 @@ class TrainConfig:
     validation_examples: Validation interactions scored at epoch ends
       (0 = all).
     warm_start_from: Workdir of an earlier run to initialise from.
+    early_stopping_patience: Stop when validation Recall@10 has not
+      improved for this many epochs (0 = never). The model of the best
+      epoch is kept in WORKDIR/best/ either way, and exported by default.
     seed: Seed of initialisation, shuffling and augmentation.
   """
 
@@ -238,6 +268,9 @@ class TrainConfig:
   )
   warm_start_from: str = _field(
     "", "Workdir of an earlier run to warm-start from."
+  )
+  early_stopping_patience: int = _field(
+    0, "Stop after this many epochs without a better validation recall@10."
   )
   seed: int = _field(0, "Seed of the run.")
 

@@ -17,6 +17,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -51,6 +52,31 @@ def feature_specs(
   ]
 
 
+def trained_values(
+  dataset: contract.PreparedDataset, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+  """The cold-item rule: which ids of each key feature were trained.
+
+  For each named (single-valued) item feature, a bool `[vocabulary_size]`
+  vector, true for the ids carried by at least one item with training
+  interactions. Every other id (an item never seen in training, an id added
+  after training, the out-of-vocabulary bucket) has an embedding row that
+  the main task never trained; the encoder replaces it by the feature's
+  default embedding, which every item with a dropped or masked id trains
+  (id dropout, the SSL views). The rule lives in the item encoder, so
+  training, export, the index and evaluation all apply it.
+  """
+  seen = np.asarray(dataset.item_train_count) > 0
+  out = {}
+  for name in names:
+    ids = np.asarray(dataset.items[name])
+    known = np.zeros(dataset.vocabulary_size(name), bool)
+    known[ids[seen]] = True
+    known[contract.OOV] = False
+    out[name] = known
+  return out
+
+
 def _variable_name(feature: str) -> str:
   # Variable names may not hold every character a column name can.
   return re.sub(r"[^A-Za-z0-9_.\-]", "_", feature)
@@ -71,6 +97,9 @@ class FeatureEncoder(tf_keras.layers.Layer):
     features: Specs in a fixed order, each a dict with `name`,
       `vocabulary_size` (rows of the table; id 0 is OOV) and `multi`.
     embedding_dim: Width D of every embedding.
+    known_values: Optional feature name -> bool `[vocabulary_size]`: ids
+      marked false count as missing (see `trained_values`). Data-derived
+      constants, not weights: rebuilt from the dataset with the model.
     **kwargs: Passed to `tf_keras.layers.Layer`.
 
   Example:
@@ -87,6 +116,7 @@ class FeatureEncoder(tf_keras.layers.Layer):
     self,
     features: Sequence[Mapping[str, Any]],
     embedding_dim: int,
+    known_values: Mapping[str, np.ndarray] | None = None,
     **kwargs: Any,
   ):
     super().__init__(**kwargs)
@@ -107,6 +137,21 @@ class FeatureEncoder(tf_keras.layers.Layer):
           f">= 1, got {spec['vocabulary_size']}."
         )
     self.embedding_dim = int(embedding_dim)
+    self._known = {}
+    for name, known in (known_values or {}).items():
+      spec = next((x for x in self._specs if x["name"] == name), None)
+      known = np.asarray(known, bool)
+      if spec is None or spec["multi"]:
+        raise ValueError(
+          f"{self.name}: known_values for {name!r}, which is not a "
+          "single-valued feature of this encoder."
+        )
+      if known.shape != (spec["vocabulary_size"],):
+        raise ValueError(
+          f"{self.name}: known_values[{name!r}] has shape {known.shape}, "
+          f"expected ({spec['vocabulary_size']},)."
+        )
+      self._known[name] = known
     self.tables = [
       self.add_weight(
         name=f"{_variable_name(spec['name'])}_embeddings",
@@ -174,6 +219,9 @@ class FeatureEncoder(tf_keras.layers.Layer):
       else:
         embedding = tf.gather(table, safe)
         missing = ids < 0
+        if spec["name"] in self._known:
+          known = tf.constant(self._known[spec["name"]])
+          missing |= ~tf.gather(known, safe)
       default = self.defaults[index][tf.newaxis, :]
       columns.append(tf.where(missing[:, tf.newaxis], default, embedding))
     stacked = tf.stack(columns, axis=1)

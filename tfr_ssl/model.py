@@ -33,7 +33,7 @@ import tf_keras
 
 from tfr_ssl import augment, features, losses, sampling, tasks
 from tfr_ssl.config import Config
-from tfr_ssl.data import contract
+from tfr_ssl.data import contract, stats
 
 PHASES = ("joint", "ssl_only", "main_only")
 
@@ -117,8 +117,22 @@ class TwoTowerModel(tfrs.Model):
     m, s = config.model, config.ssl
     self.num_items = dataset.num_items
     dim = m.embedding_dim
+    item_names = [f.name for f in dataset.schema.item_features]
+    # The item id and key-like features: one view only in SSL, dropped by
+    # id_dropout, and replaced by their default embedding for items with no
+    # training interactions (features.trained_values).
+    self.key_features = [dataset.schema.item_id] + [
+      name
+      for name in stats.key_like_features(
+        dataset.items, item_names, s.key_share
+      )
+      if name != dataset.schema.item_id
+    ]
     self.item_encoder = features.FeatureEncoder(
-      features.feature_specs(dataset, contract.ITEM), dim, name="item_encoder"
+      features.feature_specs(dataset, contract.ITEM),
+      dim,
+      known_values=features.trained_values(dataset, self.key_features),
+      name="item_encoder",
     )
     self.item_tower = features.Tower(
       self.item_encoder, m.item_layers, m.output_dim, name="item_tower"
@@ -158,10 +172,28 @@ class TwoTowerModel(tfrs.Model):
       masking=s.masking,
       mask_rate=s.mask_rate,
       dropout_rate=s.dropout_rate,
-      mutual_information=(
-        dataset.mutual_information if s.masking == "cfm" else None
+      dependence=(
+        stats.feature_dependence(dataset.items, item_names)
+        if s.masking == "cfm"
+        else None
       ),
+      key_features=self.key_features,
+      key_mode=s.key_mode,
     )
+    self._key_columns = np.array(
+      [name in self.key_features for name in self.item_encoder.feature_names]
+    )
+    self.ssl_head = None
+    if s.projection_dim:
+      # A projection head (SimCLR style): the SSL loss asks invariance of
+      # the head's output, not of the retrieval embedding itself.
+      self.ssl_head = tf_keras.Sequential(
+        [
+          tf_keras.layers.Dense(s.projection_dim, activation="relu"),
+          tf_keras.layers.Dense(s.projection_dim),
+        ],
+        name="ssl_head",
+      )
     self.spread_out_tracker = tf_keras.metrics.Mean(name="spread_out_loss")
     self.seed_step = self.add_weight(
       name="seed_step",
@@ -208,7 +240,9 @@ class TwoTowerModel(tfrs.Model):
     def dummy(table):
       return {name: tf.constant(values[:1]) for name, values in table.items()}
 
-    self.item_tower(dummy(dataset.items))
+    item = self.item_tower(dummy(dataset.items))
+    if self.ssl_head is not None:
+      self.ssl_head(item)
     if self.config.model.task == "item_to_item":
       self.query_tower(dummy(dataset.items))
     else:
@@ -256,6 +290,50 @@ class TwoTowerModel(tfrs.Model):
       loss += alpha * self._ssl_loss(inputs, training, seed)
     return loss
 
+  def gradient_norms(self, inputs: Mapping[str, Any]) -> dict[str, tf.Tensor]:
+    """How the two losses pull on the shared item tower, for one batch.
+
+    The gradients of L_main and of alpha * L_ssl with respect to the item
+    tower's variables (the item encoder's tables and defaults and the item
+    MLP), taken separately: their norms and cosine. When the SSL gradient
+    dwarfs the main one, or opposes it, alpha is too large. Evaluation mode
+    (no estimator update, fixed SSL views), so it does not disturb training.
+
+    Returns:
+      `grad_norm/main`, `grad_norm/ssl` (weighted by alpha),
+      `grad_norm/ratio` (ssl / main) and `grad_norm/cosine`.
+    """
+    seed = self._seed(False, anchor=tf.nest.flatten(inputs)[0])
+    variables = self.item_tower.trainable_variables
+    with tf.GradientTape(persistent=True) as tape:
+      main = self._main_loss(inputs, False, seed)
+      ssl = float(self.config.ssl.alpha) * self._ssl_loss(inputs, False, seed)
+    flat = []
+    for loss in (main, ssl):
+      grads = tape.gradient(loss, variables)
+      flat.append(
+        tf.concat(
+          [
+            tf.reshape(tf.convert_to_tensor(g), [-1])
+            if g is not None
+            else tf.zeros([tf.size(v)])
+            for g, v in zip(grads, variables, strict=True)
+          ],
+          axis=0,
+        )
+      )
+    del tape
+    norms = [tf.norm(g) for g in flat]
+    cosine = tf.reduce_sum(flat[0] * flat[1]) / tf.maximum(
+      norms[0] * norms[1], 1e-12
+    )
+    return {
+      "grad_norm/main": norms[0],
+      "grad_norm/ssl": norms[1],
+      "grad_norm/ratio": norms[1] / tf.maximum(norms[0], 1e-12),
+      "grad_norm/cosine": cosine,
+    }
+
   def _seed(self, training: bool, anchor: tf.Tensor) -> tf.Tensor:
     if training:
       # Advance only when the batch exists: in a traced step whose input
@@ -276,15 +354,7 @@ class TwoTowerModel(tfrs.Model):
     m = self.config.model
     item_index = tf.cast(inputs["item_index"], tf.int32)
     query = self.query_tower(inputs["query"], training=training)
-    mask = None
-    if training and m.feature_dropout > 0:
-      # DropoutNet-style baseline: whole item features -> default embedding.
-      shape = [tf.shape(item_index)[0], self.item_encoder.num_features]
-      draws = tf.random.stateless_uniform(
-        shape,
-        seed=tf.random.experimental.stateless_fold_in(seed, _DROPOUT_STREAM),
-      )
-      mask = draws < m.feature_dropout
+    mask = self._dropout_mask(tf.shape(item_index)[0], training, seed)
     items = self.item_tower(
       inputs["item"], feature_mask=mask, training=training
     )
@@ -322,6 +392,24 @@ class TwoTowerModel(tfrs.Model):
       self.spread_out_tracker.update_state(spread)
       loss += m.spread_out_weight * spread
     return loss
+
+  def _dropout_mask(self, batch_size, training, seed) -> tf.Tensor | None:
+    """`[B, F]` item features replaced by defaults in the main task, or None.
+
+    Feature dropout (DropoutNet-style baseline) drops any feature; id
+    dropout drops the key features together (the item id and key-like
+    features), so the tower also learns to embed an item by its content.
+    """
+    m = self.config.model
+    if not training or (m.feature_dropout <= 0 and m.id_dropout <= 0):
+      return None
+    draws = tf.random.stateless_uniform(
+      [batch_size, self.item_encoder.num_features + 1],
+      seed=tf.random.experimental.stateless_fold_in(seed, _DROPOUT_STREAM),
+    )
+    mask = draws[:, :-1] < m.feature_dropout
+    drop_keys = draws[:, -1:] < m.id_dropout
+    return tf.logical_or(mask, tf.logical_and(drop_keys, self._key_columns))
 
   def _mixed_negatives(self, inputs, training, seed):
     """(features, ids) of the extra negatives, or None."""
@@ -366,6 +454,8 @@ class TwoTowerModel(tfrs.Model):
     stacked = {n: tf.concat([view1[n], view2[n]], axis=0) for n in names}
     masks = tf.concat([mask1, mask2], axis=0)
     z = self.item_tower(stacked, feature_mask=masks, training=training)
+    if self.ssl_head is not None:
+      z = self.ssl_head(z, training=training)
     z1, z2 = tf.split(z, 2, axis=0)
     if ids is not None:
       ids = tf.cast(ids, tf.int32)
@@ -395,18 +485,28 @@ def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
     and np.sum(dataset.item_train_count) <= 0
   ):
     raise ModelConfigError("Unigram mixed negatives need training counts.")
-  if s.masking in ("rfm", "cfm") and len(items) < 2:
+  if s.masking in ("rfm", "cfm"):
+    names = [f.name for f in items]
+    keys = {dataset.schema.item_id}
+    keys.update(stats.key_like_features(dataset.items, names, s.key_share))
+    content = [n for n in names if n not in keys]
+    if len(content) < 2:
+      raise ModelConfigError(
+        f"ssl.masking={s.masking!r} needs at least 2 content item features "
+        f"(not the id or key-like features {sorted(keys)}); the schema has "
+        f"{content}."
+      )
+  for name, rate in (
+    ("model.feature_dropout", m.feature_dropout),
+    ("model.id_dropout", m.id_dropout),
+  ):
+    if not 0.0 <= rate < 1.0:
+      raise ModelConfigError(f"{name} must be in [0, 1), got {rate}.")
+  if not 0.0 < s.key_share <= 1.0:
     raise ModelConfigError(
-      f"ssl.masking={s.masking!r} needs at least 2 item features; the "
-      f"schema has {[f.name for f in items]}."
+      f"ssl.key_share must be in (0, 1], got {s.key_share}."
     )
-  mi = np.asarray(dataset.mutual_information)
-  if s.masking == "cfm" and mi.shape != (len(items), len(items)):
-    raise ModelConfigError(
-      f"dataset.mutual_information is {mi.shape}, expected "
-      f"({len(items)}, {len(items)}) for the item features."
-    )
-  if not 0.0 <= m.feature_dropout < 1.0:
-    raise ModelConfigError("model.feature_dropout must be in [0, 1).")
+  if s.projection_dim < 0:
+    raise ModelConfigError("ssl.projection_dim must be >= 0.")
   if s.alpha < 0 or m.spread_out_weight < 0:
     raise ModelConfigError("ssl.alpha and spread_out_weight must be >= 0.")

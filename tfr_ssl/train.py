@@ -31,6 +31,10 @@ from tfr_ssl.model import TwoTowerModel
 CONFIG_FILE = "config.json"
 DATASET_FILE = "dataset.json"
 CHECKPOINT_DIR = "checkpoints"
+# The model of the epoch with the best validation recall (see `SELECT_BY`).
+BEST_DIR = "best"
+BEST_PREFIX = "model"
+SELECT_BY = "recall@10"
 
 # Changing these between a run and its resumption would mix two runs.
 _FIXED_SECTIONS = ("data", "model", "ssl")
@@ -100,7 +104,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   # Epochs validated after the checkpoint we resumed from happen again.
   history = [h for h in _read_history(workdir) if h["step"] <= int(step)]
   step_fns = {}
+  grad_norms = tf.function(model.gradient_norms)
   window = {name: tf_keras.metrics.Mean(name) for name in _PER_BATCH_LOGS}
+  if _should_stop(history, config.train.early_stopping_patience):
+    total_steps = int(step)  # this run already stopped early
   progbar = tf_keras.utils.Progbar(
     total_steps, stateful_metrics=None, unit_name="step"
   )
@@ -112,7 +119,8 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     phase = model_lib.phase_for_step(config, int(step))
     if phase not in step_fns:
       step_fns[phase] = _train_step_fn(model, phase, window)
-    logs = step_fns[phase](next(iterator))
+    batch = next(iterator)
+    logs = step_fns[phase](batch)
     step.assign_add(1)
     current = int(step)
     if current % config.train.log_every == 0 or current == total_steps:
@@ -120,6 +128,10 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       # Every value is a mean over the window: show them as they are.
       progbar.stateful_metrics = set(values)
       progbar.update(current, values=list(values.items()))
+      if phase == "joint" and config.ssl.alpha > 0:
+        # On the batch just trained on; the metrics it touches are reset
+        # just below.
+        values.update({k: float(v) for k, v in grad_norms(batch).items()})
       with writer.as_default(step=current):
         for name, value in values.items():
           tf.summary.scalar(f"train/{name}", value)
@@ -138,6 +150,18 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       with writer.as_default(step=current):
         for name, value in recall.items():
           tf.summary.scalar(f"validation/{name}", value)
+      if _best_entry(history) is history[-1]:
+        _save_best(model, workdir, history[-1])
+      if _should_stop(history, config.train.early_stopping_patience):
+        logging.info(
+          "Validation %s has not improved for %d epochs: stopping at "
+          "step %d (the best model is kept in %s/).",
+          SELECT_BY,
+          config.train.early_stopping_patience,
+          current,
+          BEST_DIR,
+        )
+        total_steps = current
     if (
       current % config.train.checkpoint_every == 0
       or epoch_end
@@ -203,25 +227,54 @@ def validate(
   }
 
 
-def load_trained_model(
-  workdir: str,
-) -> tuple[TwoTowerModel, contract.PreparedDataset, config_lib.Config]:
-  """Rebuilds the model of a run and restores its latest checkpoint.
+CHECKPOINTS = ("best", "latest")
+
+
+def trained_checkpoint(workdir: str, which: str = "best") -> str:
+  """The checkpoint prefix a run's model is restored from.
+
+  `best`: the epoch with the best validation `SELECT_BY` (WORKDIR/best/),
+  falling back to the latest checkpoint for a run that never validated;
+  `latest`: the last training checkpoint.
 
   Raises:
-    WorkdirError: no config or no checkpoint in `workdir`.
+    WorkdirError: no checkpoint in `workdir`.
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  config = read_config(workdir)
-  prepared = data_lib.load(config.data)
-  model = build_model(config, prepared)
+  if which not in CHECKPOINTS:
+    raise ValueError(
+      f"checkpoint must be one of {list(CHECKPOINTS)}: {which!r}"
+    )
+  best = best_checkpoint(workdir) if which == "best" else None
+  if best is not None:
+    return best[0]
   latest = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
   if latest is None:
     raise WorkdirError(
       f"{workdir} has no checkpoint: train first (pipelines.train "
       f"--workdir={workdir})."
     )
-  tf.train.Checkpoint(model=model).restore(latest).expect_partial()
+  return latest
+
+
+def load_trained_model(
+  workdir: str, which: str = "best"
+) -> tuple[TwoTowerModel, contract.PreparedDataset, config_lib.Config]:
+  """Rebuilds the model of a run and restores a checkpoint of it.
+
+  Args:
+    workdir: The run.
+    which: `best` (by validation, the default) or `latest`; see
+      `trained_checkpoint`.
+
+  Raises:
+    WorkdirError: no config or no checkpoint in `workdir`.
+  """
+  workdir = os.path.abspath(os.path.expanduser(workdir))
+  config = read_config(workdir)
+  path = trained_checkpoint(workdir, which)
+  prepared = data_lib.load(config.data)
+  model = build_model(config, prepared)
+  tf.train.Checkpoint(model=model).restore(path).expect_partial()
   return model, prepared, config
 
 
@@ -337,6 +390,40 @@ def _warm_start(
   )
 
 
+def _best_entry(history: list[dict]) -> dict | None:
+  """The validation entry with the highest `SELECT_BY` (earliest on ties)."""
+  best = None
+  for entry in history:
+    if best is None or entry[SELECT_BY] > best[SELECT_BY]:
+      best = entry
+  return best
+
+
+def _should_stop(history: list[dict], patience: int) -> bool:
+  """True when the last `patience` epochs did not beat the best before."""
+  if patience <= 0 or len(history) <= patience:
+    return False
+  best = _best_entry(history)
+  return history.index(best) < len(history) - patience
+
+
+def _save_best(model: TwoTowerModel, workdir: str, entry: dict) -> None:
+  """Saves the model (no optimizer) as WORKDIR/best/, atomically."""
+  with atomic.atomic_dir(os.path.join(workdir, BEST_DIR)) as tmp:
+    tf.train.Checkpoint(model=model).write(os.path.join(tmp, BEST_PREFIX))
+    atomic.write_json(os.path.join(tmp, "best.json"), entry)
+
+
+def best_checkpoint(workdir: str) -> tuple[str, dict] | None:
+  """(checkpoint prefix, validation entry) of WORKDIR/best/, or None."""
+  path = os.path.join(workdir, BEST_DIR, "best.json")
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    entry = json.load(f)
+  return os.path.join(workdir, BEST_DIR, BEST_PREFIX), entry
+
+
 def _history_path(workdir: str) -> str:
   return os.path.join(workdir, "validation_history.json")
 
@@ -355,11 +442,13 @@ def _write_history(workdir: str, history: list[dict]) -> None:
 
 __all__ = [
   "WorkdirError",
+  "best_checkpoint",
   "build_model",
   "load_trained_model",
   "read_config",
   "read_dataset_info",
   "train_and_evaluate",
   "train_stream",
+  "trained_checkpoint",
   "validate",
 ]

@@ -37,10 +37,9 @@ def export_run(workdir: str) -> dict:
   Returns:
     The export manifest.
   """
+  # The model of the best validation epoch (the latest without one).
   model, prepared, config = train.load_trained_model(workdir)
-  latest = tf.train.latest_checkpoint(
-    os.path.join(workdir, train.CHECKPOINT_DIR)
-  )
+  latest = train.trained_checkpoint(workdir)
   return export.export_towers(
     model.query_tower,
     model.item_tower,
@@ -52,7 +51,7 @@ def export_run(workdir: str) -> dict:
       # A fresh id per export: an index records the id of the export it
       # was built from, and is refused once the export has changed.
       "model_id": uuid.uuid4().hex,
-      "checkpoint": os.path.basename(latest),
+      "checkpoint": os.path.relpath(latest, workdir),
       "dataset_version": prepared.version,
     },
     extra_files={ITEMS_FILE: _items_jsonl(prepared)},

@@ -93,26 +93,21 @@ class _Joint:
     )
 
 
-def mutual_information(
-  items: Mapping[str, np.ndarray],
+def _entropies_and_mi(
+  left: Mapping[str, np.ndarray],
+  right: Mapping[str, np.ndarray],
   names: Sequence[str],
-  chunk_rows: int = 8192,
+  chunk_rows: int,
 ) -> np.ndarray:
-  """The MI matrix between item features, in one pass over the corpus.
+  """[F, F]: entropies of `left` on the diagonal, MI(left[a], right[b]) off it.
 
-  Args:
-    items: feature name -> ids, [num_items] or [num_items, L] padded with
-      PAD (an OOV id 0 is an ordinary value here).
-    names: The features, in matrix order.
-    chunk_rows: Corpus rows per streamed chunk.
-
-  Returns:
-    float32 [F, F], symmetric, MI in nats; the diagonal is each feature's
-    entropy.
+  `left` and `right` hold the same columns, possibly with `right`'s rows
+  permuted (the independence baseline of `feature_dependence`). Only a < b
+  is computed; the matrix is mirrored.
   """
   count = len(names)
-  num_items = int(items[names[0]].shape[0]) if count else 0
-  sizes = [int(items[n].max(initial=0)) + 1 for n in names]
+  num_items = int(left[names[0]].shape[0]) if count else 0
+  sizes = [int(left[n].max(initial=0)) + 1 for n in names]
   marginals = [np.zeros(size) for size in sizes]
   joints = {
     (a, b): _Joint(sizes[a], sizes[b])
@@ -120,14 +115,17 @@ def mutual_information(
     for b in range(a + 1, count)
   }
   for start in range(0, num_items, chunk_rows):
-    spread = [_spread(items[n][start : start + chunk_rows]) for n in names]
+    spread = [_spread(left[n][start : start + chunk_rows]) for n in names]
+    other = spread
+    if right is not left:
+      other = [_spread(right[n][start : start + chunk_rows]) for n in names]
     for f, (ids, weights) in enumerate(spread):
       marginals[f] += np.bincount(
         ids.ravel(), weights=weights.ravel(), minlength=sizes[f]
       )
     for (a, b), joint in joints.items():
       ids_a, w_a = spread[a]
-      ids_b, w_b = spread[b]
+      ids_b, w_b = other[b]
       # The cross product of the two bags of every row: [rows, La, Lb].
       codes = ids_a[:, :, None].astype(np.int64) * sizes[b] + ids_b[:, None]
       weights = w_a[:, :, None] * w_b[:, None, :]
@@ -135,7 +133,7 @@ def mutual_information(
       joint.add(codes[keep], weights[keep])
   matrix = np.zeros((count, count))
   if num_items == 0:
-    return matrix.astype(np.float32)
+    return matrix
   probabilities = [m / num_items for m in marginals]
   for f, p in enumerate(probabilities):
     p = p[p > 0]
@@ -147,7 +145,95 @@ def mutual_information(
     p_b = probabilities[b][codes % sizes[b]]
     value = (joint_p * (np.log(joint_p) - np.log(p_a) - np.log(p_b))).sum()
     matrix[a, b] = matrix[b, a] = max(value, 0.0)
-  return matrix.astype(np.float32)
+  return matrix
+
+
+def mutual_information(
+  items: Mapping[str, np.ndarray],
+  names: Sequence[str],
+  chunk_rows: int = 8192,
+) -> np.ndarray:
+  """The plug-in MI matrix between item features, in one pass.
+
+  Plug-in MI is biased upwards by about (|A| - 1)(|B| - 1) / 2N, so between
+  high-cardinality features it is large even when they are independent;
+  CFM ranks features by `feature_dependence` instead.
+
+  Args:
+    items: feature name -> ids, [num_items] or [num_items, L] padded with
+      PAD (an OOV id 0 is an ordinary value here).
+    names: The features, in matrix order.
+    chunk_rows: Corpus rows per streamed chunk.
+
+  Returns:
+    float32 [F, F], symmetric, MI in nats; the diagonal is each feature's
+    entropy.
+  """
+  return _entropies_and_mi(items, items, names, chunk_rows).astype(np.float32)
+
+
+def feature_dependence(
+  items: Mapping[str, np.ndarray],
+  names: Sequence[str],
+  seed: int = 0,
+  chunk_rows: int = 8192,
+) -> np.ndarray:
+  """Bias-corrected, normalised dependence between item features (for CFM).
+
+  `D(a, b) = max(0, MI(a, b) - MI(a, shuffled b)) / sqrt(H(a) H(b))`, where
+  `shuffled b` is column b with its rows permuted (seeded): independent of
+  a by construction, with the same values and cardinalities, so its plug-in
+  MI is the estimator's bias at exactly these sizes. The result is 0 for
+  independent columns up to sampling noise, 1 for a column and its copy,
+  and comparable across features of very different cardinalities.
+
+  Args:
+    items: feature name -> ids, as in `mutual_information`.
+    names: The features, in matrix order.
+    seed: Seed of the row permutation.
+    chunk_rows: Corpus rows per streamed chunk.
+
+  Returns:
+    float32 [F, F], symmetric, in [0, 1]; the diagonal is 1 (0 for a
+    constant feature).
+  """
+  observed = _entropies_and_mi(items, items, names, chunk_rows)
+  count = len(names)
+  num_items = int(items[names[0]].shape[0]) if count else 0
+  permutation = np.random.default_rng(seed).permutation(num_items)
+  shuffled = {n: np.asarray(items[n])[permutation] for n in names}
+  baseline = _entropies_and_mi(items, shuffled, names, chunk_rows)
+  entropy = np.diag(observed).copy()
+  scale = np.sqrt(np.outer(entropy, entropy))
+  corrected = np.maximum(observed - baseline, 0.0)
+  dependence = np.divide(
+    corrected, scale, out=np.zeros_like(corrected), where=scale > 0
+  )
+  np.fill_diagonal(dependence, (entropy > 0).astype(np.float64))
+  return np.clip(dependence, 0.0, 1.0).astype(np.float32)
+
+
+def key_like_features(
+  items: Mapping[str, np.ndarray],
+  names: Sequence[str],
+  min_distinct_share: float = 0.5,
+) -> list[str]:
+  """Single-valued features whose distinct values reach a share of the rows.
+
+  Such a feature (an id, a title, a URL) identifies the item almost alone:
+  its MI with every other feature is that feature's entropy, so it is the
+  "twin" of everything. CFM never uses it as a seed or partner, and the SSL
+  views treat it like the item id.
+  """
+  keys = []
+  for name in names:
+    values = np.asarray(items[name])
+    if values.ndim != 1 or values.shape[0] == 0:
+      continue
+    distinct = np.unique(values).shape[0]
+    if distinct >= min_distinct_share * values.shape[0]:
+      keys.append(name)
+  return keys
 
 
 def gini(counts: np.ndarray) -> float:
