@@ -1,7 +1,13 @@
 r"""Full-corpus evaluation of a run: Recall@K and MAP@K, overall and by slice.
 
-Writes WORKDIR/eval/metrics.json and recall_by_decile.png (overlaying the
-runs given with --compare).
+Each query's known positives of the earlier splits are excluded from its
+ranking (training items on validation, training and validation items on
+test). A most-popular recommender is scored on the same pairs with the same
+exclusions and printed beside the model.
+
+Writes WORKDIR/eval/metrics.json (the baseline under
+`baseline.most_popular`) and recall_by_decile.png (overlaying the runs given
+with --compare, and the baseline).
 
 Example:
   python -m pipelines.evaluate --workdir=runs/cfm --compare=runs/baseline

@@ -1,5 +1,4 @@
-"""Tests of batched tower application, CSR row selection and the scoring
-of a model on a split (pair selection and exclusions)."""
+"""Tests of tower application, CSR row selection and scoring on a split."""
 
 import numpy as np
 import tensorflow as tf

@@ -17,7 +17,7 @@ import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
-from tfr_ssl import export, serving, train, workflow
+from tfr_ssl import eval_pairs, export, serving, train, workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -97,6 +97,20 @@ def test_chain_writes_the_workdir_contract(run):
   metrics = run["metrics"]
   assert 0.0 <= metrics["recall@10"] <= metrics["recall@50"] <= 1.0
   assert set(metrics["slices"]) == {"head", "tail", "cold"}
+  # The test split excludes the users' training and validation positives,
+  # and a most-popular baseline is scored on the same pairs beside it.
+  assert metrics["split"] == "test"
+  assert metrics["excluded"] == ["train", "validation"]
+  baseline = metrics["baseline"]["most_popular"]
+  assert baseline["num_pairs"] == metrics["num_pairs"]
+  assert baseline["excluded"] == metrics["excluded"]
+  assert 0.0 <= baseline["recall@10"] <= baseline["recall@50"] <= 1.0
+  for name, row in metrics["slices"].items():
+    assert baseline["slices"][name]["num_pairs"] == row["num_pairs"]
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    on_disk = json.load(f)["baseline"]["most_popular"]
+  assert on_disk["recall@10"] == baseline["recall@10"]
+  assert "most popular  recall@10" in workflow.report(workdir)
   # 300 items is below exact_below: the index is exact, so its audit is 1.
   with open(os.path.join(workdir, "index", "manifest.json")) as f:
     written = json.load(f)
@@ -219,16 +233,43 @@ def test_interrupted_export_leaves_the_old_export_loadable(
 
 def test_exact_evaluation_and_index_evaluation_agree(run):
   # The index is exact here, so retrieving through the saved model must give
-  # the same recall as the matmul evaluation, except for held-out items the
-  # user also saw in training, which the index excludes (they count as
-  # misses there and stay rankable in the exact evaluation).
+  # the same metrics as the matmul evaluation: the same pairs, the same
+  # exclusions, and held-out items also seen earlier stay rankable in both.
   through_index = workflow.evaluate_run(run["workdir"], use_index=True)
   exact = run["metrics"]
-  assert exact["num_pairs_target_in_train"] == 0
+  assert through_index["excluded"] == exact["excluded"]
+  assert through_index["num_pairs"] == exact["num_pairs"]
+  assert (
+    through_index["num_pairs_target_in_train"]
+    == exact["num_pairs_target_in_train"]
+  )
   for k in (10, 50):
-    assert through_index[f"recall@{k}"] == pytest.approx(
-      exact[f"recall@{k}"], abs=1e-9
-    )
+    for kind in ("recall", "map"):
+      assert through_index[f"{kind}@{k}"] == pytest.approx(
+        exact[f"{kind}@{k}"], abs=1e-9
+      )
+  # The baseline does not depend on how the model's lists were retrieved.
+  baselines = [m["baseline"]["most_popular"] for m in (through_index, exact)]
+  for key in ("recall@10", "recall@50", "map@10"):
+    assert baselines[0][key] == baselines[1][key]
+
+
+def test_most_popular_baseline_matches_a_loop_over_the_pairs(run):
+  # Reference: per pair, the corpus by training count (ties to the lower
+  # row) minus the query's known items other than its own held-out items.
+  _, prepared, _ = train.load_trained_model(run["workdir"])
+  pairs = eval_pairs.select_pairs(prepared, "test")
+  count = prepared.item_train_count
+  order = np.lexsort((np.arange(count.shape[0]), -count))
+  indptr, indices = pairs.exclude
+  hits = []
+  for q, item in zip(pairs.query_of_pair, pairs.targets, strict=True):
+    own = pairs.targets[pairs.query_of_pair == q]
+    banned = np.setdiff1d(indices[indptr[q] : indptr[q + 1]], own)
+    ranking = order[~np.isin(order, banned)]
+    hits.append(item in ranking[:10])
+  baseline = run["metrics"]["baseline"]["most_popular"]
+  assert baseline["recall@10"] == pytest.approx(np.mean(hits), abs=1e-12)
 
 
 @pytest.mark.parametrize("logq", ["streaming", "static"])

@@ -18,7 +18,16 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import data as data_lib
-from tfr_ssl import embed, evaluate, export, index, new_items, serving, train
+from tfr_ssl import (
+  embed,
+  eval_pairs,
+  evaluate,
+  export,
+  index,
+  new_items,
+  serving,
+  train,
+)
 from tfr_ssl.data import contract
 
 EXPORT_DIR = "export"
@@ -165,7 +174,13 @@ def evaluate_run(
   compare: Sequence[str] = (),
   split: str | None = None,
 ) -> dict:
-  """Full-corpus metrics of a run, written to WORKDIR/eval/.
+  """Full-corpus metrics of a run and of a baseline, written to WORKDIR/eval/.
+
+  The pairs and exclusions are those of `eval_pairs.select_pairs` (on the
+  test split the query's training and validation positives are excluded;
+  `metrics["excluded"]` says which). A most-popular recommender is scored
+  on the same pairs with the same exclusions, under
+  `metrics["baseline"]["most_popular"]`, and drawn in the plot.
 
   Args:
     workdir: The run.
@@ -184,8 +199,9 @@ def evaluate_run(
     model, prepared, config = train.load_trained_model(workdir)
   split = split or config.eval.split
   started = time.perf_counter()
+  pairs = eval_pairs.select_pairs(prepared, split, config.model.task)
   if use_index:
-    metrics = _evaluate_through_index(workdir, prepared, config, split)
+    metrics = _evaluate_through_index(workdir, prepared, config, pairs)
   else:
     metrics = embed.evaluate_model(
       model.query_tower,
@@ -193,11 +209,16 @@ def evaluate_run(
       prepared,
       split,
       config.eval,
-      task=config.model.task,
+      pairs=pairs,
     )
   metrics["seconds"] = time.perf_counter() - started
   metrics["split"] = split
   metrics["search"] = "index" if use_index else "exact"
+  metrics["baseline"] = {
+    "most_popular": most_popular_baseline(
+      prepared, pairs, metrics["ks"], config.eval.head_fraction
+    )
+  }
   eval_dir = os.path.join(workdir, EVAL_DIR)
   name = "metrics_index.json" if use_index else "metrics.json"
   evaluate.write_metrics(metrics, os.path.join(eval_dir, name))
@@ -205,9 +226,35 @@ def evaluate_run(
   for other in compare:
     with open(os.path.join(other, EVAL_DIR, "metrics.json")) as f:
       runs[os.path.basename(os.path.normpath(other))] = json.load(f)
+  runs.setdefault("most popular", metrics["baseline"]["most_popular"])
   evaluate.plot_recall_by_decile(
     runs, os.path.join(eval_dir, "recall_by_decile.png")
   )
+  return metrics
+
+
+def most_popular_baseline(
+  prepared: contract.PreparedDataset,
+  pairs: eval_pairs.EvalPairs,
+  ks: Sequence[int],
+  head_fraction: float,
+) -> dict:
+  """Metrics of ranking every item by training count, on `pairs`.
+
+  The same pairs and exclusions as the model's evaluation; see
+  `evaluate.evaluate_most_popular`.
+  """
+  started = time.perf_counter()
+  metrics = evaluate.evaluate_most_popular(
+    prepared.item_train_count,
+    pairs.query_of_pair,
+    pairs.targets,
+    exclude=pairs.exclude,
+    ks=ks,
+    head_fraction=head_fraction,
+  )
+  metrics["excluded"] = list(pairs.excluded)
+  metrics["seconds"] = time.perf_counter() - started
   return metrics
 
 
@@ -301,26 +348,22 @@ def _query_table(
   return prepared.queries, prepared.schema.query_features
 
 
-def _evaluate_through_index(workdir, prepared, config, split) -> dict:
+def _evaluate_through_index(workdir, prepared, config, pairs) -> dict:
   """Metrics of the saved retrieval model on raw query features."""
   retriever = load_retriever(workdir)
-  pairs = prepared.splits[split]
-  task = config.model.task
-  rows = np.arange(len(pairs))
-  if task == "item_to_item":
-    rows = rows[pairs.prev_item_index >= 0]
-    query_rows = pairs.prev_item_index[rows]
-  else:
-    query_rows = pairs.query_index[rows]
-  queries, query_of_pair = np.unique(query_rows, return_inverse=True)
-  table, feats = _query_table(prepared, task)
+  queries = pairs.queries
+  query_of_pair = pairs.query_of_pair
+  table, feats = _query_table(prepared, pairs.task)
   raw = export.raw_features(table, feats, prepared.vocabularies, queries)
   keys = np.array(prepared.item_keys())
-  if task == "item_to_item":
-    exclude = [[keys[q]] for q in queries]
-  else:
-    indptr, indices = prepared.train_items_by_query
-    exclude = [list(keys[indices[indptr[q] : indptr[q + 1]]]) for q in queries]
+  # The index drops every listed id: leave the pairs' own items off the
+  # lists, so they stay rankable as in the exact evaluation.
+  (indptr, indices), target_in_train = evaluate.exclusion_without_targets(
+    pairs.exclude, query_of_pair, pairs.targets
+  )
+  exclude = [
+    list(keys[indices[indptr[q] : indptr[q + 1]]]) for q in range(len(queries))
+  ]
   row_of_key = {key: i for i, key in enumerate(keys)}
   topk = []
   batch = 256
@@ -350,14 +393,17 @@ def _evaluate_through_index(workdir, prepared, config, split) -> dict:
       f"The index returns {index_k} items, fewer than every K in "
       f"{list(config.eval.ks)}: rebuild it with a larger --k."
     )
-  return evaluate.metrics_from_topk(
+  metrics = evaluate.metrics_from_topk(
     np.concatenate(topk)[:, : ks[-1]],
     pairs_query=query_of_pair,
-    pairs_item=pairs.item_index[rows],
+    pairs_item=pairs.targets,
     item_train_count=prepared.item_train_count,
     ks=ks,
     head_fraction=config.eval.head_fraction,
   )
+  metrics["num_pairs_target_in_train"] = target_in_train
+  metrics["excluded"] = list(pairs.excluded)
+  return metrics
 
 
 def _items_jsonl(prepared: contract.PreparedDataset) -> str:
