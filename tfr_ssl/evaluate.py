@@ -161,9 +161,9 @@ def evaluate_embeddings(
   """Full-corpus Recall@K and MAP@K of held-out pairs, overall and by slice.
 
   User-to-item: one query row per user, `pairs_query` names the user of each
-  held-out pair and `exclude` holds the users' training items. Item-to-item:
-  one query row per pair (`pairs_query = np.arange(P)`) and usually no
-  `exclude`.
+  held-out pair and `exclude` holds the users' known positives (see
+  `eval_pairs.select_pairs`). Item-to-item: one query row per distinct seed
+  item, `exclude` holding the seed itself.
 
   Args:
     query_embeddings: float [Q, D], one row per query.
@@ -171,13 +171,14 @@ def evaluate_embeddings(
     pairs_query: int [P], query row of each held-out pair.
     pairs_item: int [P], corpus row of each held-out item.
     exclude: CSR `(indptr int [Q + 1], indices int [nnz])` of the corpus rows
-      each query saw in training; they are masked out of its ranking, except
-      the query's own held-out items (see the module docstring). None masks
-      nothing.
+      each query already knows (its training positives, and on the test
+      split its validation positives too); they are masked out of its
+      ranking, except the query's own held-out items (see the module
+      docstring). None masks nothing.
     item_train_count: int [N], training occurrences per item; enables the
       head / tail / cold and decile slices. None skips the slices.
     ks: Cut-offs K of Recall@K and MAP@K.
-    head_fraction: Share of the corpus called head.
+    head_fraction: Share of the items seen in training called head.
     batch_size: Distinct queries scored per matmul (fewer on a corpus so
       large that the [batch, N] score matrix would exceed 256 MB).
 
@@ -236,8 +237,10 @@ def metrics_from_topk(
 
   For retrieval that happened elsewhere, e.g. through the saved index. The
   exclusion is whatever produced the lists did: the index's `exclude`
-  signature drops every listed id, so unlike `evaluate_embeddings` a
-  held-out item also seen in training is a miss there.
+  signature drops every listed id, so give it lists from
+  `exclusion_without_targets` to keep the convention of
+  `evaluate_embeddings` (a pair's own item stays rankable), as
+  `workflow.evaluate_run` does.
 
   Args:
     topk_rows: int [Q, K'], corpus rows retrieved per query, best first;
@@ -247,7 +250,7 @@ def metrics_from_topk(
     item_train_count: int [N], enables the slices (as in
       `evaluate_embeddings`).
     ks: Cut-offs; each must be at most K'.
-    head_fraction: Share of the corpus called head.
+    head_fraction: Share of the items seen in training called head.
 
   Returns:
     The same dict as `evaluate_embeddings` (without
