@@ -7,6 +7,7 @@ batches of integer ids gathered from the in-memory tables.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -17,6 +18,17 @@ from tfr_ssl import eval_pairs, evaluate
 from tfr_ssl.data import contract
 
 Tower = Callable[[Mapping[str, tf.Tensor]], tf.Tensor]
+
+
+# One traced function per tower: validation embeds the corpus every epoch,
+# and a fresh tf.function each time would retrace (and warn) every time.
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _traced(tower: Tower):
+  if tower not in _TRACED:
+    _TRACED[tower] = tf.function(tower, reduce_retracing=True)
+  return _TRACED[tower]
 
 
 def embed_rows(
@@ -39,7 +51,7 @@ def embed_rows(
   """
   if rows is None:
     rows = np.arange(next(iter(table.values())).shape[0])
-  call = tf.function(tower, reduce_retracing=True)
+  call = _traced(tower)
   out = []
   for start in range(0, len(rows), batch_size):
     chunk = rows[start : start + batch_size]
