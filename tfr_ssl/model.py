@@ -283,7 +283,7 @@ class TwoTowerModel(tfrs.Model):
           f"Phase {phase!r} with ssl.alpha={alpha} needs batch['ssl_item']."
         )
       with_ssl = False  # an evaluation stream without SSL items
-    if phase == "ssl_only":
+    if phase == "ssl_only" and with_ssl:
       return self._ssl_loss(inputs, training, seed)
     loss = self._main_loss(inputs, training, seed)
     if with_ssl:

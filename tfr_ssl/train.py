@@ -1,6 +1,6 @@
 """The training loop: `train_and_evaluate(config, workdir)`.
 
-One run owns one workdir (see ARCHITECTURE.md, "The workdir contract"):
+One run owns one workdir (see docs/architecture.md, "The workdir contract"):
 config.json, dataset.json (schema and vocabularies, for export and warm
 start), checkpoints/, tensorboard/ and train_metrics.json.
 

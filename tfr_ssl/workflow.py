@@ -2,7 +2,7 @@
 
 Each binary in pipelines/ is one call into this module (training is
 `train.train_and_evaluate`). These functions read and write the workdir
-contract of ARCHITECTURE.md and do no argument parsing.
+contract of docs/architecture.md and do no argument parsing.
 """
 
 from __future__ import annotations

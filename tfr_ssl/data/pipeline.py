@@ -12,7 +12,7 @@ Each pass over a dataset draws a fresh epoch permutation
 (`Dataset.random(..., rerandomize_each_iteration=True)`), yet a given seed
 gives the same sequence of permutations in every program run.
 
-Batch format (see the brief in ARCHITECTURE.md):
+Batch format (see docs/architecture.md, "Data flow"):
   query: feature name -> int32 [B] or [B, L]; in `item_to_item` mode the item
     features of the interaction's previous item.
   item: item feature name -> int32 [B] or [B, L].
