@@ -170,6 +170,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     "--sparse_epochs", type=int, default=30, help="Max epochs at fraction < 1."
   )
   parser.add_argument(
+    "--epochs_by_data",
+    default="",
+    help="Max epochs at fraction 1 per dataset, overriding --epochs, e.g. "
+    "synthetic=3,ml1m=6 (a full-data synthetic epoch is the costly one).",
+  )
+  parser.add_argument(
     "--patience", type=int, default=2, help="train.early_stopping_patience."
   )
   parser.add_argument("--validation_examples", type=int, default=20_000)
@@ -279,8 +285,15 @@ def shared_overrides(args: argparse.Namespace) -> dict[str, Any]:
   }
 
 
-def epochs_for(args: argparse.Namespace, fraction: float) -> int:
-  return args.epochs if fraction >= 1.0 else args.sparse_epochs
+def epochs_for(
+  args: argparse.Namespace, fraction: float, data: str = ""
+) -> int:
+  if fraction < 1.0:
+    return args.sparse_epochs
+  by_data = dict(
+    item.split("=") for item in args.epochs_by_data.split(",") if item
+  )
+  return int(by_data.get(data, args.epochs))
 
 
 def run_name(variant: str, fraction: float, seed: int) -> str:
@@ -306,7 +319,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
             **extra,
             **variants[variant],
             "data.train_fraction": fraction,
-            "train.epochs": epochs_for(args, fraction),
+            "train.epochs": epochs_for(args, fraction, data),
             "train.seed": seed,
           }
           runs.append(
@@ -315,7 +328,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
               "variant": variant,
               "fraction": fraction,
               "seed": seed,
-              "epochs": epochs_for(args, fraction),
+              "epochs": epochs_for(args, fraction, data),
               "overrides": overrides,
               "workdir": os.path.join(
                 args.workdir_root, data, run_name(variant, fraction, seed)
@@ -739,7 +752,8 @@ def report(args, argv, results, seconds, runs_planned) -> str:
     "trained by this invocation).",
     "",
     f"Shared settings (`Config()` defaults unless overridden): {shared}; "
-    f"max epochs {args.epochs} at fraction 1 and {args.sparse_epochs} below; "
+    f"max epochs {args.epochs} at fraction 1 (per dataset: "
+    f"{args.epochs_by_data or 'the same'}) and {args.sparse_epochs} below; "
     f"`--set`: {', '.join(f'`{s}`' for s in args.set) or 'none'} (a "
     "variant's own settings win over `--set`).",
     "",
@@ -773,7 +787,8 @@ def report(args, argv, results, seconds, runs_planned) -> str:
       lines += [
         f"### {data}, train_fraction = {fraction:g}",
         "",
-        f"Max epochs {epochs_for(args, fraction)}, patience {args.patience}; "
+        f"Max epochs {epochs_for(args, fraction, data)}, patience "
+        f"{args.patience}; "
         f"seeds {seeds}; training steps per run "
         f"{min(r['steps'] for r in runs)} to {max(r['steps'] for r in runs)}.",
         "",

@@ -120,7 +120,8 @@ class ModelConfig:
     id_dropout: Rate at which a training example's item id (and key-like
       features) is replaced by its default embedding in the main task, so
       the item tower also learns to embed an item from its content alone,
-      as it must for an item with no training interactions.
+      as it must for an item with no training interactions. 0.1 by
+      default (validation grid {0, 0.1, 0.2}, bench/results/tune.md).
   """
 
   task: str = _field(
@@ -174,7 +175,7 @@ class ModelConfig:
     0.0, "Baseline: spread-out regulariser weight (0 = off)."
   )
   id_dropout: float = _field(
-    0.0, "Main task: rate of replacing the item id by its default."
+    0.1, "Main task: rate of replacing the item id by its default."
   )
 
 
@@ -183,9 +184,12 @@ class SSLConfig:
   """The self-supervised item task (Yao et al. 2021).
 
   Attributes:
-    alpha: Weight of the SSL loss; 0 trains the main task only.
+    alpha: Weight of the SSL loss; 0 trains the main task only. 0.3 from
+      the validation grid {0, 0.1, 0.3, 1} (bench/results/tune.md): 1 let
+      the SSL gradient dominate the shared item tower.
     masking: `none`, `random` (independent per feature), `rfm`
-      (complementary random halves) or `cfm` (correlated by MI).
+      (complementary random halves) or `cfm` (correlated by a
+      bias-corrected, normalised dependence; see docs/architecture.md).
     mask_rate: Masking rate of `random` masking.
     dropout_rate: Rate at which values of multi-valued features are dropped.
     temperature: Temperature of the contrastive softmax.
@@ -200,7 +204,7 @@ class SSLConfig:
       loss acts on the retrieval embedding itself.
   """
 
-  alpha: float = _field(1.0, "SSL loss weight (0 = main task only).")
+  alpha: float = _field(0.3, "SSL loss weight (0 = main task only).")
   masking: str = _field(
     "cfm",
     "Feature masking of the two views.",
