@@ -20,6 +20,8 @@ setuptools.setup(
         "absl-py>=2.1",
         "numpy>=1.26",
         "matplotlib>=3.8",
+        # The HTTP retrieval service (pipelines.serve).
+        "aiohttp>=3.14,<3.15",
     ],
     extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
 )

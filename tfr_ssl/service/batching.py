@@ -1,0 +1,229 @@
+"""Micro-batching: concurrent requests answered by one model call.
+
+A retrieval model call costs about the same for 1 query as for 32: the query
+tower is a few small matmuls and the index search (a [B, D] x [D, N] matmul
+or a ScaNN batched search) is dominated by reading the N items, once per
+call. Requests therefore join an asyncio queue; one batcher task takes the
+first waiting request, gathers more for at most `max_wait` seconds (or until
+`max_batch_size` queries), and runs the whole batch in one call on the model
+thread. While a batch runs, new requests queue up and form the next batch,
+so under load batches grow by themselves and an idle service adds at most
+`max_wait` to a lone request.
+
+The batch reads the serving version once, when it starts: a refresh that
+swaps versions mid-batch does not touch it (see `versions`).
+
+The queue is bounded (`max_queue` queries): beyond it requests are refused
+with 503 at once rather than waiting without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from tfr_ssl.service.protocol import Query, RequestError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class _Pending:
+  queries: Sequence[Query]
+  future: asyncio.Future
+
+
+@dataclasses.dataclass
+class Stats:
+  """Counters of the batcher since it started."""
+
+  batches: int = 0
+  queries: int = 0
+  requests: int = 0
+  largest_batch: int = 0
+
+  def as_dict(self) -> dict:
+    return {
+      **dataclasses.asdict(self),
+      "mean_batch": round(self.queries / self.batches, 2)
+      if self.batches
+      else 0.0,
+    }
+
+
+def run_batch(version, queries: Sequence[Query]) -> list[tuple[list, list]]:
+  """One model call for `queries` on `version`; per query (ids, scores).
+
+  Missing results (fewer than k items, or excluded) are dropped, so a list
+  may be shorter than its top_k.
+  """
+  names = version.feature_names
+  features = {
+    n: np.array([q.features.get(n, "") for q in queries], dtype=object)
+    for n in names
+  }
+  exclude = None
+  if any(q.exclude for q in queries):
+    exclude = [list(q.exclude) for q in queries]
+  scores, ids = version.model(features, exclude=exclude)
+  scores, ids = np.asarray(scores), np.asarray(ids)
+  out = []
+  for q, row_scores, row_ids in zip(queries, scores, ids, strict=True):
+    keep_ids, keep_scores = [], []
+    top = slice(0, q.top_k)
+    for score, item in zip(row_scores[top], row_ids[top], strict=True):
+      key = item.decode() if isinstance(item, bytes) else str(item)
+      if key and np.isfinite(score):
+        keep_ids.append(key)
+        keep_scores.append(float(score))
+    out.append((keep_ids, keep_scores))
+  return out
+
+
+class MicroBatcher:
+  """Collects queries from concurrent requests into batched model calls.
+
+  Args:
+    current: Returns the serving version (read once per batch).
+    max_batch_size: Queries per model call (a larger request is one call).
+    max_wait: Seconds the first query of a batch waits for others.
+    max_queue: Queries waiting at most; more are refused with 503.
+    run: The batch function (tests substitute it).
+  """
+
+  def __init__(
+    self,
+    current: Callable,
+    max_batch_size: int = 64,
+    max_wait: float = 0.002,
+    max_queue: int = 4096,
+    run: Callable = run_batch,
+  ):
+    if max_batch_size < 1:
+      raise ValueError("max_batch_size must be at least 1.")
+    self._current = current
+    self.max_batch_size = max_batch_size
+    self.max_wait = max_wait
+    self.max_queue = max_queue
+    self._run = run
+    self._queue: asyncio.Queue[_Pending] | None = None
+    self._carry: _Pending | None = None
+    self._waiting = 0
+    self._task: asyncio.Task | None = None
+    # One model thread: TF parallelises inside a call; two concurrent
+    # calls would only split the same cores.
+    self._executor = concurrent.futures.ThreadPoolExecutor(
+      max_workers=1, thread_name_prefix="model"
+    )
+    self.stats = Stats()
+
+  def start(self) -> None:
+    """Starts the batcher task on the running event loop."""
+    self._queue = asyncio.Queue()
+    self._task = asyncio.get_running_loop().create_task(self._loop())
+
+  async def stop(self) -> None:
+    """Stops batching; queries still waiting get a 503."""
+    if self._task is not None:
+      self._task.cancel()
+      with contextlib.suppress(asyncio.CancelledError):
+        await self._task
+      self._task = None
+    pending = [self._carry] if self._carry else []
+    while self._queue is not None and not self._queue.empty():
+      pending.append(self._queue.get_nowait())
+    for item in pending:
+      if not item.future.done():
+        item.future.set_exception(
+          RequestError("the service is shutting down", status=503)
+        )
+    self._executor.shutdown(wait=True)
+
+  async def submit(self, queries: Sequence[Query]):
+    """Answers `queries` in some batch.
+
+    Returns:
+      (the version that answered, per query (ids, scores)).
+
+    Raises:
+      RequestError: 503 when the queue is full or the service stops.
+    """
+    if self._queue is None:
+      raise RequestError("the service is not running", status=503)
+    if self._waiting + len(queries) > self.max_queue:
+      raise RequestError(
+        f"the service is overloaded ({self._waiting} queries waiting); "
+        "retry later",
+        status=503,
+      )
+    future = asyncio.get_running_loop().create_future()
+    self._waiting += len(queries)
+    self._queue.put_nowait(_Pending(queries, future))
+    return await future
+
+  async def _next(self, timeout: float | None) -> _Pending | None:
+    if self._carry is not None:
+      item, self._carry = self._carry, None
+      return item
+    if timeout is None:
+      return await self._queue.get()
+    if not self._queue.empty():
+      return self._queue.get_nowait()
+    if timeout <= 0:
+      return None
+    try:
+      return await asyncio.wait_for(self._queue.get(), timeout)
+    except TimeoutError:
+      return None
+
+  async def _loop(self) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+      first = await self._next(None)
+      batch = [first]
+      size = len(first.queries)
+      deadline = loop.time() + self.max_wait
+      while size < self.max_batch_size:
+        item = await self._next(deadline - loop.time())
+        if item is None:
+          break
+        if size + len(item.queries) > self.max_batch_size:
+          self._carry = item  # Starts the next batch.
+          break
+        batch.append(item)
+        size += len(item.queries)
+      await self._answer(loop, batch, size)
+
+  async def _answer(self, loop, batch: list[_Pending], size: int) -> None:
+    self._waiting -= size
+    live = [p for p in batch if not p.future.done()]
+    if not live:
+      return
+    queries = [q for p in live for q in p.queries]
+    version = self._current()
+    try:
+      results = await loop.run_in_executor(
+        self._executor, self._run, version, queries
+      )
+    except Exception as e:
+      log.exception("A batch of %d queries failed.", len(queries))
+      for p in live:
+        if not p.future.done():
+          p.future.set_exception(e)
+      return
+    self.stats.batches += 1
+    self.stats.queries += len(queries)
+    self.stats.requests += len(live)
+    self.stats.largest_batch = max(self.stats.largest_batch, len(queries))
+    start = 0
+    for p in live:
+      end = start + len(p.queries)
+      if not p.future.done():
+        p.future.set_result((version, results[start:end]))
+      start = end

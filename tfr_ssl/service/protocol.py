@@ -1,0 +1,410 @@
+"""TF Serving's REST request and response bodies, for a retrieval index.
+
+A predict body is TF Serving's row format, `{"instances": [{feature: value,
+...}, ...]}`, answered with `{"predictions": [{"ids": [...], "scores":
+[...]}, ...]}`, or its columnar format, `{"inputs": {feature: [values]}}`,
+answered as TF Serving answers it, with `{"outputs": {"ids": [[...]],
+"scores": [[...]]}}`. Values are the raw strings the exported towers take:
+one string per categorical feature; for a multi-valued feature a
+`|`-joined string or a list of strings. A feature left out is unknown (its
+out-of-vocabulary embedding), as in `workflow.retrieve`.
+
+Beyond TF Serving, each query may carry `exclude` (item ids never to
+return) and `top_k` (1..the index's k; a body-level `top_k` applies to every
+query), and `"item_features": true` adds the features of each returned item.
+
+Every problem is a `RequestError` whose message starts with the field it is
+about (`instances[2].user_id: ...`), so a client can fix its request without
+reading server logs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from tfr_ssl import export, serving
+
+# Top-level keys of a predict body.
+BODY_KEYS = ("signature_name", "instances", "inputs", "top_k", "item_features")
+SIGNATURES = ("serving_default", serving.EXCLUDE_SIGNATURE)
+TOP_K = "top_k"
+EXCLUDE = serving.EXCLUDE_KEY
+
+
+class RequestError(Exception):
+  """A request the service refuses, with its HTTP status.
+
+  Args:
+    message: What is wrong, starting with the field it is about.
+    status: The HTTP status (4xx; 503 when the service is overloaded).
+  """
+
+  def __init__(self, message: str, status: int = 400):
+    super().__init__(message)
+    self.message = message
+    self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Query:
+  """One query of a predict request, validated.
+
+  Attributes:
+    features: Raw feature values by name (only names the model has).
+    exclude: Item ids never to return.
+    top_k: How many results to return.
+  """
+
+  features: dict[str, str]
+  exclude: tuple[str, ...] = ()
+  top_k: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Predict:
+  """A parsed predict request.
+
+  Attributes:
+    queries: The queries, in request order.
+    columnar: The request used `inputs` (answered with `outputs`).
+    item_features: Return the features of each returned item.
+  """
+
+  queries: list[Query]
+  columnar: bool
+  item_features: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+  """Bounds on a predict request.
+
+  Attributes:
+    max_instances: Queries per request.
+    max_exclude: Excluded ids per query.
+    max_value_chars: Characters in one feature value.
+  """
+
+  max_instances: int = 256
+  max_exclude: int = 1000
+  max_value_chars: int = 1000
+
+
+def _type_name(value: Any) -> str:
+  if value is None:
+    return "null"
+  if isinstance(value, bool):
+    return "a boolean"
+  if isinstance(value, int | float):
+    return "a number"
+  if isinstance(value, str):
+    return "a string"
+  if isinstance(value, list):
+    return "a list"
+  if isinstance(value, dict):
+    return "an object"
+  return type(value).__name__
+
+
+def parse_json(body: bytes) -> Any:
+  """The JSON value of a request body.
+
+  Raises:
+    RequestError: the body is empty, not UTF-8, or not JSON.
+  """
+  if not body.strip():
+    raise RequestError("body: empty; expected a JSON object")
+  try:
+    text = body.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise RequestError(
+      f"body: not UTF-8 (byte {e.start} cannot be decoded)"
+    ) from None
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    raise RequestError(
+      f"body: not valid JSON (line {e.lineno} column {e.colno}: {e.msg})"
+    ) from None
+  except RecursionError:
+    raise RequestError("body: JSON nested too deeply") from None
+
+
+def _top_k(value: Any, where: str, max_k: int) -> int:
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise RequestError(
+      f"{where}: must be an integer from 1 to {max_k}, got {_type_name(value)}"
+    )
+  if not 1 <= value <= max_k:
+    raise RequestError(
+      f"{where}: must be from 1 to {max_k} (the index returns {max_k} "
+      f"items), got {value}"
+    )
+  return value
+
+
+def _exclude(value: Any, where: str, limits: Limits) -> tuple[str, ...]:
+  if not isinstance(value, list):
+    raise RequestError(
+      f"{where}: must be a list of item ids (strings), got {_type_name(value)}"
+    )
+  if len(value) > limits.max_exclude:
+    raise RequestError(
+      f"{where}: at most {limits.max_exclude} item ids, got {len(value)}"
+    )
+  for i, item in enumerate(value):
+    if not isinstance(item, str):
+      raise RequestError(
+        f"{where}[{i}]: item ids are strings, got {_type_name(item)}"
+      )
+  return tuple(value)
+
+
+def _value(value: Any, where: str, feature, limits: Limits) -> str:
+  """A raw feature value as the tower takes it (multi: `|`-joined)."""
+  if feature.multi and isinstance(value, list):
+    for i, part in enumerate(value):
+      if not isinstance(part, str):
+        raise RequestError(
+          f"{where}[{i}]: values of a multi-valued feature are strings, got "
+          f"{_type_name(part)}"
+        )
+    value = export.MULTI_SEPARATOR.join(value)
+  elif not isinstance(value, str):
+    expected = (
+      'a string, or a list of strings (e.g. "a|b" or ["a", "b"])'
+      if feature.multi
+      else "a string"
+    )
+    hint = ' (send numbers as strings, e.g. "42")' if not feature.multi else ""
+    raise RequestError(
+      f"{where}: {feature.name} is {feature.kind}: expected {expected}, got "
+      f"{_type_name(value)}{hint}"
+    )
+  if len(value) > limits.max_value_chars:
+    raise RequestError(
+      f"{where}: longer than {limits.max_value_chars} characters"
+    )
+  return value
+
+
+def _unknown_feature(name: str, where: str, features) -> RequestError:
+  names = [f.name for f in features]
+  return RequestError(
+    f"{where}: unknown feature {name!r}; this model's query features are "
+    f"{names} (plus {EXCLUDE!r} and {TOP_K!r})"
+  )
+
+
+def parse_predict(
+  body: Any, features: Sequence, max_k: int, limits: Limits = Limits()
+) -> Predict:
+  """Validates a predict body against the serving version's features.
+
+  Args:
+    body: The parsed JSON body.
+    features: The query features (objects with `name`, `kind`, `multi`).
+    max_k: The index's k, the bound of `top_k` and its default.
+    limits: Request bounds.
+
+  Returns:
+    The queries.
+
+  Raises:
+    RequestError: naming the field that is wrong.
+  """
+  if not isinstance(body, dict):
+    raise RequestError(
+      f"body: expected a JSON object with instances or inputs, got "
+      f"{_type_name(body)}"
+    )
+  for key in body:
+    if key not in BODY_KEYS:
+      raise RequestError(
+        f"{key}: unknown field; a predict body has {list(BODY_KEYS)}"
+      )
+  signature = body.get("signature_name", "serving_default")
+  if signature not in SIGNATURES:
+    raise RequestError(
+      f"signature_name: unknown signature {signature!r}; this model has "
+      f"{list(SIGNATURES)}"
+    )
+  item_features = body.get("item_features", False)
+  if not isinstance(item_features, bool):
+    raise RequestError(
+      f"item_features: expected true or false, got {_type_name(item_features)}"
+    )
+  default_k = max_k
+  if TOP_K in body:
+    default_k = _top_k(body[TOP_K], TOP_K, max_k)
+  has_rows, has_columns = "instances" in body, "inputs" in body
+  if has_rows == has_columns:
+    raise RequestError(
+      "instances: a predict body has exactly one of instances (one object "
+      "per query) or inputs (one list per feature)"
+      + ("; both were given" if has_rows else "; neither was given")
+    )
+  by_name = {f.name: f for f in features}
+  if has_rows:
+    queries = _parse_instances(
+      body["instances"], by_name, default_k, max_k, limits
+    )
+  else:
+    queries = _parse_inputs(body["inputs"], by_name, default_k, limits)
+  return Predict(queries, columnar=has_columns, item_features=item_features)
+
+
+def _parse_instances(instances, by_name, default_k, max_k, limits) -> list:
+  if not isinstance(instances, list):
+    raise RequestError(
+      f"instances: expected a list of query objects, got "
+      f"{_type_name(instances)}"
+    )
+  if not instances:
+    raise RequestError("instances: empty; send at least one query")
+  if len(instances) > limits.max_instances:
+    raise RequestError(
+      f"instances: at most {limits.max_instances} queries per request, got "
+      f"{len(instances)}"
+    )
+  queries = []
+  for row, instance in enumerate(instances):
+    where = f"instances[{row}]"
+    if not isinstance(instance, dict):
+      raise RequestError(
+        f"{where}: expected an object of query features, got "
+        f"{_type_name(instance)}"
+      )
+    values, exclude, top_k = {}, (), default_k
+    for name, value in instance.items():
+      field = f"{where}.{name}"
+      if name == EXCLUDE:
+        exclude = _exclude(value, field, limits)
+      elif name == TOP_K:
+        top_k = _top_k(value, field, max_k)
+      elif name in by_name:
+        values[name] = _value(value, field, by_name[name], limits)
+      else:
+        raise _unknown_feature(name, field, by_name.values())
+    if not values:
+      raise RequestError(
+        f"{where}: no query feature given; expected some of {list(by_name)}"
+      )
+    queries.append(Query(values, exclude, top_k))
+  return queries
+
+
+def _parse_inputs(inputs, by_name, default_k, limits) -> list:
+  if not isinstance(inputs, dict):
+    raise RequestError(
+      f"inputs: expected an object of feature -> list of values, got "
+      f"{_type_name(inputs)}"
+    )
+  columns = {}
+  for name, values in inputs.items():
+    where = f"inputs.{name}"
+    if name == TOP_K:
+      raise RequestError(
+        f"{where}: give top_k beside inputs, not inside (one value for all "
+        "queries)"
+      )
+    if name != EXCLUDE and name not in by_name:
+      raise _unknown_feature(name, where, by_name.values())
+    if not isinstance(values, list):
+      raise RequestError(
+        f"{where}: expected a list with one entry per query, got "
+        f"{_type_name(values)}"
+      )
+    columns[name] = values
+  features = [n for n in columns if n != EXCLUDE]
+  if not features:
+    raise RequestError(
+      f"inputs: no query feature given; expected some of {list(by_name)}"
+    )
+  size = len(columns[features[0]])
+  if size == 0:
+    raise RequestError(f"inputs.{features[0]}: empty; send at least one query")
+  if size > limits.max_instances:
+    raise RequestError(
+      f"inputs.{features[0]}: at most {limits.max_instances} queries per "
+      f"request, got {size}"
+    )
+  for name, values in columns.items():
+    if len(values) != size:
+      raise RequestError(
+        f"inputs.{name}: {len(values)} entries, but inputs.{features[0]} has "
+        f"{size}; every input has one entry per query"
+      )
+  queries = []
+  for row in range(size):
+    values = {
+      n: _value(columns[n][row], f"inputs.{n}[{row}]", by_name[n], limits)
+      for n in features
+    }
+    exclude = ()
+    if EXCLUDE in columns:
+      exclude = _exclude(
+        columns[EXCLUDE][row], f"inputs.exclude[{row}]", limits
+      )
+    queries.append(Query(values, exclude, default_k))
+  return queries
+
+
+def predict_response(
+  predict: Predict, results: Sequence[tuple[list[str], list[float]]], items
+) -> dict:
+  """The response body for `predict` given each query's (ids, scores).
+
+  Args:
+    predict: The request.
+    results: Per query, its ids and scores, best first.
+    items: item id -> features (used when `item_features` was asked).
+  """
+  rows = []
+  for ids, scores in results:
+    row = {"ids": list(ids), "scores": list(scores)}
+    if predict.item_features:
+      row["features"] = [items.get(i, {}) for i in ids]
+    rows.append(row)
+  if not predict.columnar:
+    return {"predictions": rows}
+  return {"outputs": {key: [row[key] for row in rows] for key in rows[0]}}
+
+
+def signature_metadata(features: Sequence, k: int) -> dict:
+  """TF Serving's `signature_def` map of the retrieval model."""
+
+  def tensor(name: str, dtype: str, dims: list[int]) -> dict:
+    return {
+      "dtype": dtype,
+      "tensor_shape": {
+        "dim": [{"size": str(d), "name": ""} for d in dims],
+        "unknown_rank": False,
+      },
+      "name": name,
+    }
+
+  inputs = {
+    f.name: tensor(f"serving_default_{f.name}:0", "DT_STRING", [-1])
+    for f in features
+  }
+  outputs = {
+    "ids": tensor("StatefulPartitionedCall:0", "DT_STRING", [-1, k]),
+    "scores": tensor("StatefulPartitionedCall:1", "DT_FLOAT", [-1, k]),
+  }
+  exclude = tensor(f"{EXCLUDE}_{EXCLUDE}:0", "DT_STRING", [-1, -1])
+  return {
+    "serving_default": {
+      "inputs": inputs,
+      "outputs": outputs,
+      "method_name": "tensorflow/serving/predict",
+    },
+    serving.EXCLUDE_SIGNATURE: {
+      "inputs": {**inputs, EXCLUDE: exclude},
+      "outputs": outputs,
+      "method_name": "tensorflow/serving/predict",
+    },
+  }

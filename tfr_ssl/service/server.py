@@ -1,0 +1,464 @@
+"""The aiohttp application: routes, errors, lifecycle, background runner.
+
+Routes (NAME is `Options.model_name`):
+  GET  /v1/models/NAME[/versions/N]             status (TF Serving format)
+  GET  /v1/models/NAME[/versions/N]/metadata    signatures and query features
+  POST /v1/models/NAME[/versions/N]:predict     top-k ids and scores
+  GET  /                                        the page for people
+  GET  /ui/samples, /ui/history?query_id=ID     the page's data
+
+Every error is JSON, `{"error": "field: what is wrong"}`, with a 4xx status
+for the client's mistakes (404 for unknown models, versions and paths, 405
+for a wrong method, 413 for a body over `max_body_bytes`) and 503 when
+overloaded or stopping. An unexpected exception is logged with its trace and
+answered with a 500 that says only that: no trace reaches a client.
+
+The server loads its first version before it binds its port, so an open
+port means it can answer. A poll every `poll_seconds` (and SIGHUP in
+`serve_forever`) looks for a newer index and swaps it in (see `versions`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+
+from aiohttp import web
+
+from tfr_ssl.service import batching, page, protocol, samples, versions
+from tfr_ssl.service.protocol import RequestError
+
+log = logging.getLogger(__name__)
+
+UI_HISTORY_SHOWN = 20
+SERVER_HEADER = "tfr_ssl"
+
+
+@dataclasses.dataclass
+class Options:
+  """How the service runs.
+
+  Attributes:
+    host: Address to bind (loopback by default: put a proxy in front for
+      other machines).
+    port: TCP port; 0 lets the OS choose (see `Server.url`).
+    model_name: The NAME in /v1/models/NAME.
+    index_dir: The index directory (default WORKDIR/index); either an index
+      or TF Serving's numbered version directories.
+    poll_seconds: How often to look for a newer index (0: never).
+    max_batch_size: Queries per model call.
+    batch_wait_ms: How long a batch's first query waits for others.
+    max_queue: Queries waiting at most before requests get 503.
+    max_body_bytes: Request body limit (413 beyond it).
+    max_instances: Queries per request.
+    max_exclude: Excluded item ids per query.
+    samples: Load sample queries and histories for the page.
+    access_log: Log every request.
+  """
+
+  host: str = "127.0.0.1"
+  port: int = 8501
+  model_name: str = "retrieval"
+  index_dir: str | None = None
+  poll_seconds: float = 2.0
+  max_batch_size: int = 64
+  batch_wait_ms: float = 2.0
+  max_queue: int = 4096
+  max_body_bytes: int = 1 << 20
+  max_instances: int = 256
+  max_exclude: int = 1000
+  samples: bool = True
+  access_log: bool = False
+
+
+def _error(status: int, message: str) -> web.Response:
+  return web.json_response({"error": message}, status=status)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+  try:
+    return await handler(request)
+  except RequestError as e:
+    return _error(e.status, e.message)
+  except web.HTTPException as e:
+    if e.status < 400:
+      raise
+    if e.status == 404:
+      message = f"{request.path}: no such resource"
+    elif e.status == 405:
+      allowed = ", ".join(sorted(getattr(e, "allowed_methods", ()) or ()))
+      message = f"{request.method} {request.path}: method not allowed" + (
+        f" (allowed: {allowed})" if allowed else ""
+      )
+    else:
+      message = e.reason
+    return _error(e.status, message)
+  except asyncio.CancelledError:
+    raise
+  except Exception:
+    log.exception(
+      "Unexpected error answering %s %s", request.method, request.path
+    )
+    return _error(500, "internal error; the server log has the details")
+
+
+async def _server_header(request, response) -> None:
+  response.headers["Server"] = SERVER_HEADER
+
+
+class Server:
+  """The retrieval service of one run.
+
+  Args:
+    workdir: The run (its export/ and, by default, index/).
+    options: How to serve.
+
+  Example:
+    >>> server = Server("runs/cfm", Options(port=0))
+    >>> server.load()          # the first version, before binding
+    >>> url = await server.start()
+    >>> ...
+    >>> await server.stop()
+  """
+
+  def __init__(self, workdir: str, options: Options | None = None):
+    self.workdir = workdir
+    self.options = options or Options()
+    index_dir = self.options.index_dir or os.path.join(workdir, "index")
+    self.versions = versions.VersionManager(
+      index_dir, os.path.join(workdir, "export")
+    )
+    self.samples: samples.Samples | None = None
+    self.limits = protocol.Limits(
+      max_instances=self.options.max_instances,
+      max_exclude=self.options.max_exclude,
+    )
+    self.batcher: batching.MicroBatcher | None = None
+    self.url: str | None = None
+    self._runner: web.AppRunner | None = None
+    self._poller: asyncio.Task | None = None
+    self._refresher = concurrent.futures.ThreadPoolExecutor(
+      max_workers=1, thread_name_prefix="refresh"
+    )
+
+  def load(self) -> versions.Version:
+    """Loads the first version (and the page's samples); blocking.
+
+    Raises:
+      versions.NoIndexError, serving.IndexMismatchError, or what loading
+      raised: the service cannot start.
+    """
+    version = self.versions.load_initial()
+    if self.options.samples:
+      self.samples = samples.load_samples(self.workdir)
+    return version
+
+  def app(self) -> web.Application:
+    """The aiohttp application (routes and middleware)."""
+    app = web.Application(
+      middlewares=[_errors], client_max_size=self.options.max_body_bytes
+    )
+    app.on_response_prepare.append(_server_header)
+    model = r"{name:[^/:]+}"
+    version = r"/versions/{version:[^/:]+}"
+    for prefix in (f"/v1/models/{model}", f"/v1/models/{model}{version}"):
+      app.router.add_get(prefix, self._status)
+      app.router.add_get(prefix + "/metadata", self._metadata)
+      app.router.add_post(prefix + r":{method:[A-Za-z]+}", self._method)
+    app.router.add_get("/", self._page)
+    app.router.add_get("/ui/samples", self._samples)
+    app.router.add_get("/ui/history", self._history)
+    return app
+
+  async def start(self) -> str:
+    """Binds and serves (after `load`); returns the base URL."""
+    if self.versions.current is None:
+      self.load()
+    options = self.options
+    self.batcher = batching.MicroBatcher(
+      lambda: self.versions.current,
+      max_batch_size=options.max_batch_size,
+      max_wait=options.batch_wait_ms / 1000.0,
+      max_queue=options.max_queue,
+    )
+    self.batcher.start()
+    self._runner = web.AppRunner(
+      self.app(),
+      access_log=logging.getLogger("aiohttp.access")
+      if options.access_log
+      else None,
+      handle_signals=False,
+      shutdown_timeout=10.0,
+    )
+    await self._runner.setup()
+    site = web.TCPSite(self._runner, options.host, options.port)
+    await site.start()
+    host, port = self._runner.addresses[0][:2]
+    host = f"[{host}]" if ":" in host else host
+    self.url = f"http://{host}:{port}"
+    if options.poll_seconds > 0:
+      self._poller = asyncio.get_running_loop().create_task(self._poll())
+    return self.url
+
+  async def stop(self) -> None:
+    """Stops accepting, lets in-flight requests finish, stops batching."""
+    if self._poller is not None:
+      self._poller.cancel()
+      with contextlib.suppress(asyncio.CancelledError):
+        await self._poller
+      self._poller = None
+    if self._runner is not None:
+      await self._runner.cleanup()
+      self._runner = None
+    if self.batcher is not None:
+      await self.batcher.stop()
+      self.batcher = None
+    self._refresher.shutdown(wait=False, cancel_futures=True)
+
+  async def refresh(self) -> str:
+    """Looks for a newer index now; see `VersionManager.refresh`."""
+    loop = asyncio.get_running_loop()
+    try:
+      return await loop.run_in_executor(self._refresher, self.versions.refresh)
+    except RuntimeError:  # The executor is shut down: we are stopping.
+      return "unchanged"
+
+  async def _poll(self) -> None:
+    while True:
+      await asyncio.sleep(self.options.poll_seconds)
+      try:
+        await self.refresh()
+      except asyncio.CancelledError:
+        raise
+      except Exception:
+        log.exception("Looking for a new index version failed.")
+
+  # Handlers.
+
+  def _check_model(self, request: web.Request) -> versions.Version:
+    """The serving version, if the path names this model (and version)."""
+    name = request.match_info["name"]
+    if name != self.options.model_name:
+      raise RequestError(
+        f"model {name!r} not found; this server serves "
+        f"{self.options.model_name!r}",
+        status=404,
+      )
+    current = self.versions.current
+    wanted = request.match_info.get("version")
+    if wanted is not None and wanted != str(current.number):
+      raise RequestError(
+        f"version {wanted!r} of {name!r} is not available; serving version "
+        f"{current.number}",
+        status=404,
+      )
+    return current
+
+  async def _status(self, request: web.Request) -> web.Response:
+    self._check_model(request)
+    number = request.match_info.get("version")
+    status = self.versions.status(int(number) if number else None)
+    if self.batcher is not None:
+      status.setdefault("serving", {})["batching"] = (
+        self.batcher.stats.as_dict()
+      )
+    return web.json_response(status)
+
+  async def _metadata(self, request: web.Request) -> web.Response:
+    current = self._check_model(request)
+    return web.json_response(
+      {
+        "model_spec": {
+          "name": self.options.model_name,
+          "signature_name": "",
+          "version": str(current.number),
+        },
+        "metadata": {
+          "signature_def": {
+            "signature_def": protocol.signature_metadata(
+              current.features, current.k
+            )
+          },
+          "query_features": [
+            {"name": f.name, "kind": f.kind} for f in current.features
+          ],
+          "multi_separator": "|",
+          "top_k": {"default": current.k, "max": current.k},
+          "max_exclude": self.options.max_exclude,
+          "max_instances": self.options.max_instances,
+        },
+      }
+    )
+
+  async def _method(self, request: web.Request) -> web.Response:
+    self._check_model(request)
+    method = request.match_info["method"]
+    if method != "predict":
+      raise RequestError(
+        f":{method}: not supported; a retrieval model answers :predict",
+        status=404,
+      )
+    try:
+      body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+      raise RequestError(
+        f"body: larger than {self.options.max_body_bytes} bytes",
+        status=413,
+      ) from None
+    current = self.versions.current
+    predict = protocol.parse_predict(
+      protocol.parse_json(body), current.features, current.k, self.limits
+    )
+    version, results = await self.batcher.submit(predict.queries)
+    return web.json_response(
+      protocol.predict_response(predict, results, version.items),
+      headers={"X-Model-Version": str(version.number)},
+    )
+
+  async def _page(self, request: web.Request) -> web.Response:
+    return web.Response(
+      text=page.render(self.options.model_name), content_type="text/html"
+    )
+
+  async def _samples(self, request: web.Request) -> web.Response:
+    if self.samples is None:
+      return web.json_response({"query_id": None, "samples": []})
+    return web.json_response(
+      {"query_id": self.samples.query_id, "samples": self.samples.samples}
+    )
+
+  async def _history(self, request: web.Request) -> web.Response:
+    query_id = request.query.get("query_id", "")
+    if not query_id:
+      raise RequestError("query_id: missing; /ui/history?query_id=ID")
+    if self.samples is None:
+      raise RequestError(
+        "query_id: no histories (the run's dataset is not available)",
+        status=404,
+      )
+    found = self.samples.history(query_id, self.options.max_exclude)
+    if found is None:
+      raise RequestError(f"query_id: unknown user {query_id!r}", status=404)
+    items = self.versions.current.items
+    return web.json_response(
+      {
+        "query_id": query_id,
+        "total": found["total"],
+        "items": [
+          {"id": i, "features": items.get(i, {})}
+          for i in found["ids"][:UI_HISTORY_SHOWN]
+        ],
+        "exclude": found["ids"],
+      }
+    )
+
+
+def serve_forever(
+  workdir: str, options: Options, announce: Callable[[Server], None]
+) -> None:
+  """Loads, serves until SIGINT or SIGTERM, then stops gracefully.
+
+  SIGHUP looks for a newer index at once.
+
+  Args:
+    workdir: The run.
+    options: How to serve.
+    announce: Called with the server once it answers (e.g. prints its URL).
+  """
+  server = Server(workdir, options)
+  server.load()
+
+  async def main():
+    await server.start()
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      loop.add_signal_handler(sig, done.set)
+    loop.add_signal_handler(
+      signal.SIGHUP, lambda: loop.create_task(server.refresh())
+    )
+    announce(server)
+    await done.wait()
+    log.info("Stopping: finishing in-flight requests.")
+    await server.stop()
+
+  asyncio.run(main())
+
+
+class BackgroundServer:
+  """A Server on its own event loop thread (tests, benchmarks, notebooks).
+
+  Example:
+    >>> with BackgroundServer("runs/cfm", Options(port=0)) as server:
+    ...   requests.get(server.url + "/v1/models/retrieval")
+  """
+
+  def __init__(self, workdir: str, options: Options | None = None):
+    self.server = Server(workdir, options)
+    self._loop: asyncio.AbstractEventLoop | None = None
+    self._thread: threading.Thread | None = None
+
+  @property
+  def url(self) -> str:
+    return self.server.url
+
+  @property
+  def versions(self) -> versions.VersionManager:
+    return self.server.versions
+
+  def start(self, timeout: float = 60.0) -> BackgroundServer:
+    self.server.load()
+    self._loop = asyncio.new_event_loop()
+    started = concurrent.futures.Future()
+
+    def run():
+      asyncio.set_event_loop(self._loop)
+      try:
+        self._loop.run_until_complete(self.server.start())
+      except BaseException as e:
+        started.set_exception(e)
+        return
+      started.set_result(None)
+      self._loop.run_forever()
+
+    self._thread = threading.Thread(target=run, name="server", daemon=True)
+    self._thread.start()
+    started.result(timeout)
+    return self
+
+  def call(self, coroutine, timeout: float = 60.0):
+    """Runs a coroutine on the server's loop; returns its result."""
+    return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(
+      timeout
+    )
+
+  def refresh(self, timeout: float = 120.0) -> str:
+    """Looks for a newer index now (as the poll does)."""
+    return self.call(self.server.refresh(), timeout)
+
+  def stop(self, timeout: float = 30.0) -> None:
+    if self._loop is None:
+      return
+    try:
+      if self._thread.is_alive():
+        self.call(self.server.stop(), timeout)
+    finally:
+      self._loop.call_soon_threadsafe(self._loop.stop)
+      self._thread.join(timeout)
+      if not self._thread.is_alive():
+        self._loop.close()
+      self._loop = None
+
+  def __enter__(self) -> BackgroundServer:
+    return self.start()
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
