@@ -115,12 +115,16 @@ function featureCell(row, values, id, mark) {
   for (const [name, value] of Object.entries(values || {})) {
     if (value === id) continue;  // The id column repeats the item id.
     const span = document.createElement("span");
-    const b = document.createElement("b");
-    b.textContent = value === "" ? "-" : value;
-    if (mark && tokens(name, value).some((t) => historyValues.has(t))) {
-      b.className = "shared";
-    }
-    span.append(name + "=", b, "  ");
+    span.append(name + "=");
+    const parts = value === "" ? ["-"] : String(value).split("|");
+    parts.forEach((part, i) => {
+      const b = document.createElement("b");
+      b.textContent = part;
+      if (mark && historyValues.has(name + "=" + part)) b.className = "shared";
+      if (i) span.append("|");
+      span.append(b);
+    });
+    span.append("  ");
     td.appendChild(span);
   }
 }

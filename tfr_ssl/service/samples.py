@@ -51,7 +51,7 @@ class Samples:
       self.samples = [
         {
           "label": f"item {self._keys[r]} "
-          f"({int(prepared.item_train_count[r])} interactions)",
+          f"({int(prepared.item_train_count[r])} in training)",
           "features": {n: str(v[i]) for n, v in raw.items()},
         }
         for i, r in enumerate(rows)
@@ -81,7 +81,7 @@ class Samples:
     self.samples = [
       {
         "label": f"{schema.query_id} {raw[schema.query_id][i]} "
-        f"({int(counts[r])} items in training)",
+        f"({_items(int(counts[r]))} in training)",
         "features": {n: str(v[i]) for n, v in raw.items()},
       }
       for i, r in enumerate(rows)
@@ -107,6 +107,10 @@ class Samples:
       "total": len(items),
       "ids": [str(k) for k in self._keys[recent]],
     }
+
+
+def _items(n: int) -> str:
+  return f"{n} item" if n == 1 else f"{n} items"
 
 
 def _spread(order: np.ndarray, n: int) -> np.ndarray:
