@@ -39,7 +39,7 @@ demo: install
 	$(PY) -m pipelines.export --workdir=$(WORKDIR)
 	$(PY) -m pipelines.build_index --workdir=$(WORKDIR)
 	$(PY) -m pipelines.evaluate --workdir=$(WORKDIR)
-	echo '{"user_id": "u1"}' | $(PY) -m pipelines.retrieve --workdir=$(WORKDIR) --top_k=5
+	$(PY) -m pipelines.retrieve --workdir=$(WORKDIR) --user=42 --top_k=5
 	$(PY) -m pipelines.report --workdir=$(WORKDIR)
 	@echo "Serve it over HTTP (TF Serving's REST API, a page at /): $(PY) -m pipelines.serve --workdir=$(WORKDIR) --port=8501"
 

@@ -45,6 +45,7 @@ _ADD_ITEMS = flags.DEFINE_string(
   "already in the corpus replaces that item.",
 )
 common.define_config_flags()
+common.grouped_help("index")
 
 
 def main(argv):

@@ -4,15 +4,23 @@ Every config field becomes a flag named after its leaf (`--temperature` is
 ambiguous, so it becomes `--model_temperature` and `--ssl_temperature`; a
 unique leaf such as `--alpha` keeps its name). Only flags given on the command
 line override the base config, which is `Config()` or `--config=FILE`.
+
+`--help` shows a binary's own flags, then the config flags it takes grouped
+by section (`data settings`, `model settings`, ...); `--helpfull` adds the
+flags of the libraries underneath (TensorFlow's, absl's).
+
+Errors a user can fix (bad data, a busy or foreign workdir, a full disk, a
+read-only directory, a setting out of range) end in one line on stderr and
+exit status 1 (`run_or_fail`); anything else is a bug and keeps its trace.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import errno
 import json
 import logging
-import os
 import sys
 import typing
 
@@ -55,6 +63,11 @@ def _flag_names() -> dict[str, tuple[str, object, object]]:
   return names
 
 
+def _group(path: str) -> str:
+  """The --help heading of a config field: its section's settings."""
+  return f"{path.split('.')[0]} settings"
+
+
 def define_config_flags() -> None:
   """Defines one flag per config field (idempotent), plus --config."""
   if "config" in FLAGS:
@@ -62,23 +75,54 @@ def define_config_flags() -> None:
   flags.DEFINE_string("config", None, "JSON config file used as the base.")
   for name, (path, field, kind) in sorted(_flag_names().items()):
     help_text = f"{field.metadata.get('help', '')} [{path}]"
+    group = {"module_name": _group(path)}
     if field.default_factory is dataclasses.MISSING:
       default = field.default
     else:
       default = field.default_factory()
     choices = field.metadata.get("choices")
     if choices:
-      flags.DEFINE_enum(name, default, list(choices), help_text)
+      flags.DEFINE_enum(name, default, list(choices), help_text, **group)
     elif kind is bool:
-      flags.DEFINE_bool(name, default, help_text)
+      flags.DEFINE_bool(name, default, help_text, **group)
     elif kind is int:
-      flags.DEFINE_integer(name, default, help_text)
+      flags.DEFINE_integer(name, default, help_text, **group)
     elif kind is float:
-      flags.DEFINE_float(name, default, help_text)
+      flags.DEFINE_float(name, default, help_text, **group)
     elif typing.get_origin(kind) is tuple:
-      flags.DEFINE_list(name, [str(v) for v in default], help_text)
+      flags.DEFINE_list(name, [str(v) for v in default], help_text, **group)
     else:
-      flags.DEFINE_string(name, default, help_text)
+      flags.DEFINE_string(name, default, help_text, **group)
+
+
+def grouped_help(*sections: str) -> None:
+  """Makes --help show the binary's flags, then these config sections'.
+
+  absl's short help lists only the main module's flags; the config flags
+  are registered under one heading per section (`train settings`, ...).
+  """
+  own = FLAGS.main_module_help
+
+  def main_module_help() -> str:
+    parts = [own()]
+    if "config" in FLAGS:
+      parts.append(
+        "config file:\n" + FLAGS.module_help(__name__).split("\n", 1)[-1]
+      )
+    parts += [FLAGS.module_help(f"{section} settings") for section in sections]
+    return "\n\n".join(p for p in parts if p.strip())
+
+  # An instance attribute: FlagValues.__setattr__ would treat it as a flag.
+  FLAGS.__dict__["main_module_help"] = main_module_help
+
+
+def flag_of(path: str) -> str:
+  """The flag name of a dotted config field (`train.batch_size` ->
+  `train_batch_size`)."""
+  for name, (p, _, _) in _flag_names().items():
+    if p == path and name not in _ALIASES:
+      return name
+  return path
 
 
 def config_from_flags(
@@ -97,9 +141,27 @@ def config_from_flags(
       base = load_config(FLAGS.config)
   overrides = {path: value for path, (_, value) in _given_flags().items()}
   try:
-    return base.override(overrides)
+    config = base.override(overrides)
   except ValueError as e:
     raise app.UsageError(str(e)) from None
+  check(config)
+  return config
+
+
+def check(config: config_lib.Config) -> None:
+  """Refuses settings out of range with a one-line error naming the flag."""
+  from absl import app
+
+  from tfr_ssl import workdir
+
+  try:
+    workdir.check_config(config)
+  except workdir.ConfigError as e:
+    raise app.UsageError(_config_error(e)) from None
+
+
+def _config_error(e) -> str:
+  return f"--{flag_of(e.path)} ({e.path}): {e.reason}"
 
 
 def section_overrides(section: str) -> dict[str, object]:
@@ -144,41 +206,89 @@ def load_config(path: str) -> config_lib.Config:
     raise app.UsageError(f"{path}: {e}") from None
 
 
-def workdir_config(workdir: str) -> config_lib.Config:
-  """The config of an existing run (WORKDIR/config.json)."""
-  from absl import app
-
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise app.UsageError(
-      f"{path} does not exist: is {workdir!r} the workdir of a training "
-      "run (pipelines.train --workdir=...)?"
-    )
-  return load_config(path)
+# An error line quotes at most this much (a 2-million-column header once
+# made a 23 MB line).
+MAX_ERROR_CHARS = 2000
 
 
 def fail(message: str) -> typing.NoReturn:
   """Prints a one-line error for the user and exits with status 1."""
+  message = " ".join(str(message).split("\n")).strip()
+  if len(message) > MAX_ERROR_CHARS:
+    cut = len(message) - MAX_ERROR_CHARS
+    message = f"{message[:MAX_ERROR_CHARS]}... ({cut} more characters)"
   print(f"error: {message}", file=sys.stderr)
   sys.exit(1)
 
 
 def user_errors() -> tuple[type[Exception], ...]:
   """Errors that mean bad input or a bad workdir, not a bug: shown briefly."""
-  from tfr_ssl import serving, train
+  from tfr_ssl import model, serving, workdir, workflow
   from tfr_ssl.data import errors
 
   return (
     errors.DataError,
-    train.WorkdirError,
+    workdir.WorkdirError,
+    workdir.ConfigError,
+    model.ModelConfigError,
+    workflow.QueryError,
     serving.IndexMismatchError,
-    FileNotFoundError,
   )
+
+
+# OSErrors about the place, not the program: shown as one line.
+_SYSTEM_ERRNOS = {
+  errno.ENOSPC: "the disk is full",
+  errno.EDQUOT: "the disk quota is exceeded",
+  errno.EROFS: "the file system is read-only",
+  errno.EACCES: "permission denied",
+  errno.EPERM: "operation not permitted",
+  errno.ENOENT: "no such file or directory",
+  errno.ENOTDIR: "not a directory",
+  errno.EISDIR: "is a directory",
+  errno.EEXIST: "already exists",
+  errno.EIO: "input/output error",
+}
+# TensorFlow's wording of the same faults (its file system layer raises
+# ResourceExhaustedError, PermissionDeniedError, ... with this text).
+_TF_PHRASES = (
+  "No space left on device",
+  "Disk quota exceeded",
+  "Read-only file system",
+  "Permission denied",
+  "No such file or directory",
+)
+
+
+def system_error(e: BaseException) -> str | None:
+  """One line for a fault of the disk or the file system, else None."""
+  if isinstance(e, OSError) and e.errno in _SYSTEM_ERRNOS:
+    where = e.filename or ""
+    what = _SYSTEM_ERRNOS[e.errno]
+    return f"{where}: {what} ({e.strerror})" if where else f"{what} ({e})"
+  if type(e).__module__.startswith("tensorflow"):
+    text = str(getattr(e, "message", e))
+    for phrase in _TF_PHRASES:
+      if phrase in text:
+        line = next((x for x in text.splitlines() if phrase in x), phrase)
+        return f"TensorFlow could not write or read a file: {line.strip()}"
+    if type(e).__name__ == "ResourceExhaustedError":
+      return f"out of resources: {text.splitlines()[0] if text else e}"
+  return None
 
 
 def run_or_fail(fn, *args, **kwargs):
   """Calls fn; a user error becomes one line on stderr and exit status 1."""
+  from tfr_ssl import workdir
+
   try:
     return fn(*args, **kwargs)
+  except workdir.ConfigError as e:
+    fail(_config_error(e))
   except user_errors() as e:
     fail(str(e))
+  except Exception as e:
+    message = system_error(e)
+    if message is None:
+      raise
+    fail(message)

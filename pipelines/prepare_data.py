@@ -1,7 +1,8 @@
 """Prepares a dataset (or loads it from the cache) and prints its statistics.
 
+    python -m pipelines.prepare_data --source=synthetic
     python -m pipelines.prepare_data --source=movielens \
-        --data_dir=../shared/data/ml-1m --cache_dir=/tmp/tfr_ssl_cache
+        --data_dir=$HOME/data/ml-1m --cache_dir=/tmp/tfr_ssl_cache
 
 --force rebuilds a cached version. Bad input data ends with a one-line error
 naming the file, line and column, and exit status 1.
@@ -27,11 +28,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = common.config_from_flags().data
   start = time.perf_counter()
-  try:
-    cached = not FLAGS.force and data.is_cached(config)
-    prepared = data.prepare(config, force=FLAGS.force)
-  except (data.DataError, ValueError) as e:
-    common.fail(str(e))
+  cached = not FLAGS.force and common.run_or_fail(data.is_cached, config)
+  prepared = common.run_or_fail(data.prepare, config, force=FLAGS.force)
   seconds = time.perf_counter() - start
   how = "loaded from the cache" if cached else "prepared"
   print(f"{how} in {seconds:.2f} s: {data.cache_path(config)}")
@@ -40,4 +38,5 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
   common.define_config_flags()
+  common.grouped_help("data")
   app.run(main)

@@ -414,6 +414,50 @@ BAD_INPUTS = {
     None,
     "invalid JSON",
   ),
+  # Feature names become SavedModel input names: checked at prepare time,
+  # not at export.
+  "reserved feature name": (
+    {"schema.json": json.dumps(_schema_with(name="exclude"), indent=2)},
+    "schema.json",
+    11,
+    "name",
+    "feature name 'exclude' is reserved",
+  ),
+  "feature name with a space": (
+    {"schema.json": json.dumps(_schema_with(name="age group"), indent=2)},
+    "schema.json",
+    11,
+    "name",
+    "'age group' cannot be a SavedModel input name",
+  ),
+  "non-ascii feature name": (
+    {"schema.json": json.dumps(_schema_with(name="país"), indent=2)},
+    "schema.json",
+    11,
+    "name",
+    "'país' cannot be a SavedModel input name",
+  ),
+  "unclosed quote": (
+    {"items.csv": 'item,genre,tags\ni1,rock,a\ni2,"jazz,b\ni3,pop,c\n'},
+    "items.csv",
+    3,  # where the quote was opened, not the end of the file
+    None,
+    "never closed",
+  ),
+  "all weights zero": (
+    {"interactions.csv": "user,item,w,t\nu1,i1,0,1\nu2,i2,0.0,2\n"},
+    "interactions.csv",
+    None,
+    "w",
+    "every weight is 0",
+  ),
+  "empty weight": (
+    {"interactions.csv": "user,item,w,t\nu1,i1,1,1\nu2,i2,,2\n"},
+    "interactions.csv",
+    3,
+    "w",
+    "'' is not a number",
+  ),
 }
 
 
@@ -494,3 +538,19 @@ def test_statistics_follow_the_kept_training_split(tmp_path):
   np.testing.assert_array_equal(
     half.mutual_information, full.mutual_information
   )
+
+
+def test_a_quoted_cell_over_several_lines_is_still_read(tmp_path):
+  items = 'item,genre,tags\ni1,"rock\nand roll",a\ni2,jazz,b\ni3,pop,c\n'
+  write_dir(tmp_path / "raw", **{"items.csv": items})
+  prepared = data.load(config(tmp_path))
+  assert "rock\nand roll" in prepared.vocabularies["genre"]
+
+
+def test_an_error_quotes_a_bounded_amount_of_input(tmp_path):
+  header = ",".join(f"column_{i}" for i in range(200_000))
+  write_dir(tmp_path / "raw", **{"items.csv": f"{header}\n" + "x," * 3})
+  with pytest.raises(data.DataError, match="missing column") as error:
+    data.load(config(tmp_path))
+  assert len(str(error.value)) < 1000
+  assert "and 199980 more" in str(error.value)

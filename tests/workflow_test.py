@@ -17,6 +17,7 @@ import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
+from tfr_ssl import data as data_lib
 from tfr_ssl import eval_pairs, export, serving, train, workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,9 +201,22 @@ def test_retrieve_excludes_items_and_rejects_unknown_features(run):
 def test_index_built_for_another_export_is_refused(run, tmp_path):
   workdir = str(tmp_path / "copy")
   shutil.copytree(run["workdir"], workdir)
-  workflow.export_run(workdir)  # a new export: a new model id
+  # Without best/, export takes the latest checkpoint: another model.
+  shutil.rmtree(os.path.join(workdir, train.BEST_DIR))
+  workflow.export_run(workdir)
   with pytest.raises(serving.IndexMismatchError, match="model_id"):
     workflow.load_retriever(workdir)
+
+
+def test_exporting_the_same_checkpoint_again_keeps_the_index(run, tmp_path):
+  workdir = str(tmp_path / "copy")
+  shutil.copytree(run["workdir"], workdir)
+  before = export.read_manifest(os.path.join(workdir, "export"))
+  after = workflow.export_run(workdir)
+  # The id derives from the checkpoint and the dataset version.
+  assert after["model_id"] == before["model_id"]
+  hits = workflow.retrieve(workdir, [{"user_id": "1"}], k=3)[0]
+  assert len(hits) == 3
 
 
 def test_interrupted_export_leaves_the_old_export_loadable(
@@ -282,7 +296,7 @@ def test_warm_start_carries_known_values_and_initialises_new_ones(
   config = old_config.override(
     {"data.synthetic.num_items": 330, "model.logq": logq}
   )
-  new_data = train.data_lib.load(config.data)
+  new_data = data_lib.load(config.data)
   model = train.build_model(config, new_data)
   fresh = model.item_encoder.tables[0].numpy().copy()
   train._warm_start(model, new_data, run["workdir"])

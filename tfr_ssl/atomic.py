@@ -1,7 +1,13 @@
 """Artifacts are written to a temporary sibling and renamed into place.
 
 A reader therefore sees either the previous complete artifact or the new
-complete one, never a half-written one, even after `kill -9`.
+complete one, never a half-written one, even after `kill -9`. A writer killed
+mid-way leaves its `.NAME.tmp-*` sibling; the next writer of the workdir
+removes it (`tfr_ssl.workdir.clean_stale`).
+
+`tempfile` creates files 0600 and directories 0700; the artifacts get the
+modes a plain `open` / `mkdir` would give (0666 / 0777 less the umask), so a
+serving account in the owner's group can read them where the umask allows.
 """
 
 from __future__ import annotations
@@ -13,6 +19,20 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from typing import Any
+
+
+def _umask() -> int:
+  """The process umask (read without a window where it is changed)."""
+  try:
+    with open("/proc/self/status") as f:
+      for line in f:
+        if line.startswith("Umask:"):
+          return int(line.split()[1], 8)
+  except (OSError, ValueError):
+    pass
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
 
 
 @contextlib.contextmanager
@@ -33,6 +53,7 @@ def atomic_dir(path: str) -> Iterator[str]:
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.tmp-", dir=parent)
   try:
+    os.chmod(tmp, 0o777 & ~_umask())
     yield tmp
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -55,6 +76,7 @@ def write_bytes(path: str, data: bytes) -> None:
     prefix=f".{os.path.basename(path)}.tmp-", dir=os.path.dirname(path)
   )
   try:
+    os.fchmod(fd, 0o666 & ~_umask())
     with os.fdopen(fd, "wb") as f:
       f.write(data)
       f.flush()

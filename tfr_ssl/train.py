@@ -23,29 +23,29 @@ import tf_keras
 
 from tfr_ssl import atomic, embed, warm_start
 from tfr_ssl import config as config_lib
-from tfr_ssl import data as data_lib
 from tfr_ssl import model as model_lib
+from tfr_ssl import workdir as workdir_lib
 from tfr_ssl.data import contract, pipeline
 from tfr_ssl.model import TwoTowerModel
 
-CONFIG_FILE = "config.json"
-DATASET_FILE = "dataset.json"
-CHECKPOINT_DIR = "checkpoints"
+CONFIG_FILE = workdir_lib.CONFIG_FILE
+DATASET_FILE = workdir_lib.DATASET_FILE
+CHECKPOINT_DIR = workdir_lib.CHECKPOINT_DIR
 # The model of the epoch with the best validation recall (see `SELECT_BY`).
 BEST_DIR = "best"
 BEST_PREFIX = "model"
 SELECT_BY = "recall@10"
 
-# Changing these between a run and its resumption would mix two runs.
-_FIXED_SECTIONS = ("data", "model", "ssl")
-
-
-class WorkdirError(ValueError):
-  """The workdir belongs to a different run."""
+WorkdirError = workdir_lib.WorkdirError
 
 
 def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   """Trains (or resumes training) and validates at epoch ends.
+
+  The workdir is locked for the whole run (tfr_ssl.workdir). Everything
+  that can refuse the run (a setting out of range, a fixed setting changed,
+  the data changed, a config the model or the data cannot take) is checked
+  before config.json is written; a new workdir refused then is removed.
 
   Args:
     config: The run's config.
@@ -55,18 +55,19 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
     A summary: steps, final losses, validation recall per epoch, timings.
 
   Raises:
-    WorkdirError: `workdir` holds a run with a different config.
+    WorkdirError: `workdir` holds a run with a different config, its data
+      changed, or another process is using it.
+    ConfigError: a setting out of range.
+    ModelConfigError: a config the data cannot take.
   """
-  workdir = os.path.abspath(os.path.expanduser(workdir))
-  os.makedirs(workdir, exist_ok=True)
-  _claim_workdir(config, workdir)
-  tf_keras.utils.set_random_seed(config.train.seed)
+  workdir_lib.check_config(config)
+  config = workdir_lib.resolve_paths(config)
+  with workdir_lib.lock(workdir, create=True) as workdir:
+    return _train_and_evaluate(config, workdir)
 
-  prepared = data_lib.load(config.data)
-  _write_dataset_info(prepared, os.path.join(workdir, DATASET_FILE))
-  model = build_model(config, prepared)
 
-  steps_per_epoch = _steps_per_epoch(config, prepared)
+def _train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
+  prepared, model, steps_per_epoch = _claim_workdir(config, workdir)
   main_steps = steps_per_epoch * config.train.epochs
   pretrain_steps = (
     config.train.pretrain_steps if config.train.schedule == "pretrain" else 0
@@ -272,51 +273,39 @@ def load_trained_model(
   workdir = os.path.abspath(os.path.expanduser(workdir))
   config = read_config(workdir)
   path = trained_checkpoint(workdir, which)
-  prepared = data_lib.load(config.data)
+  prepared, _, _ = workdir_lib.load_dataset(workdir, config)
   model = build_model(config, prepared)
   tf.train.Checkpoint(model=model).restore(path).expect_partial()
   return model, prepared, config
 
 
 def read_config(workdir: str) -> config_lib.Config:
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise WorkdirError(f"{path} does not exist: is this a training workdir?")
-  with open(path) as f:
-    return config_lib.Config.from_json(f.read())
+  """WORKDIR/config.json (WorkdirError when there is none)."""
+  return workdir_lib.read_config(workdir)
 
 
-def _claim_workdir(config: config_lib.Config, workdir: str) -> None:
-  """Writes config.json, or checks that it describes the same run."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if os.path.exists(path):
-    old = read_config(workdir).to_dict()
-    new = config.to_dict()
-    changed = [
-      f"{section}.{key}"
-      for section in _FIXED_SECTIONS
-      for key in new[section]
-      if old[section][key] != new[section][key]
-    ]
-    if changed:
-      raise WorkdirError(
-        f"{workdir} holds a run with different settings ({', '.join(changed)})"
-        ": use a new --workdir, or delete this one to start over."
-      )
-  atomic.write_text(path, config.to_json() + "\n")
+def _claim_workdir(
+  config: config_lib.Config, workdir: str
+) -> tuple[contract.PreparedDataset, TwoTowerModel, int]:
+  """Checks that `config` may run in `workdir`, then records it.
 
+  Nothing is written until every check passed: the fixed settings of an
+  existing run, the data it was trained on, the model's own checks of the
+  config against the data, and at least one batch per epoch. Then
+  config.json (and, for a new run, dataset.json) are written.
 
-def _write_dataset_info(prepared: contract.PreparedDataset, path: str) -> None:
-  atomic.write_json(
-    path,
-    {
-      "version": prepared.version,
-      "schema": prepared.schema.to_dict(),
-      "vocabularies": prepared.vocabularies,
-      "num_items": prepared.num_items,
-      "num_queries": prepared.num_queries,
-    },
-  )
+  Returns:
+    (the prepared data, the compiled model, steps per epoch).
+  """
+  changed = workdir_lib.check_resumable(workdir, config)
+  tf_keras.utils.set_random_seed(config.train.seed)
+  prepared, info, new = workdir_lib.load_dataset(workdir, config)
+  model = build_model(config, prepared)
+  steps_per_epoch = _steps_per_epoch(config, prepared)
+  if new:
+    workdir_lib.write_dataset_info(workdir, info)
+  workdir_lib.claim(workdir, config, changed)
+  return prepared, model, steps_per_epoch
 
 
 def read_dataset_info(workdir: str) -> dict:
@@ -333,9 +322,10 @@ def _steps_per_epoch(
     rows = int(np.sum(train.prev_item_index >= 0))
   full = rows // config.train.batch_size
   if full == 0:
-    raise ValueError(
-      f"The training split has {rows} usable interactions, fewer than one "
-      f"batch of {config.train.batch_size}: lower --train_batch_size."
+    raise workdir_lib.ConfigError(
+      "train.batch_size",
+      f"the training split has {rows} usable interactions, fewer than one "
+      f"batch of {config.train.batch_size}: lower --train_batch_size.",
     )
   if config.train.steps_per_epoch:
     return min(full, config.train.steps_per_epoch)

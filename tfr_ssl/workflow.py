@@ -7,17 +7,16 @@ contract of docs/architecture.md and do no argument parsing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import data as data_lib
 from tfr_ssl import (
   embed,
   eval_pairs,
@@ -28,6 +27,7 @@ from tfr_ssl import (
   serving,
   train,
 )
+from tfr_ssl import workdir as workdir_lib
 from tfr_ssl.data import contract
 
 EXPORT_DIR = "export"
@@ -37,18 +37,40 @@ ITEMS_FILE = "items.jsonl"
 
 
 class QueryError(ValueError):
-  """A query names a feature the model does not have."""
+  """A query the model cannot take: unknown feature, bad value, bad k."""
 
 
 def export_run(workdir: str) -> dict:
   """Exports the towers of a trained run to WORKDIR/export/.
 
+  The export's model id derives from the checkpoint's contents and the
+  dataset version, so exporting the same checkpoint again keeps an index
+  built from the previous export valid.
+
   Returns:
     The export manifest.
   """
+  with workdir_lib.lock(workdir) as workdir:
+    return _export_run(workdir)
+
+
+def model_id(checkpoint: str, dataset_version: str) -> str:
+  """A hash of a checkpoint's files (prefix.*) and the dataset version."""
+  digest = hashlib.sha256(dataset_version.encode())
+  directory, prefix = os.path.split(checkpoint)
+  for name in sorted(os.listdir(directory)):
+    if name.startswith(prefix + "."):
+      digest.update(name[len(prefix) :].encode())
+      with open(os.path.join(directory, name), "rb") as f:
+        for block in iter(lambda f=f: f.read(1 << 22), b""):
+          digest.update(block)
+  return digest.hexdigest()[:32]
+
+
+def _export_run(workdir: str) -> dict:
   # The model of the best validation epoch (the latest without one).
-  model, prepared, config = train.load_trained_model(workdir)
   latest = train.trained_checkpoint(workdir)
+  model, prepared, config = train.load_trained_model(workdir)
   return export.export_towers(
     model.query_tower,
     model.item_tower,
@@ -57,9 +79,9 @@ def export_run(workdir: str) -> dict:
     config,
     os.path.join(workdir, EXPORT_DIR),
     extra_manifest={
-      # A fresh id per export: an index records the id of the export it
-      # was built from, and is refused once the export has changed.
-      "model_id": uuid.uuid4().hex,
+      # An index records the id of the export it was built from, and is
+      # refused once the export holds another model or other data.
+      "model_id": model_id(latest, prepared.version),
       "checkpoint": os.path.relpath(latest, workdir),
       "dataset_version": prepared.version,
     },
@@ -88,14 +110,20 @@ def build_index_run(
   Returns:
     The index manifest.
   """
+  with workdir_lib.lock(workdir) as workdir:
+    return _build_index_run(workdir, index_overrides, add_items)
+
+
+def _build_index_run(workdir, index_overrides, add_items) -> dict:
   config = train.read_config(workdir).override(dict(index_overrides or {}))
+  workdir_lib.check_config(config)
   export_dir = os.path.join(workdir, EXPORT_DIR)
   if not os.path.exists(os.path.join(export_dir, "manifest.json")):
     raise train.WorkdirError(
       f"{export_dir} has no export: run pipelines.export first."
     )
   export_manifest = export.read_manifest(export_dir)
-  prepared = data_lib.load(config.data)
+  prepared, _, _ = workdir_lib.load_dataset(workdir, config)
   schema = prepared.schema
 
   item_tower = export.load_tower(os.path.join(export_dir, "item"))
@@ -190,11 +218,33 @@ def evaluate_run(
 
   Returns:
     The metrics.
+
+  Raises:
+    WorkdirError: a `compare` run has no eval/metrics.json (checked before
+      evaluating), or the workdir cannot be used.
   """
+  compared = {}
+  for other in compare:
+    path = os.path.join(other, EVAL_DIR, "metrics.json")
+    try:
+      with open(path) as f:
+        compared[os.path.basename(os.path.normpath(other))] = json.load(f)
+    except FileNotFoundError:
+      raise train.WorkdirError(
+        f"--compare={other}: {path} does not exist; evaluate that run first "
+        f"(pipelines.evaluate --workdir={other})."
+      ) from None
+    except json.JSONDecodeError as e:
+      raise train.WorkdirError(f"--compare={other}: {path}: {e}") from None
+  with workdir_lib.lock(workdir) as workdir:
+    return _evaluate_run(workdir, use_index, compared, split)
+
+
+def _evaluate_run(workdir, use_index, compared, split) -> dict:
   if use_index:
     # The saved index embeds the queries itself: no model to rebuild.
     config = train.read_config(workdir)
-    prepared = data_lib.load(config.data)
+    prepared, _, _ = workdir_lib.load_dataset(workdir, config)
   else:
     model, prepared, config = train.load_trained_model(workdir)
   split = split or config.eval.split
@@ -223,9 +273,8 @@ def evaluate_run(
   name = "metrics_index.json" if use_index else "metrics.json"
   evaluate.write_metrics(metrics, os.path.join(eval_dir, name))
   runs = {os.path.basename(os.path.normpath(workdir)): metrics}
-  for other in compare:
-    with open(os.path.join(other, EVAL_DIR, "metrics.json")) as f:
-      runs[os.path.basename(os.path.normpath(other))] = json.load(f)
+  for name, other_metrics in compared.items():
+    runs[name] = other_metrics
   runs.setdefault("most popular", metrics["baseline"]["most_popular"])
   evaluate.plot_recall_by_decile(
     runs, os.path.join(eval_dir, "recall_by_decile.png")
@@ -288,18 +337,19 @@ def retrieve(
 
   Returns:
     Per query, a list of {"id", "score", "features"} dicts, best first.
+
+  Raises:
+    QueryError: k <= 0, a feature the model does not have, or a value that
+      is not a string (names the query and the feature).
   """
+  if k is not None and k <= 0:
+    raise QueryError(f"k (--top_k) must be >= 1, got {k}.")
   retriever = load_retriever(workdir)
   manifest = retriever.manifest
   names = manifest["query_features"]
   queries = list(queries)
-  for q in queries:
-    unknown = sorted(set(q) - set(names))
-    if unknown:
-      raise QueryError(
-        f"Unknown query feature(s) {unknown}; this model's query features "
-        f"are {names}."
-      )
+  for number, q in enumerate(queries, 1):
+    check_query(q, names, where=f"query {number}")
   raw = {
     name: tf.constant([str(q.get(name, "")) for q in queries]) for name in names
   }
@@ -323,6 +373,103 @@ def retrieve(
       )
     out.append(hits)
   return out
+
+
+def check_query(query: Mapping, names: Sequence[str], where: str) -> None:
+  """Refuses unknown features and values that are not strings.
+
+  Raises:
+    QueryError: names `where` (e.g. "query 3") and the feature.
+  """
+  unknown = sorted(set(query) - set(names))
+  if unknown:
+    raise QueryError(
+      f"{where}: unknown query feature(s) {_short(unknown)}; this model's "
+      f"query features are {names}."
+    )
+  for name, value in query.items():
+    if not isinstance(value, str):
+      raise QueryError(
+        f"{where}: feature {name!r} must be a string (multi-valued: "
+        f"'|'-joined), got {_short(value)}; write it as "
+        f"{json.dumps(str(value) if value is not None else '')}."
+        if isinstance(value, (int, float))
+        else f"{where}: feature {name!r} must be a string (multi-valued: "
+        f"'|'-joined), got {_short(value)}."
+      )
+
+
+def _short(value, limit: int = 80) -> str:
+  """repr(value), cut to `limit` characters (input can be huge)."""
+  text = json.dumps(value) if not isinstance(value, str) else repr(value)
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def query_history(
+  workdir: str, queries: Sequence[Mapping[str, str]], limit: int = 10
+) -> list[list[dict]]:
+  """Per query, the items its user interacted with in training.
+
+  Most recent first when the data has timestamps (else last in file order
+  first), at most `limit`, with their features. A query without the query
+  id feature, or with an id the data does not know, gets an empty list.
+  """
+  config = train.read_config(workdir)
+  prepared, _, _ = workdir_lib.load_dataset(workdir, config)
+  id_name = prepared.schema.query_id
+  # The query id keeps the table's row order: value v is row v.
+  row_of = {v: i for i, v in enumerate(prepared.vocabularies[id_name])}
+  split = prepared.splits["train"]
+  keys = prepared.item_keys()
+  items = _read_items(os.path.join(workdir, EXPORT_DIR, ITEMS_FILE))
+  out = []
+  for query in queries:
+    row = row_of.get(query.get(id_name))
+    positions = np.zeros(0, np.int64)
+    if row is not None:
+      positions = np.flatnonzero(split.query_index == row)
+      if split.timestamp is not None:
+        order = np.argsort(-split.timestamp[positions], kind="stable")
+        positions = positions[order]
+      else:
+        positions = positions[::-1]
+    out.append(
+      [
+        {"id": keys[i], "features": items.get(keys[i], {})}
+        for i in split.item_index[positions[:limit]]
+      ]
+    )
+  return out
+
+
+def user_query(workdir: str, user: str) -> dict[str, str]:
+  """The raw query features of one user of the run's data.
+
+  Raises:
+    QueryError: the run is not user_to_item, or the user is unknown.
+  """
+  config = train.read_config(workdir)
+  if config.model.task != "user_to_item":
+    raise QueryError(
+      f"--user needs a user_to_item run; {workdir} is {config.model.task}: "
+      "give the query item's features with --query."
+    )
+  prepared, _, _ = workdir_lib.load_dataset(workdir, config)
+  schema = prepared.schema
+  vocabulary = prepared.vocabularies[schema.query_id]
+  row_of = {v: i for i, v in enumerate(vocabulary)}
+  if user not in row_of:
+    raise QueryError(
+      f"--user={_short(user)} is not a {schema.query_id} of this run's data "
+      f"({len(vocabulary)} users, e.g. {vocabulary[:3]})."
+    )
+  raw = export.raw_features(
+    prepared.queries,
+    schema.query_features,
+    prepared.vocabularies,
+    np.array([row_of[user]]),
+  )
+  return {name: str(values[0]) for name, values in raw.items()}
 
 
 def embed_raw(

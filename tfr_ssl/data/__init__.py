@@ -31,7 +31,9 @@ from tfr_ssl.data.loader import (
   cache_path,
   is_cached,
   load,
+  load_version,
   prepare,
+  source_key,
   version,
 )
 from tfr_ssl.data.pipeline import (
@@ -62,8 +64,10 @@ __all__ = [
   "is_cached",
   "item_dataset",
   "load",
+  "load_version",
   "main_dataset",
   "prepare",
+  "source_key",
   "train_dataset",
   "version",
 ]

@@ -17,7 +17,12 @@ import numpy as np
 
 from tfr_ssl.config import DataConfig
 from tfr_ssl.data import encode, splits, stats
-from tfr_ssl.data.contract import PAD, Interactions, PreparedDataset
+from tfr_ssl.data.contract import (
+  PAD,
+  Interactions,
+  PreparedDataset,
+  feature_name_problem,
+)
 from tfr_ssl.data.errors import DataError
 from tfr_ssl.data.raw import RawData, RawTable
 
@@ -84,6 +89,17 @@ def _query_item_rows(raw: RawData) -> np.ndarray:
   return np.where(empty, PAD, rows).astype(np.int32)
 
 
+def _check_weights(train_weight: np.ndarray, interactions) -> None:
+  """Refuses a training split whose weights are all 0: nothing to learn."""
+  if train_weight.size and not np.any(train_weight > 0):
+    raise DataError(
+      f"every weight of the {train_weight.size} training interactions is 0, "
+      "so the main task would train on nothing; give positive weights",
+      path=interactions.path,
+      column=getattr(interactions, "weight_column", None),
+    )
+
+
 def build_prepared(
   raw: RawData, config: DataConfig, version: str = ""
 ) -> PreparedDataset:
@@ -103,6 +119,10 @@ def build_prepared(
   """
   schema = raw.schema
   interactions = raw.interactions
+  for feature in schema.features:
+    problem = feature_name_problem(feature.name)
+    if problem:
+      raise DataError(problem, path=raw.items.path, column=feature.name)
   if len(interactions) == 0:
     raise DataError("no interactions", path=interactions.path)
   items, vocabularies = encode.encode_table(
@@ -143,6 +163,7 @@ def build_prepared(
     previous = splits.previous_items_by_split(
       rows, query_rows, item_rows, timestamp
     )
+  _check_weights(weight[rows["train"]], interactions)
   split_data = {
     name: Interactions(
       query_index=query_rows[r].astype(np.int32),

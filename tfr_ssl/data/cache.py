@@ -21,17 +21,23 @@ name a user's CSV has is safe.
 
 The whole version directory is built in a temporary sibling and renamed into
 place (`tfr_ssl.atomic.atomic_dir`), so a crash or a bad input never leaves a
-half-written version that a later run would load.
+half-written version that a later run would load. Writers of one dataset take
+turns (a `flock` on `<cache_dir>/<dataset>/.lock`), and the one holding the
+lock removes the temporary siblings of writers that were killed. TFDS's own
+temporary folders are made inside the version being built, not in /tmp.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -172,14 +178,48 @@ def _save_tfds(tables: dict, data_dir: str) -> None:
       raise NotImplementedError  # _split_generators yields the examples
 
   downloads = os.path.join(os.path.dirname(data_dir), ".downloads")
+  os.makedirs(downloads, exist_ok=True)
   tfds.display_progress_bar(False)
-  # TFDS prints a banner to stdout; the caller logs its own summary.
-  with contextlib.redirect_stdout(io.StringIO()):
-    _Builder(data_dir=data_dir).download_and_prepare(
-      download_dir=downloads,
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False),
-    )
+  # TFDS prints a banner to stdout; the caller logs its own summary. It also
+  # makes a temporary folder (tempfile.mkdtemp) that it never removes: make
+  # it inside the version being built.
+  saved_tempdir = tempfile.tempdir
+  tempfile.tempdir = downloads
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      _Builder(data_dir=data_dir).download_and_prepare(
+        download_dir=downloads,
+        download_config=tfds.download.DownloadConfig(try_download_gcs=False),
+      )
+  finally:
+    tempfile.tempdir = saved_tempdir
   shutil.rmtree(downloads, ignore_errors=True)
+
+
+_STALE = re.compile(r"^\..+\.(tmp|old)-")
+
+
+@contextlib.contextmanager
+def _writer_lock(directory: str):
+  """Holds `directory/.lock` (waiting for another writer), then removes the
+  temporary siblings killed writers left in `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  with open(os.path.join(directory, ".lock"), "a+") as handle:
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info("Waiting for another process preparing in %s.", directory)
+      fcntl.flock(handle, fcntl.LOCK_EX)
+    for name in os.listdir(directory):
+      if _STALE.match(name):
+        stale = os.path.join(directory, name)
+        logging.info("Removing %s, left by a killed preparation.", stale)
+        if os.path.isdir(stale):
+          shutil.rmtree(stale, ignore_errors=True)
+        else:
+          with contextlib.suppress(FileNotFoundError):
+            os.remove(stale)
+    yield
 
 
 def save(prepared: PreparedDataset, path: str, metadata: dict) -> None:
@@ -190,7 +230,10 @@ def save(prepared: PreparedDataset, path: str, metadata: dict) -> None:
     path: The version directory; replaced only once complete.
     metadata: Extra JSON-ready facts (source, config) kept in metadata.json.
   """
-  with atomic.atomic_dir(path) as tmp:
+  with (
+    _writer_lock(os.path.dirname(os.path.abspath(path))),
+    atomic.atomic_dir(path) as tmp,
+  ):
     _save_tfds(_tables(prepared), os.path.join(tmp, "tfds"))
     atomic.write_json(
       os.path.join(tmp, METADATA),

@@ -15,6 +15,7 @@ tables, which stay in memory as tensors.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -33,6 +34,36 @@ SPLITS = ("train", "validation", "test")
 FROM_COLUMN = "column"
 FROM_PREVIOUS_ITEM = "previous_item"
 ITEM_TO_ITEM_SOURCES = (FROM_COLUMN, FROM_PREVIOUS_ITEM)
+# Feature names become input names of SavedModel signatures, which keep only
+# names of this form (`age group` or `país` fail at export, `item-id` would
+# be renamed `item_id`), and the retrieval model's `exclude` signature takes
+# one input of its own.
+NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+RESERVED_NAMES = ("exclude",)
+
+
+def feature_name_problem(name: str) -> str | None:
+  """Why `name` cannot be a feature name, or None when it can."""
+  if name in RESERVED_NAMES:
+    return (
+      f"feature name {name!r} is reserved (the retrieval model's "
+      f"{name!r} input); rename the column"
+    )
+  if not NAME_PATTERN.fullmatch(name):
+    shown = name if len(name) <= 60 else name[:57] + "..."
+    return (
+      f"feature name {shown!r} cannot be a SavedModel input name: use ASCII "
+      "letters, digits and '_', starting with a letter (e.g. "
+      f"{_suggest(name)!r})"
+    )
+  return None
+
+
+def _suggest(name: str) -> str:
+  ascii_name = re.sub(r"[^A-Za-z0-9_]+", "_", name).strip("_") or "feature"
+  if not ascii_name[0].isalpha():
+    ascii_name = f"f_{ascii_name}"
+  return ascii_name[:60]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -75,7 +75,7 @@ def read_csv(
     for name in required:
       if name not in seen:
         raise DataError(
-          f"missing column (the header has {header})",
+          f"missing column (the header has {_names(header)})",
           path=path,
           line=1,
           column=name,
@@ -84,7 +84,11 @@ def read_csv(
     cells = [[] for _ in required]
     lines = []
     width = len(header)
+    start = reader.line_num + 1
     for row in reader:
+      if reader.line_num > start:
+        _check_quotes(text, start, reader.line_num, path)
+      start = reader.line_num + 1
       if not row or (len(row) == 1 and not row[0].strip()):
         continue
       if len(row) != width:
@@ -99,12 +103,42 @@ def read_csv(
         column.append(row[i].strip())
       lines.append(reader.line_num)
   except csv.Error as e:
+    _check_quotes(text, start, reader.line_num, path)
     raise DataError(
       f"malformed CSV: {e}", path=path, line=reader.line_num
     ) from None
   if not lines:
     raise DataError("no data rows after the header", path=path, line=1)
   return dict(zip(required, cells, strict=True)), np.array(lines, np.int64)
+
+
+def _names(header: list[str], limit: int = 20) -> str:
+  """The header's names for an error line: at most `limit` of them."""
+  shown = [n if len(n) <= 40 else n[:37] + "..." for n in header[:limit]]
+  more = len(header) - limit
+  return f"{shown}" + (f" and {more} more" if more > 0 else "")
+
+
+def _check_quotes(text: str, first: int, last: int, path: str) -> None:
+  """Refuses a row spanning lines first..last that a quote left open.
+
+  A quoted cell may hold line breaks, so a row over several lines is legal;
+  but a quote that is never closed swallows the rest of the file into one
+  cell, and the reader only notices at the end. A row that reaches the end
+  of the file with an odd number of quotes is that case: report the line
+  where the row, and so the open quote, began.
+  """
+  rows = text.split("\n")
+  if last < len(rows) - (1 if text.endswith("\n") else 0):
+    return  # the row ended before the end of the file: its quotes closed
+  span = "\n".join(rows[first - 1 : last])
+  if span.count('"') % 2 == 1:
+    raise DataError(
+      f"a quoted cell opened on this line is never closed (it runs to the "
+      f"end of the file, line {last}); close the quote or remove it",
+      path=path,
+      line=first,
+    )
 
 
 def _bags(cells: list[str]) -> Bags:
@@ -203,6 +237,13 @@ def _interactions(path: str, spec: CsvSchema) -> RawInteractions:
         f"weight {weight[negative[0]]} is negative",
         path=path,
         line=int(lines[negative[0]]),
+        column=spec.weight_column,
+      )
+    if not np.any(weight > 0):
+      raise DataError(
+        f"every weight is 0 ({weight.size} rows), so the main task would "
+        "train on nothing; give positive weights",
+        path=path,
         column=spec.weight_column,
       )
   timestamp = None

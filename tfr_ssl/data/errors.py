@@ -8,6 +8,17 @@ at the right place instead of reading a TensorFlow stack trace.
 
 from __future__ import annotations
 
+# An error quotes at most this much of the input (a 2-million-column header
+# once made a 23 MB error line).
+MAX_CHARS = 500
+
+
+def bounded(text: str, limit: int = MAX_CHARS) -> str:
+  """`text`, cut to `limit` characters with a note of how many were cut."""
+  if len(text) <= limit:
+    return text
+  return f"{text[:limit]}... ({len(text) - limit} more characters)"
+
 
 class DataError(ValueError):
   """Bad input data, located in its file.
@@ -34,10 +45,11 @@ class DataError(ValueError):
     self.path = path
     self.line = line
     self.column = column
+    message = bounded(message)
     self.reason = message
     where = [part for part in (path,) if part]
     if line is not None:
       where.append(f"line {line}")
     if column is not None:
-      where.append(f"column {column!r}")
+      where.append(f"column {bounded(repr(column), 100)}")
     super().__init__(f"{', '.join(where)}: {message}" if where else message)

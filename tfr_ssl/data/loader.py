@@ -70,17 +70,11 @@ def source_files(config: DataConfig) -> list[str]:
   raise ValueError(f"Unknown data source {config.source!r}.")
 
 
-def version(config: DataConfig) -> str:
-  """The version string `<dataset>/<key>` of the data a config describes.
-
-  Raises:
-    DataError: a raw file is missing.
-  """
+def _source(config: DataConfig) -> dict:
+  """What the data is, whatever code prepares it: source, files, split."""
   from tfr_ssl.data.files import fingerprint
 
   key = {
-    "format": cache.FORMAT_VERSION,
-    "code": _code_hash(),
     "source": config.source,
     "split": config.split,
     "validation_fraction": config.validation_fraction,
@@ -94,8 +88,39 @@ def version(config: DataConfig) -> str:
     key["files"] = fingerprint(source_files(config))
   if config.source == "movielens":
     key["min_rating"] = config.min_rating
+  return key
+
+
+def _digest(key: dict) -> str:
   text = json.dumps(key, sort_keys=True)
-  return f"{_name(config)}/{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def source_key(config: DataConfig) -> str:
+  """A key of the raw data and how it is split, independent of the code.
+
+  Two configs with the same key describe the same data: a run records it
+  (dataset.json) to notice when the files behind it were edited, while a
+  change of the preparation code alone (a new `version`) is not an edit.
+
+  Raises:
+    DataError: a raw file is missing.
+  """
+  return _digest(_source(config))
+
+
+def version(config: DataConfig) -> str:
+  """The version string `<dataset>/<key>` of the data a config describes.
+
+  Raises:
+    DataError: a raw file is missing.
+  """
+  key = {
+    **_source(config),
+    "format": cache.FORMAT_VERSION,
+    "code": _code_hash(),
+  }
+  return f"{_name(config)}/{_digest(key)}"
 
 
 def cache_path(config: DataConfig, version_string: str | None = None) -> str:
@@ -176,6 +201,20 @@ def prepare(config: DataConfig, force: bool = False) -> PreparedDataset:
     path,
   )
   return prepared
+
+
+def load_version(
+  config: DataConfig, version_string: str
+) -> PreparedDataset | None:
+  """The cached version `version_string` in config's cache_dir, or None."""
+  path = cache_path(config, version_string)
+  if cache.read_metadata(path) is None:
+    return None
+  try:
+    return cache.load(path)
+  except Exception as e:  # A damaged version is not trusted.
+    log.warning("Cached %s is unreadable (%s).", path, e)
+    return None
 
 
 def load(config: DataConfig) -> PreparedDataset:

@@ -13,7 +13,14 @@ import dataclasses
 import json
 import re
 
-from tfr_ssl.data.contract import KINDS, QUERY, ROLES, Feature, Schema
+from tfr_ssl.data.contract import (
+  KINDS,
+  QUERY,
+  ROLES,
+  Feature,
+  Schema,
+  feature_name_problem,
+)
 from tfr_ssl.data.errors import DataError
 from tfr_ssl.data.files import read_text
 
@@ -208,6 +215,9 @@ def _feature(entry, text: str, path: str) -> Feature:
       column=unknown[0],
     )
   name = _string(name, text, path, "name")
+  problem = feature_name_problem(name)
+  if problem:
+    raise DataError(problem, path=path, line=where, column="name")
   kind = entry.get("kind")
   if kind not in KINDS:
     raise DataError(
