@@ -180,6 +180,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   )
   parser.add_argument("--validation_examples", type=int, default=20_000)
   parser.add_argument(
+    "--from_json",
+    default="",
+    help="Comma-separated --json files of earlier invocations: report their "
+    "runs (those of --data, --fractions, --seeds and --variants) without "
+    "training or evaluating anything.",
+  )
+  parser.add_argument(
     "--projection_dim",
     type=int,
     default=64,
@@ -967,6 +974,9 @@ def check_data_dirs(args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> None:
   args = parse_args(argv)
+  if args.from_json:
+    report_from_json(args, argv)
+    return
   check_data_dirs(args)
   runs = plan(args)
   for run in runs:  # a bad --set fails before anything trains
@@ -992,6 +1002,45 @@ def main(argv: list[str]) -> None:
         args.json, {"argv": argv, "args": vars(args), "results": results}
       )
   text = report(args, argv, results, time.perf_counter() - started, runs)
+  print(text)
+  if args.out:
+    atomic.write_text(args.out, text)
+  if args.plot:
+    plot(results, args.plot)
+    print(f"Plot: {args.plot}")
+
+
+def report_from_json(args: argparse.Namespace, argv: list[str]) -> None:
+  """The report of the runs that earlier invocations recorded."""
+  wanted = {
+    (data, variant, fraction, seed)
+    for data in args.data
+    for variant in args.variants
+    for fraction in args.fractions
+    for seed in args.seeds
+  }
+  by_workdir = {}
+  for path in _csv(args.from_json):
+    for result in _read_json(path)["results"]:
+      key = (
+        result["data"],
+        result["variant"],
+        result["fraction"],
+        result["seed"],
+      )
+      if key in wanted:
+        by_workdir[result["workdir"]] = result
+  results = sorted(
+    by_workdir.values(),
+    key=lambda r: (
+      args.data.index(r["data"]),
+      args.fractions.index(r["fraction"]),
+      r["seed"],
+      args.variants.index(r["variant"]),
+    ),
+  )
+  seconds = sum(r.get("train_seconds", 0.0) for r in results)
+  text = report(args, argv, results, seconds, results)
   print(text)
   if args.out:
     atomic.write_text(args.out, text)
