@@ -90,10 +90,11 @@ def test_chain_writes_the_workdir_contract(run):
   assert run["summary"]["validation"][1]["step"] == 2 * steps_per_epoch
   assert [v["epoch"] for v in run["summary"]["validation"]] == [1, 2]
   # Every logged value is a mean over the same window of steps, so the
-  # total is the sum of its parts (alpha = 1, no spread-out term here).
+  # total is the sum of its parts (no spread-out term here).
   logs = run["summary"]["final_logs"]
+  alpha = config_lib.Config().ssl.alpha
   assert logs["loss"] == pytest.approx(
-    logs["main_loss"] + logs["ssl_loss"], rel=1e-4
+    logs["main_loss"] + alpha * logs["ssl_loss"], rel=1e-4
   )
   metrics = run["metrics"]
   assert 0.0 <= metrics["recall@10"] <= metrics["recall@50"] <= 1.0
