@@ -44,7 +44,9 @@ import tf_keras
 
 LOSSES = ("softmax", "pointwise", "pairwise")
 PAIRWISE = ("logistic", "hinge")
-_MIN_LOGIT = np.finfo(np.float32).min / 100.0
+# The logit of a masked-out candidate (accidental hits, excluded items): far
+# below any real logit, yet finite, so softmax and its gradient stay finite.
+MIN_LOGIT = np.finfo(np.float32).min / 100.0
 
 
 def mixed_log_q(
@@ -204,11 +206,11 @@ class RetrievalLoss(tf_keras.layers.Layer):
         candidate_ids[:num_queries, tf.newaxis], candidate_ids[tf.newaxis, :]
       )
       negative = tf.logical_and(negative, tf.logical_not(same))
-    negatives = tf.where(negative, logits, _MIN_LOGIT)
+    negatives = tf.where(negative, logits, MIN_LOGIT)
     if self.num_hard_negatives:
       k = tf.minimum(self.num_hard_negatives, tf.shape(logits)[1])
       negatives, _ = tf.math.top_k(negatives, k=k)
-    valid = tf.cast(negatives > _MIN_LOGIT / 2, tf.float32)
+    valid = tf.cast(negatives > MIN_LOGIT / 2, tf.float32)
     count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
     if self.loss == "pointwise":
       neg_term = tf.reduce_sum(valid * tf.nn.softplus(negatives), axis=1)

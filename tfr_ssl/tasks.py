@@ -12,12 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
-_MIN_LOGIT = np.finfo(np.float32).min / 100.0
+from tfr_ssl import losses
 
 
 @tf_keras.saving.register_keras_serializable(package="tfr_ssl")
@@ -81,7 +80,7 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
     if item_ids is not None:
       same = tf.equal(item_ids[:, tf.newaxis], item_ids[tf.newaxis, :])
       hit = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
-      logits = tf.where(hit, _MIN_LOGIT, logits)
+      logits = tf.where(hit, losses.MIN_LOGIT, logits)
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
     if compute_metrics:
       weights = tf.ones_like(per_example)
