@@ -74,7 +74,10 @@ def define_config_flags() -> None:
     return
   flags.DEFINE_string("config", None, "JSON config file used as the base.")
   for name, (path, field, kind) in sorted(_flag_names().items()):
-    help_text = f"{field.metadata.get('help', '')} [{path}]"
+    if name in _ALIASES:
+      help_text = f"Short for --{flag_of(path)}. [{path}]"
+    else:
+      help_text = f"{field.metadata.get('help', '')} [{path}]"
     group = {"module_name": _group(path)}
     if field.default_factory is dataclasses.MISSING:
       default = field.default

@@ -146,6 +146,10 @@ def test_help_shows_the_binarys_flags_grouped_and_helpfull_the_rest():
   assert "--tpu" not in short and "--xla" not in short
   full = run_binary("train", "--helpfull").stdout.decode()
   assert len(full.splitlines()) > len(short.splitlines())
+  # Each seed says what it seeds; --seed is the short name of --train_seed.
+  assert "--seed: Short for --train_seed." in full
+  assert "--train_seed: Seed of the run" in full
+  assert "--data_seed: Seed of the split" in full
   index = run_binary("build_index", "--help").stdout.decode()
   assert "index settings:" in index and "train settings:" not in index
 

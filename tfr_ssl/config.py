@@ -81,7 +81,9 @@ class DataConfig:
   train_fraction: float = _field(
     1.0, "Keep this uniform share of the training split (sparsity study)."
   )
-  seed: int = _field(0, "Seed of the split.")
+  seed: int = _field(
+    0, "Seed of the split and the train_fraction subsample (not of training)."
+  )
   synthetic: SyntheticConfig = dataclasses.field(
     default_factory=SyntheticConfig
   )
@@ -276,7 +278,11 @@ class TrainConfig:
   early_stopping_patience: int = _field(
     0, "Stop after this many epochs without a better validation recall@10."
   )
-  seed: int = _field(0, "Seed of the run.")
+  seed: int = _field(
+    0,
+    "Seed of the run: initialisation, shuffling, augmentation (not of "
+    "the split).",
+  )
 
 
 @dataclasses.dataclass
