@@ -32,6 +32,8 @@ import tensorflow as tf
 from tfr_ssl.data.contract import PAD
 
 MASKINGS = ("none", "random", "rfm", "cfm")
+# The maskings that split the content features into two halves.
+HALF_MASKINGS = ("rfm", "cfm")
 KEY_MODES = ("one_view", "both")
 
 # Offsets folded into the seed so every random draw of a step is independent.
@@ -59,6 +61,32 @@ def random_masks(
   return draws[0] < rate, draws[1] < rate
 
 
+def check_two_halves(
+  what: str,
+  content: Sequence[str] | int,
+  keys: Sequence[str] = (),
+  error: type[ValueError] = ValueError,
+) -> None:
+  """The one rule: RFM and CFM need at least 2 content features to split.
+
+  Args:
+    what: Who asks, first word of the message (`"RFM"`, `"ssl.masking='cfm'"`).
+    content: The content (masking candidate) feature names, or their count.
+    keys: The id and key-like features left out of the content, if known.
+    error: The exception class to raise (a subclass of ValueError).
+  """
+  count = content if isinstance(content, int) else len(content)
+  if count >= 2:
+    return
+  got = content if isinstance(content, int) else list(content)
+  not_keys = (
+    f" (not the id or key-like features {sorted(keys)})" if keys else ""
+  )
+  raise error(
+    f"{what} needs at least 2 content item features{not_keys}, got {got}."
+  )
+
+
 def half_count(num_features: int) -> int:
   """Features masked in view 1 by RFM and CFM: floor(F / 2)."""
   return num_features // 2
@@ -76,8 +104,7 @@ def rfm_masks(
   Returns:
     bool `[B, F]` masks (view 1, view 2) with `m1 == ~m2`.
   """
-  if num_features < 2:
-    raise ValueError(f"RFM needs at least 2 item features, got {num_features}.")
+  check_two_halves("RFM", num_features)
   scores = tf.random.stateless_uniform(
     [num_features], seed=_seed(seed, _MASK_STREAM)
   )
@@ -121,8 +148,7 @@ def cfm_masks(
   num_features = dep.shape[0]
   if num_features is None or dep.shape != (num_features, num_features):
     raise ValueError(f"CFM needs a square [F, F] matrix, got {dep.shape}.")
-  if num_features < 2:
-    raise ValueError(f"CFM needs at least 2 item features, got {num_features}.")
+  check_two_halves("CFM", num_features)
   top = cfm_top_count(num_features)
   anchor = tf.random.stateless_uniform(
     [], seed=_seed(seed, _MASK_STREAM), maxval=num_features, dtype=tf.int32
@@ -242,12 +268,8 @@ class Augmenter:
     self.key_mode = key_mode
     self.mask_rate = float(mask_rate)
     self.dropout_rate = float(dropout_rate)
-    num = len(self.candidates)
-    if masking in ("rfm", "cfm") and num < 2:
-      raise ValueError(
-        f"{masking} needs at least 2 content item features (not the id or "
-        f"key-like features {self.key_features}), got {self.candidates}."
-      )
+    if masking in HALF_MASKINGS:
+      check_two_halves(masking, self.candidates, self.key_features)
     positions = {n: i for i, n in enumerate(self.feature_names)}
     self._candidate_columns = [positions[n] for n in self.candidates]
     self._key_columns = [positions[n] for n in self.key_features]

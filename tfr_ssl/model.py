@@ -47,6 +47,24 @@ class ModelConfigError(ValueError):
   """The config does not fit the model or the dataset."""
 
 
+def key_features(
+  dataset: contract.PreparedDataset, key_share: float
+) -> list[str]:
+  """The item id, then the key-like item features (`stats.key_like_features`).
+
+  They are seen by one SSL view only, dropped by id_dropout, and replaced by
+  their default embedding for items with no training interactions
+  (`features.trained_values`).
+  """
+  item_id = dataset.schema.item_id
+  names = [f.name for f in dataset.schema.item_features]
+  return [item_id] + [
+    name
+    for name in stats.key_like_features(dataset.items, names, key_share)
+    if name != item_id
+  ]
+
+
 def phase_for_step(config: Config, step: int) -> str:
   """The phase of training step `step` (0-based) under `config`.
 
@@ -118,16 +136,7 @@ class TwoTowerModel(tfrs.Model):
     self.num_items = dataset.num_items
     dim = m.embedding_dim
     item_names = [f.name for f in dataset.schema.item_features]
-    # The item id and key-like features: one view only in SSL, dropped by
-    # id_dropout, and replaced by their default embedding for items with no
-    # training interactions (features.trained_values).
-    self.key_features = [dataset.schema.item_id] + [
-      name
-      for name in stats.key_like_features(
-        dataset.items, item_names, s.key_share
-      )
-      if name != dataset.schema.item_id
-    ]
+    self.key_features = key_features(dataset, s.key_share)
     self.item_encoder = features.FeatureEncoder(
       features.feature_specs(dataset, contract.ITEM),
       dim,
@@ -485,17 +494,14 @@ def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
     and np.sum(dataset.item_train_count) <= 0
   ):
     raise ModelConfigError("Unigram mixed negatives need training counts.")
-  if s.masking in ("rfm", "cfm"):
-    names = [f.name for f in items]
-    keys = {dataset.schema.item_id}
-    keys.update(stats.key_like_features(dataset.items, names, s.key_share))
-    content = [n for n in names if n not in keys]
-    if len(content) < 2:
-      raise ModelConfigError(
-        f"ssl.masking={s.masking!r} needs at least 2 content item features "
-        f"(not the id or key-like features {sorted(keys)}); the schema has "
-        f"{content}."
-      )
+  if s.masking in augment.HALF_MASKINGS:
+    keys = key_features(dataset, s.key_share)
+    augment.check_two_halves(
+      f"ssl.masking={s.masking!r}",
+      [f.name for f in items if f.name not in keys],
+      keys,
+      error=ModelConfigError,
+    )
   for name, rate in (
     ("model.feature_dropout", m.feature_dropout),
     ("model.id_dropout", m.id_dropout),
