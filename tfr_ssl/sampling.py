@@ -29,7 +29,6 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-_SERIALIZABLE = "tfr_ssl"
 # Mersenne prime 2^31 - 1: products of a hash multiplier (< 2^31) with an item
 # row (< 2^31) stay below 2^62 and fit int64.
 _PRIME = (1 << 31) - 1
