@@ -371,27 +371,17 @@ def test_bad_inputs_are_named():
     )
 
 
-def test_plot_and_metrics_files(tmp_path):
+def test_metrics_file(tmp_path):
   count = np.array([5, 1, 0])
   metrics = evaluate.evaluate_embeddings(
     QUERIES, ITEMS, PAIRS_QUERY, PAIRS_ITEM, item_train_count=count, ks=(1, 2)
   )
-  png = tmp_path / "eval" / "recall_by_decile.png"
-  evaluate.plot_recall_by_decile({"a": metrics, "b": metrics}, str(png), k=2)
-  with open(png, "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-  assert os.path.getsize(png) > 1000
   path = tmp_path / "eval" / "metrics.json"
   evaluate.write_metrics(metrics, str(path))
   with open(path) as f:
     assert json.load(f) == json.loads(json.dumps(metrics))
-  # Only the final files remain: temporaries were renamed away.
-  assert sorted(os.listdir(tmp_path / "eval")) == [
-    "metrics.json",
-    "recall_by_decile.png",
-  ]
-  with pytest.raises(ValueError, match="recall@50"):
-    evaluate.plot_recall_by_decile({"a": metrics}, str(png), k=50)
+  # Only the final file remains: the temporary was renamed away.
+  assert os.listdir(tmp_path / "eval") == ["metrics.json"]
 
 
 def test_metrics_from_topk_match_exact_search():

@@ -20,6 +20,7 @@ import tensorflow as tf
 from tfr_ssl import (
   embed,
   eval_pairs,
+  eval_plot,
   evaluate,
   export,
   index,
@@ -276,7 +277,7 @@ def _evaluate_run(workdir, use_index, compared, split) -> dict:
   for name, other_metrics in compared.items():
     runs[name] = other_metrics
   runs.setdefault("most popular", metrics["baseline"]["most_popular"])
-  evaluate.plot_recall_by_decile(
+  eval_plot.plot_recall_by_decile(
     runs, os.path.join(eval_dir, "recall_by_decile.png")
   )
   return metrics
