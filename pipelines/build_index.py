@@ -33,7 +33,7 @@ Example:
 from absl import app, flags
 
 from pipelines import common
-from tfr_ssl import workflow
+from tfr_ssl import run_report, workflow
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 flags.mark_flag_as_required("workdir")
@@ -58,7 +58,7 @@ def main(argv):
     overrides,
     add_items=_ADD_ITEMS.value,
   )
-  print(workflow.describe_index(manifest))
+  print(run_report.describe_index(manifest))
   added = manifest.get("added_items")
   if added:
     print(

@@ -7,7 +7,7 @@ Example:
 from absl import app, flags
 
 from pipelines import common
-from tfr_ssl import workflow
+from tfr_ssl import run_report
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 flags.mark_flag_as_required("workdir")
@@ -16,7 +16,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  print(common.run_or_fail(workflow.report, _WORKDIR.value))
+  print(common.run_or_fail(run_report.report, _WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import tensorflow as tf
 import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
 from tfr_ssl import data as data_lib
-from tfr_ssl import eval_pairs, export, serving, train, workflow
+from tfr_ssl import eval_pairs, export, run_report, serving, train, workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -112,13 +112,13 @@ def test_chain_writes_the_workdir_contract(run):
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     on_disk = json.load(f)["baseline"]["most_popular"]
   assert on_disk["recall@10"] == baseline["recall@10"]
-  assert "most popular  recall@10" in workflow.report(workdir)
+  assert "most popular  recall@10" in run_report.report(workdir)
   # 300 items is below exact_below: the index is exact, so its audit is 1.
   with open(os.path.join(workdir, "index", "manifest.json")) as f:
     written = json.load(f)
   assert written["audit"] == 1.0
   assert run["index_manifest"] == written
-  assert workflow.describe_index(written).startswith(
+  assert run_report.describe_index(written).startswith(
     "Index: exact over 300 items; recall@50 vs exact search 1.0000"
   )
 
