@@ -31,12 +31,13 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import atomic, index
+from tfr_ssl import atomic, index, index_audit, index_tuning
 from tfr_ssl.config import IndexConfig
 
 DIM = 64
 TUNE_QUERIES = 1000
 AUDIT_QUERIES = 2000
+TARGET_RECALL = index_tuning.TARGET_RECALL
 
 
 def clustered(num, centres, rng, spread):
@@ -65,8 +66,8 @@ def problem(num_items, seed=0):
 def measure(name, searcher, build_seconds, items, audit, settings):
   row = {"method": name, "build_s": build_seconds, "settings": settings}
   for k in (10, 100):
-    row[f"recall@{k}"] = index.audit_recall(searcher, audit, items, k)
-  rates = index.benchmark_search(searcher, audit, items, k=100, repeats=5)
+    row[f"recall@{k}"] = index_audit.audit_recall(searcher, audit, items, k)
+  rates = index_audit.benchmark_search(searcher, audit, items, k=100, repeats=5)
   row.update(rates)
   print(row, flush=True)
   return row
@@ -171,7 +172,7 @@ cores); compare ratios, not absolute rates.
 
 Synthetic unit vectors, {DIM} dims, sqrt(N) clusters; k = 100; recall
 against exact search on {AUDIT_QUERIES} held-out queries; leaves tuned on
-{TUNE_QUERIES} other queries (target recall@100 >= {index.TARGET_RECALL});
+{TUNE_QUERIES} other queries (target recall@100 >= {TARGET_RECALL});
 queries/s batched (1000 per call, best of 5 passes) by wall clock and per
 CPU-second of the process (all threads; steadier when other jobs load the
 machine); "vs exact" divides by exact search timed in alternating passes of

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import index, serving
+from tfr_ssl import index, index_audit, index_tuning, serving
 from tfr_ssl.config import IndexConfig
 
 # TFRS layers, reached through tfr_ssl so that Keras 2 is selected first.
@@ -66,7 +66,7 @@ def test_exact_below_threshold_audits_to_one(corpus):
     items[:500], item_ids(500), IndexConfig(k=10, exact_below=1000)
   )
   assert isinstance(searcher, top_k_layers.BruteForce)
-  assert index.audit_recall(searcher, queries, items[:500], k=10) == 1.0
+  assert index_audit.audit_recall(searcher, queries, items[:500], k=10) == 1.0
 
 
 def test_scann_settings_follow_the_corpus():
@@ -92,21 +92,21 @@ def test_tuned_scann_reaches_high_recall(corpus):
   config = IndexConfig(k=10, exact_below=100, reorder=200)
   untuned = index.build_searcher(items, ids, config)
   assert isinstance(untuned, index.ScaNNIndex)
-  untuned_recall = index.audit_recall(untuned, audit_queries, items, k=10)
+  untuned_recall = index_audit.audit_recall(untuned, audit_queries, items, k=10)
   searcher = index.build_searcher(items, ids, config, tune_queries=tune_queries)
   # 55 leaves; tuning stopped at the first value reaching 0.95 on its own
   # queries, below all 55 leaves.
   chosen = searcher.num_leaves_to_search
-  assert searcher.tuning[chosen] >= index.TARGET_RECALL
+  assert searcher.tuning[chosen] >= index_tuning.TARGET_RECALL
   assert chosen < 55 and max(searcher.tuning) == chosen
   assert searcher.settings()["tuning_recall_by_leaves"][str(chosen)] >= 0.95
   # On held-out queries of the same kind.
-  tuned = index.audit_recall(searcher, audit_queries, items, k=10)
+  tuned = index_audit.audit_recall(searcher, audit_queries, items, k=10)
   # TFRS's ScaNN defaults: 100 leaves, 10 searched, AH without the
   # anisotropic threshold, no reordering.
   default = top_k_layers.ScaNN(k=10)
   default.index(tf.constant(items), tf.constant(ids))
-  baseline = index.audit_recall(default, audit_queries, items, k=10)
+  baseline = index_audit.audit_recall(default, audit_queries, items, k=10)
   print(
     f"recall@10: tuned ScaNN {tuned:.3f} ({chosen} of 55 leaves), "
     f"untuned 20% of leaves {untuned_recall:.3f}, TFRS defaults "
@@ -343,7 +343,7 @@ def test_interrupted_save_keeps_the_old_index(saved_exact, monkeypatch):
 def test_benchmark_search_reports_both_rates(corpus):
   items, queries, _ = corpus
   searcher = index.build_searcher(items[:500], item_ids(500), IndexConfig())
-  rates = index.benchmark_search(searcher, queries, items[:500], k=10)
+  rates = index_audit.benchmark_search(searcher, queries, items[:500], k=10)
   assert rates["index_qps"] > 0 and rates["exact_qps"] > 0
   assert rates["speedup"] == pytest.approx(
     rates["index_qps"] / rates["exact_qps"]

@@ -1,4 +1,4 @@
-"""The item index: exact or ScaNN search, its audit, and the served model.
+"""The item index: exact or ScaNN search, built for a corpus.
 
 `build_searcher` picks exact search (`tfrs.layers.factorized_top_k.
 BruteForce`) for small corpora and ScaNN above `IndexConfig.exact_below`.
@@ -26,15 +26,14 @@ therefore builds the searcher with `scann_ops.builder` directly:
     1,000 candidates kept the recall of 10,000 at up to 3.5x the
     throughput, see bench/results/index.md).
 
-The served model (query tower + index) is written and loaded by
-`serving.py`.
+Tuning leaves_to_search on sample queries is `index_tuning.py`; the audit
+against exact search and the speed benchmark are `index_audit.py`. The
+served model (query tower + index) is written and loaded by `serving.py`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -43,18 +42,13 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
+from tfr_ssl import index_audit, index_tuning
 from tfr_ssl.config import IndexConfig
+from tfr_ssl.index_tuning import TARGET_RECALL
 
 factorized_top_k = tfrs.layers.factorized_top_k
 
-# Searched leaves should hold this many corpus points per requested result.
-_POINTS_PER_RESULT = 20
 DEFAULT_LEAVES_FRACTION = 0.2
-TARGET_RECALL = 0.95
-# Shares of the leaves tried when tuning leaves_to_search on sample queries.
-_LEAVES_LADDER = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
-
-_log = logging.getLogger(__name__)
 
 
 class ExactIndex(factorized_top_k.BruteForce):
@@ -289,11 +283,6 @@ class ScaNNIndex(factorized_top_k.TopK):
     return cls(**config)
 
 
-def _min_leaves(num_items: int, num_leaves: int, k: int) -> int:
-  """Leaves that hold on average 20 corpus points per requested result."""
-  return math.ceil(_POINTS_PER_RESULT * k * num_leaves / num_items)
-
-
 def scann_settings(num_items: int, config: IndexConfig) -> dict[str, Any]:
   """ScaNN constructor arguments for a corpus of `num_items` (see module doc).
 
@@ -311,7 +300,7 @@ def scann_settings(num_items: int, config: IndexConfig) -> dict[str, Any]:
   if not leaves_to_search:
     leaves_to_search = max(
       math.ceil(DEFAULT_LEAVES_FRACTION * num_leaves),
-      _min_leaves(num_items, num_leaves, k),
+      index_tuning.min_leaves(num_items, num_leaves, k),
     )
   return {
     "k": k,
@@ -353,7 +342,8 @@ def build_searcher(
     tune_queries: Optional float [Q, D] sample of query embeddings. When
       ScaNN is used and `config.leaves_to_search` is 0, up to
       `config.audit_queries` of them pick leaves_to_search (see
-      `tune_leaves_to_search`). Audit the result on other queries.
+      `index_tuning.tune_leaves_to_search`). Audit the result on other
+      queries (`index_audit.audit_recall`).
     target_recall: Recall@k against exact search that tuning aims for.
 
   Returns:
@@ -394,188 +384,11 @@ def build_searcher(
     and not config.leaves_to_search
   ):
     # Seed 1: a default audit (seed 0) of the same array samples others.
-    queries = _sample(tune_queries, config.audit_queries, seed=1)
-    k = min(config.k, num_items)
-    tune_leaves_to_search(layer, queries, embeddings, k, target_recall)
-  return layer
-
-
-def tune_leaves_to_search(
-  searcher: ScaNNIndex,
-  query_embeddings: np.ndarray,
-  item_embeddings: np.ndarray,
-  k: int,
-  target_recall: float = TARGET_RECALL,
-) -> int:
-  """Sets the fewest leaves_to_search whose recall@k reaches the target.
-
-  Tries shares of the leaves from `_LEAVES_LADDER` (never fewer than the
-  leaves that hold 20 points per result) with ScaNN's search-time override,
-  so the tree is not rebuilt. The recall of every tried value is kept in
-  `searcher.tuning` and written to the manifest.
-
-  Args:
-    searcher: A built `ScaNNIndex`.
-    query_embeddings: float [Q, D] sample queries.
-    item_embeddings: float [N, D], the indexed embeddings.
-    k: Cut-off of the recall.
-    target_recall: Recall@k to reach; all leaves if none reaches it.
-
-  Returns:
-    The chosen number of leaves to search.
-  """
-  queries = np.asarray(query_embeddings, np.float32)
-  items = np.asarray(item_embeddings, np.float32)
-  k = min(k, items.shape[0])
-  num_leaves = searcher.get_config()["num_leaves"]
-  floor = _min_leaves(items.shape[0], num_leaves, k)
-  ladder = sorted(
-    {
-      min(num_leaves, max(floor, math.ceil(f * num_leaves)))
-      for f in _LEAVES_LADDER
-    }
-  )
-  exact_ids = _exact_ids(searcher, queries, items, k)
-  searcher.tuning = {}
-  for leaves in ladder:
-    searcher.num_leaves_to_search = leaves
-    _, found = searcher.search(tf.constant(queries), k)
-    searcher.tuning[leaves] = _recall(found.numpy(), exact_ids, k)
-    if searcher.tuning[leaves] >= target_recall:
-      break
-  _log.info(
-    "ScaNN leaves_to_search tuning (leaves: recall@%d): %s", k, searcher.tuning
-  )
-  return searcher.num_leaves_to_search
-
-
-def _search(searcher, embeddings: tf.Tensor, k: int):
-  """(scores, ids) of embeddings from our indexes or plain TFRS layers."""
-  if hasattr(searcher, "search"):
-    return searcher.search(embeddings, k)
-  if getattr(searcher, "query_model", None) is not None:
-    raise ValueError(
-      "This searcher maps raw features through its query model; audit it "
-      "with a searcher built without one."
+    queries = index_audit.sample_queries(
+      tune_queries, config.audit_queries, seed=1
     )
-  return searcher(embeddings, k=k)
-
-
-def _identifiers(searcher, num_items: int) -> np.ndarray:
-  """Identifier of every corpus row (TFRS layers keep them in _identifiers)."""
-  ids = getattr(searcher, "_identifiers", None)
-  return np.arange(num_items) if ids is None else ids.numpy()
-
-
-def _exact_top_rows(queries: tf.Tensor, items: tf.Tensor, k: int):
-  return tf.math.top_k(tf.matmul(queries, items, transpose_b=True), k=k)
-
-
-def _exact_ids(searcher, queries: np.ndarray, items: np.ndarray, k: int):
-  """Identifiers of the exact top-k of every query, [Q, k]."""
-  _, rows = _exact_top_rows(tf.constant(queries), tf.constant(items), k)
-  return _identifiers(searcher, items.shape[0])[rows.numpy()]
-
-
-def _recall(found: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
-  """Mean over queries of |found top-k ∩ exact top-k| / k."""
-  hits = [
-    len(set(a.tolist()) & set(b.tolist()))
-    for a, b in zip(found[:, :k], exact_ids, strict=True)
-  ]
-  return float(np.mean(hits) / k)
-
-
-def audit_recall(
-  searcher: factorized_top_k.TopK,
-  query_embeddings: np.ndarray,
-  item_embeddings: np.ndarray,
-  k: int,
-  num_queries: int | None = None,
-  seed: int = 0,
-) -> float:
-  """Recall@k of the index against exact search on (sampled) queries.
-
-  Recall of one query = |index top-k ∩ exact top-k| / k, averaged. Exact ties
-  at the k-th score may make a correct index look slightly imperfect.
-
-  Args:
-    searcher: The index (from `build_searcher`, or any TFRS top-k layer
-      without a query model).
-    query_embeddings: float [Q, D].
-    item_embeddings: float [N, D], the embeddings the index was built on.
-    k: Cut-off (at most N).
-    num_queries: Sample this many queries without replacement (None = all).
-    seed: Seed of the sample.
-
-  Returns:
-    The mean recall in [0, 1].
-  """
-  queries = _sample(query_embeddings, num_queries, seed)
-  items = np.asarray(item_embeddings, np.float32)
-  k = min(k, items.shape[0])
-  exact_ids = _exact_ids(searcher, queries, items, k)
-  _, found = _search(searcher, tf.constant(queries), k)
-  recall = _recall(found.numpy(), exact_ids, k)
-  _log.info("Index recall@%d against exact search: %.4f", k, recall)
-  return recall
-
-
-def benchmark_search(
-  searcher: factorized_top_k.TopK,
-  query_embeddings: np.ndarray,
-  item_embeddings: np.ndarray,
-  k: int = 100,
-  batch_size: int = 1000,
-  repeats: int = 3,
-) -> dict[str, float]:
-  """Queries per second of the index and of exact search, batched.
-
-  Both run as `tf.function`s over the same query batches, in alternating
-  passes so that both see the same machine load; the best of `repeats`
-  passes counts (after one warm-up pass that traces). Wall-clock rates
-  suffer from other jobs on the machine; the rates per CPU-second (all
-  threads of this process) measure the work and suffer less.
-
-  Returns:
-    `index_qps`, `exact_qps`, `speedup` (index over exact, wall clock) and
-    `index_cpu_qps`, `exact_cpu_qps`, `cpu_speedup` (per CPU-second).
-  """
-  queries = np.asarray(query_embeddings, np.float32)
-  items = tf.constant(np.asarray(item_embeddings, np.float32))
-  k = min(k, int(items.shape[0]))
-  batches = [
-    tf.constant(queries[i : i + batch_size])
-    for i in range(0, queries.shape[0], batch_size)
-  ]
-  functions = {
-    "index": tf.function(lambda q: _search(searcher, q, k)),
-    "exact": tf.function(lambda q: _exact_top_rows(q, items, k)),
-  }
-  best = {(name, clock): math.inf for name in functions for clock in "wc"}
-  for attempt in range(repeats + 1):
-    for name, fn in functions.items():
-      wall, cpu = time.perf_counter(), time.process_time()
-      for batch in batches:
-        fn(batch)[0].numpy()
-      if attempt:  # the first pass traces
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        best[name, "w"] = min(best[name, "w"], wall)
-        best[name, "c"] = min(best[name, "c"], cpu)
-  rate = {key: queries.shape[0] / seconds for key, seconds in best.items()}
-  return {
-    "index_qps": rate["index", "w"],
-    "exact_qps": rate["exact", "w"],
-    "speedup": rate["index", "w"] / rate["exact", "w"],
-    "index_cpu_qps": rate["index", "c"],
-    "exact_cpu_qps": rate["exact", "c"],
-    "cpu_speedup": rate["index", "c"] / rate["exact", "c"],
-  }
-
-
-def _sample(embeddings, num_queries, seed):
-  embeddings = np.asarray(embeddings, np.float32)
-  if num_queries is None or num_queries >= embeddings.shape[0]:
-    return embeddings
-  rng = np.random.default_rng(seed)
-  return embeddings[rng.choice(embeddings.shape[0], num_queries, False)]
+    k = min(config.k, num_items)
+    index_tuning.tune_leaves_to_search(
+      layer, queries, embeddings, k, target_recall
+    )
+  return layer

@@ -24,6 +24,7 @@ from tfr_ssl import (
   evaluate,
   export,
   index,
+  index_audit,
   new_items,
   serving,
   train,
@@ -167,10 +168,12 @@ def _build_index_run(workdir, index_overrides, add_items) -> dict:
     config.index,
     tune_queries=embed_queries(tune_rows),
   )
-  audit = index.audit_recall(
+  audit = index_audit.audit_recall(
     searcher, query_embeddings, item_embeddings, k=config.index.k
   )
-  speed = index.benchmark_search(searcher, query_embeddings, item_embeddings)
+  speed = index_audit.benchmark_search(
+    searcher, query_embeddings, item_embeddings
+  )
   manifest = {
     "model_id": export_manifest["model_id"],
     "schema": export_manifest["schema"],

@@ -1,0 +1,153 @@
+"""How good and how fast an index is: recall against exact search, speed.
+
+`audit_recall` compares an index's top-k with exact search (a matmul and
+`tf.math.top_k`) on sample queries; `benchmark_search` measures queries per
+second of both. Both accept our indexes (`index.py`) and plain TFRS top-k
+layers built without a query model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_recommenders as tfrs
+
+factorized_top_k = tfrs.layers.factorized_top_k
+
+_log = logging.getLogger(__name__)
+
+
+def _search(searcher, embeddings: tf.Tensor, k: int):
+  """(scores, ids) of embeddings from our indexes or plain TFRS layers."""
+  if hasattr(searcher, "search"):
+    return searcher.search(embeddings, k)
+  if getattr(searcher, "query_model", None) is not None:
+    raise ValueError(
+      "This searcher maps raw features through its query model; audit it "
+      "with a searcher built without one."
+    )
+  return searcher(embeddings, k=k)
+
+
+def _identifiers(searcher, num_items: int) -> np.ndarray:
+  """Identifier of every corpus row (TFRS layers keep them in _identifiers)."""
+  ids = getattr(searcher, "_identifiers", None)
+  return np.arange(num_items) if ids is None else ids.numpy()
+
+
+def _exact_top_rows(queries: tf.Tensor, items: tf.Tensor, k: int):
+  return tf.math.top_k(tf.matmul(queries, items, transpose_b=True), k=k)
+
+
+def exact_ids(searcher, queries: np.ndarray, items: np.ndarray, k: int):
+  """Identifiers of the exact top-k of every query, [Q, k]."""
+  _, rows = _exact_top_rows(tf.constant(queries), tf.constant(items), k)
+  return _identifiers(searcher, items.shape[0])[rows.numpy()]
+
+
+def recall_against(found: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
+  """Mean over queries of |found top-k ∩ exact top-k| / k."""
+  hits = [
+    len(set(a.tolist()) & set(b.tolist()))
+    for a, b in zip(found[:, :k], exact_ids, strict=True)
+  ]
+  return float(np.mean(hits) / k)
+
+
+def audit_recall(
+  searcher: factorized_top_k.TopK,
+  query_embeddings: np.ndarray,
+  item_embeddings: np.ndarray,
+  k: int,
+  num_queries: int | None = None,
+  seed: int = 0,
+) -> float:
+  """Recall@k of the index against exact search on (sampled) queries.
+
+  Recall of one query = |index top-k ∩ exact top-k| / k, averaged. Exact ties
+  at the k-th score may make a correct index look slightly imperfect.
+
+  Args:
+    searcher: The index (from `build_searcher`, or any TFRS top-k layer
+      without a query model).
+    query_embeddings: float [Q, D].
+    item_embeddings: float [N, D], the embeddings the index was built on.
+    k: Cut-off (at most N).
+    num_queries: Sample this many queries without replacement (None = all).
+    seed: Seed of the sample.
+
+  Returns:
+    The mean recall in [0, 1].
+  """
+  queries = sample_queries(query_embeddings, num_queries, seed)
+  items = np.asarray(item_embeddings, np.float32)
+  k = min(k, items.shape[0])
+  exact = exact_ids(searcher, queries, items, k)
+  _, found = _search(searcher, tf.constant(queries), k)
+  recall = recall_against(found.numpy(), exact, k)
+  _log.info("Index recall@%d against exact search: %.4f", k, recall)
+  return recall
+
+
+def benchmark_search(
+  searcher: factorized_top_k.TopK,
+  query_embeddings: np.ndarray,
+  item_embeddings: np.ndarray,
+  k: int = 100,
+  batch_size: int = 1000,
+  repeats: int = 3,
+) -> dict[str, float]:
+  """Queries per second of the index and of exact search, batched.
+
+  Both run as `tf.function`s over the same query batches, in alternating
+  passes so that both see the same machine load; the best of `repeats`
+  passes counts (after one warm-up pass that traces). Wall-clock rates
+  suffer from other jobs on the machine; the rates per CPU-second (all
+  threads of this process) measure the work and suffer less.
+
+  Returns:
+    `index_qps`, `exact_qps`, `speedup` (index over exact, wall clock) and
+    `index_cpu_qps`, `exact_cpu_qps`, `cpu_speedup` (per CPU-second).
+  """
+  queries = np.asarray(query_embeddings, np.float32)
+  items = tf.constant(np.asarray(item_embeddings, np.float32))
+  k = min(k, int(items.shape[0]))
+  batches = [
+    tf.constant(queries[i : i + batch_size])
+    for i in range(0, queries.shape[0], batch_size)
+  ]
+  functions = {
+    "index": tf.function(lambda q: _search(searcher, q, k)),
+    "exact": tf.function(lambda q: _exact_top_rows(q, items, k)),
+  }
+  best = {(name, clock): math.inf for name in functions for clock in "wc"}
+  for attempt in range(repeats + 1):
+    for name, fn in functions.items():
+      wall, cpu = time.perf_counter(), time.process_time()
+      for batch in batches:
+        fn(batch)[0].numpy()
+      if attempt:  # the first pass traces
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        best[name, "w"] = min(best[name, "w"], wall)
+        best[name, "c"] = min(best[name, "c"], cpu)
+  rate = {key: queries.shape[0] / seconds for key, seconds in best.items()}
+  return {
+    "index_qps": rate["index", "w"],
+    "exact_qps": rate["exact", "w"],
+    "speedup": rate["index", "w"] / rate["exact", "w"],
+    "index_cpu_qps": rate["index", "c"],
+    "exact_cpu_qps": rate["exact", "c"],
+    "cpu_speedup": rate["index", "c"] / rate["exact", "c"],
+  }
+
+
+def sample_queries(embeddings, num_queries, seed):
+  embeddings = np.asarray(embeddings, np.float32)
+  if num_queries is None or num_queries >= embeddings.shape[0]:
+    return embeddings
+  rng = np.random.default_rng(seed)
+  return embeddings[rng.choice(embeddings.shape[0], num_queries, False)]
