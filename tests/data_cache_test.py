@@ -1,5 +1,7 @@
 """Tests of the TFDS cache: round trip, hits, versions, atomic writes."""
 
+import importlib.util
+import inspect
 import json
 import os
 
@@ -240,3 +242,11 @@ def test_force_rebuilds(tmp_path, monkeypatch):
   data.prepare(cfg, force=True)
   data.prepare(cfg)
   assert calls == [1]
+
+
+def test_data_build_means_the_function_only():
+  # `tfr_ssl.data.build` prepares in memory; the module that assembles a
+  # PreparedDataset from raw columns is `tfr_ssl.data.assemble`.
+  assert inspect.isfunction(data.build)
+  assert importlib.util.find_spec("tfr_ssl.data.build") is None
+  assert importlib.util.find_spec("tfr_ssl.data.assemble") is not None

@@ -1,15 +1,11 @@
 """Tests of the CFM dependence statistics and the splits they give."""
 
-import importlib
-
 import numpy as np
 
 import tfr_ssl  # noqa: F401
 from tfr_ssl import augment
 from tfr_ssl import config as config_lib
-from tfr_ssl.data import stats, synthetic
-
-build = importlib.import_module("tfr_ssl.data.build")
+from tfr_ssl.data import assemble, stats, synthetic
 
 
 def test_independent_high_cardinality_columns_have_no_dependence():
@@ -91,7 +87,7 @@ def test_cfm_on_synthetic_data_recovers_the_generator_groups():
       num_items=4000, num_users=500, num_interactions=20_000
     )
   )
-  prepared = build.build_prepared(synthetic.generate(data.synthetic), data)
+  prepared = assemble.build_prepared(synthetic.generate(data.synthetic), data)
   names = [f.name for f in prepared.schema.item_features]
   dep = stats.feature_dependence(prepared.items, names)
   keys = stats.key_like_features(prepared.items, names)

@@ -20,7 +20,7 @@ import time
 
 from tfr_ssl.config import DataConfig
 from tfr_ssl.data import cache, csv_source, movielens, synthetic
-from tfr_ssl.data.build import build_prepared
+from tfr_ssl.data.assemble import build_prepared
 from tfr_ssl.data.contract import PreparedDataset
 from tfr_ssl.data.raw import RawData
 
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 # Modules whose code decides the prepared contents (pipeline.py does not).
 _CODE = (
-  "build.py",
+  "assemble.py",
   "cache.py",
   "contract.py",
   "csv_source.py",
