@@ -67,122 +67,177 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
 
 
 def _train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
-  prepared, model, steps_per_epoch = _claim_workdir(config, workdir)
-  main_steps = steps_per_epoch * config.train.epochs
-  pretrain_steps = (
-    config.train.pretrain_steps if config.train.schedule == "pretrain" else 0
-  )
-  total_steps = pretrain_steps + main_steps
-  iterator = iter(train_stream(config, prepared))
-
-  step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  checkpoint = tf.train.Checkpoint(
-    model=model, optimizer=model.optimizer, step=step, iterator=iterator
-  )
-  manager = tf.train.CheckpointManager(
-    checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=3
-  )
-  if manager.latest_checkpoint:
-    checkpoint.restore(
-      manager.latest_checkpoint
-    ).assert_existing_objects_matched()
-    logging.info(
-      "Resuming from %s at step %d.", manager.latest_checkpoint, int(step)
-    )
-    if int(step) > total_steps:
-      logging.warning(
-        "%s already holds a model trained for %d steps, more than the %d "
-        "this config asks for: that model is kept (use a new --workdir to "
-        "train a shorter run).",
-        workdir,
-        int(step),
-        total_steps,
-      )
-  elif config.train.warm_start_from:
-    _warm_start(model, prepared, config.train.warm_start_from)
-
-  writer = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
-  # Epochs validated after the checkpoint we resumed from happen again.
-  history = [h for h in _read_history(workdir) if h["step"] <= int(step)]
-  step_fns = {}
-  grad_norms = tf.function(model.gradient_norms)
-  window = {name: tf_keras.metrics.Mean(name) for name in _PER_BATCH_LOGS}
-  if _should_stop(history, config.train.early_stopping_patience):
-    total_steps = int(step)  # this run already stopped early
-  progbar = tf_keras.utils.Progbar(
-    total_steps, stateful_metrics=None, unit_name="step"
-  )
-  progbar.update(int(step))
+  """The loop: train a step, log, end the epoch, checkpoint; then sum up."""
+  run = _Run(config, workdir)
   logs = {}
-  started = time.perf_counter()
-  first_step = int(step)
-  while int(step) < total_steps:
-    phase = model_lib.phase_for_step(config, int(step))
-    if phase not in step_fns:
-      step_fns[phase] = _train_step_fn(model, phase, window)
-    batch = next(iterator)
-    logs = step_fns[phase](batch)
-    step.assign_add(1)
-    current = int(step)
-    if current % config.train.log_every == 0 or current == total_steps:
-      values = {k: float(v) for k, v in logs.items()}
-      # Every value is a mean over the window: show them as they are.
-      progbar.stateful_metrics = set(values)
-      progbar.update(current, values=list(values.items()))
-      if phase == "joint" and config.ssl.alpha > 0:
-        # On the batch just trained on; the metrics it touches are reset
-        # just below.
-        values.update({k: float(v) for k, v in grad_norms(batch).items()})
-      with writer.as_default(step=current):
-        for name, value in values.items():
-          tf.summary.scalar(f"train/{name}", value)
-      # Metrics are running means: restart them so each log covers only
-      # the steps since the previous one.
-      model.reset_metrics()
-      for metric in window.values():
-        metric.reset_state()
-    main_step = current - pretrain_steps
-    epoch_end = main_step > 0 and main_step % steps_per_epoch == 0
-    if epoch_end:
-      epoch = main_step // steps_per_epoch
-      recall = validate(model, prepared, config)
-      history.append({"epoch": epoch, "step": current, **recall})
-      logging.info("Epoch %d validation: %s", epoch, recall)
-      with writer.as_default(step=current):
-        for name, value in recall.items():
-          tf.summary.scalar(f"validation/{name}", value)
-      if _best_entry(history) is history[-1]:
-        _save_best(model, workdir, history[-1])
-      if _should_stop(history, config.train.early_stopping_patience):
-        logging.info(
-          "Validation %s has not improved for %d epochs: stopping at "
-          "step %d (the best model is kept in %s/).",
-          SELECT_BY,
-          config.train.early_stopping_patience,
-          current,
-          BEST_DIR,
-        )
-        total_steps = current
+  while int(run.step) < run.total_steps:
+    logs, batch, phase = run.train_step()
+    step = int(run.step)
+    if step % config.train.log_every == 0 or step == run.total_steps:
+      run.log(step, logs, batch, phase)
+    epoch = run.epoch_ending_at(step)
+    if epoch:
+      run.end_epoch(step, epoch)  # early stopping lowers run.total_steps
     if (
-      current % config.train.checkpoint_every == 0
-      or epoch_end
-      or current == total_steps
+      step % config.train.checkpoint_every == 0
+      or epoch
+      or step == run.total_steps
     ):
-      # History first: on resume, entries past the restored step are
-      # dropped, so a crash between the two writes loses nothing.
-      _write_history(workdir, history)
-      manager.save(checkpoint_number=current)
-  writer.flush()
-  elapsed = time.perf_counter() - started
-  summary = {
-    "steps": int(step),
-    "steps_this_run": int(step) - first_step,
-    "seconds_this_run": elapsed,
-    "final_logs": {k: float(v) for k, v in logs.items()},
-    "validation": history,
-  }
-  atomic.write_json(os.path.join(workdir, "train_metrics.json"), summary)
-  return summary
+      run.save(step)
+  return run.finish(logs)
+
+
+class _Run:
+  """The state the steps of one training run share (see `_train_and_evaluate`).
+
+  Built in the order the run needs it: the workdir claimed and the model
+  built (`_claim_workdir`), the input iterator, the checkpoint restored (or
+  the warm start applied), the validation history up to the restored step,
+  then the logging: TensorBoard writer, gradient norms, the window of
+  per-batch means and the progress bar.
+  """
+
+  def __init__(self, config: config_lib.Config, workdir: str):
+    self.config = config
+    self.workdir = workdir
+    self.prepared, self.model, self.steps_per_epoch = _claim_workdir(
+      config, workdir
+    )
+    train = config.train
+    self.pretrain_steps = (
+      train.pretrain_steps if train.schedule == "pretrain" else 0
+    )
+    self.total_steps = self.pretrain_steps + self.steps_per_epoch * train.epochs
+    self.iterator = iter(train_stream(config, self.prepared))
+    self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(
+      model=self.model,
+      optimizer=self.model.optimizer,
+      step=self.step,
+      iterator=self.iterator,
+    )
+    self.manager = tf.train.CheckpointManager(
+      checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=3
+    )
+    self._resume_or_warm_start(checkpoint)
+    self.writer = tf.summary.create_file_writer(
+      os.path.join(workdir, "tensorboard")
+    )
+    # Epochs validated after the checkpoint we resumed from happen again.
+    self.history = [
+      h for h in _read_history(workdir) if h["step"] <= int(self.step)
+    ]
+    self.step_fns = {}
+    self.grad_norms = tf.function(self.model.gradient_norms)
+    self.window = {
+      name: tf_keras.metrics.Mean(name) for name in _PER_BATCH_LOGS
+    }
+    if _should_stop(self.history, train.early_stopping_patience):
+      self.total_steps = int(self.step)  # this run already stopped early
+    self.progbar = tf_keras.utils.Progbar(
+      self.total_steps, stateful_metrics=None, unit_name="step"
+    )
+    self.progbar.update(int(self.step))
+    self.started = time.perf_counter()
+    self.first_step = int(self.step)
+
+  def _resume_or_warm_start(self, checkpoint: tf.train.Checkpoint) -> None:
+    """Restores the latest checkpoint, else warm-starts if asked."""
+    latest = self.manager.latest_checkpoint
+    if latest:
+      checkpoint.restore(latest).assert_existing_objects_matched()
+      logging.info("Resuming from %s at step %d.", latest, int(self.step))
+      if int(self.step) > self.total_steps:
+        logging.warning(
+          "%s already holds a model trained for %d steps, more than the %d "
+          "this config asks for: that model is kept (use a new --workdir to "
+          "train a shorter run).",
+          self.workdir,
+          int(self.step),
+          self.total_steps,
+        )
+    elif self.config.train.warm_start_from:
+      _warm_start(self.model, self.prepared, self.config.train.warm_start_from)
+
+  def train_step(self) -> tuple[dict, dict, str]:
+    """One step of the schedule's phase: (logs, batch, phase)."""
+    phase = model_lib.phase_for_step(self.config, int(self.step))
+    if phase not in self.step_fns:
+      self.step_fns[phase] = _train_step_fn(self.model, phase, self.window)
+    batch = next(self.iterator)
+    logs = self.step_fns[phase](batch)
+    self.step.assign_add(1)
+    return logs, batch, phase
+
+  def log(self, step: int, logs: dict, batch: dict, phase: str) -> None:
+    """Shows and writes the means since the last log, then restarts them."""
+    values = {k: float(v) for k, v in logs.items()}
+    # Every value is a mean over the window: show them as they are.
+    self.progbar.stateful_metrics = set(values)
+    self.progbar.update(step, values=list(values.items()))
+    if phase == "joint" and self.config.ssl.alpha > 0:
+      # On the batch just trained on; the metrics it touches are reset
+      # just below.
+      values.update({k: float(v) for k, v in self.grad_norms(batch).items()})
+    self._scalars("train", step, values)
+    # Metrics are running means: restart them so each log covers only
+    # the steps since the previous one.
+    self.model.reset_metrics()
+    for metric in self.window.values():
+      metric.reset_state()
+
+  def epoch_ending_at(self, step: int) -> int:
+    """The (1-based) epoch that `step` ends, or 0 (pretraining steps are
+    not part of an epoch)."""
+    main_step = step - self.pretrain_steps
+    if main_step > 0 and main_step % self.steps_per_epoch == 0:
+      return main_step // self.steps_per_epoch
+    return 0
+
+  def end_epoch(self, step: int, epoch: int) -> None:
+    """Validates, keeps the best model, and applies early stopping."""
+    recall = validate(self.model, self.prepared, self.config)
+    self.history.append({"epoch": epoch, "step": step, **recall})
+    logging.info("Epoch %d validation: %s", epoch, recall)
+    self._scalars("validation", step, recall)
+    if _best_entry(self.history) is self.history[-1]:
+      _save_best(self.model, self.workdir, self.history[-1])
+    patience = self.config.train.early_stopping_patience
+    if _should_stop(self.history, patience):
+      logging.info(
+        "Validation %s has not improved for %d epochs: stopping at "
+        "step %d (the best model is kept in %s/).",
+        SELECT_BY,
+        patience,
+        step,
+        BEST_DIR,
+      )
+      self.total_steps = step
+
+  def save(self, step: int) -> None:
+    """The validation history, then the checkpoint."""
+    # History first: on resume, entries past the restored step are
+    # dropped, so a crash between the two writes loses nothing.
+    _write_history(self.workdir, self.history)
+    self.manager.save(checkpoint_number=step)
+
+  def finish(self, logs: dict) -> dict:
+    """Writes train_metrics.json and returns that summary."""
+    self.writer.flush()
+    summary = {
+      "steps": int(self.step),
+      "steps_this_run": int(self.step) - self.first_step,
+      "seconds_this_run": time.perf_counter() - self.started,
+      "final_logs": {k: float(v) for k, v in logs.items()},
+      "validation": self.history,
+    }
+    atomic.write_json(os.path.join(self.workdir, "train_metrics.json"), summary)
+    return summary
+
+  def _scalars(self, prefix: str, step: int, values: dict) -> None:
+    with self.writer.as_default(step=step):
+      for name, value in values.items():
+        tf.summary.scalar(f"{prefix}/{name}", value)
 
 
 def build_model(
