@@ -379,38 +379,19 @@ def evaluate_most_popular(
     ...                       pairs.targets, exclude=pairs.exclude)["recall@10"]
   """
   count = np.asarray(item_train_count)
-  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
-  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
   if count.ndim != 1 or count.shape[0] == 0:
     raise EvaluationInputError(
       f"item_train_count must be a non-empty 1-D array, got {count.shape}."
     )
-  if pairs_query.shape != pairs_item.shape or pairs_query.ndim != 1:
-    raise EvaluationInputError(
-      "pairs_query and pairs_item must be 1-D of equal length, got shapes "
-      f"{pairs_query.shape} and {pairs_item.shape}."
-    )
-  if pairs_query.shape[0] == 0:
-    raise EvaluationInputError("No held-out pairs to evaluate.")
   num_items = count.shape[0]
-  bad = np.flatnonzero((pairs_item < 0) | (pairs_item >= num_items))
-  if bad.size:
-    raise EvaluationInputError(
-      f"pairs_item[{bad[0]}] = {pairs_item[bad[0]]} is outside "
-      f"[0, {num_items})."
-    )
-  ks = sorted({int(k) for k in ks})
-  if not ks or ks[0] < 1:
-    raise EvaluationInputError(f"ks must be positive integers, got {ks}.")
+  # Without exclusions the queries are not rows of anything: any id goes.
+  num_queries = None if exclude is None else np.asarray(exclude[0]).shape[0] - 1
+  pairs_query, pairs_item = _check_pairs(
+    pairs_query, pairs_item, num_queries, num_items
+  )
+  ks = _check_ks(ks)
   target_in_train = 0
   if exclude is not None:
-    num_queries = np.asarray(exclude[0]).shape[0] - 1
-    bad = np.flatnonzero((pairs_query < 0) | (pairs_query >= num_queries))
-    if bad.size:
-      raise EvaluationInputError(
-        f"pairs_query[{bad[0]}] = {pairs_query[bad[0]]} is outside "
-        f"[0, {num_queries})."
-      )
     exclude = _check_csr(exclude, num_queries, num_items)
     exclude, target_in_train = exclusion_without_targets(
       exclude, pairs_query, pairs_item
@@ -456,8 +437,6 @@ def _metrics_from_positions(
 def _check_inputs(queries, items, pairs_query, pairs_item, ks, batch_size):
   queries = np.asarray(queries, np.float32)
   items = np.asarray(items, np.float32)
-  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
-  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
   if queries.ndim != 2 or items.ndim != 2:
     raise EvaluationInputError(
       "query_embeddings and item_embeddings must be 2-D, got shapes "
@@ -476,6 +455,20 @@ def _check_inputs(queries, items, pairs_query, pairs_item, ks, batch_size):
   ):
     if not np.all(np.isfinite(value)):
       raise EvaluationInputError(f"{name} contains NaN or infinite values.")
+  pairs_query, pairs_item = _check_pairs(
+    pairs_query, pairs_item, queries.shape[0], items.shape[0]
+  )
+  ks = _check_ks(ks)
+  if batch_size < 1:
+    raise EvaluationInputError(f"batch_size must be >= 1, got {batch_size}.")
+  return queries, items, pairs_query, pairs_item, ks
+
+
+def _check_pairs(pairs_query, pairs_item, num_queries, num_items):
+  """The held-out pairs as int64, checked: 1-D, as many queries as items,
+  at least one, rows in range (`num_queries` None: query ids unchecked)."""
+  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
+  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
   if pairs_query.shape != pairs_item.shape or pairs_query.ndim != 1:
     raise EvaluationInputError(
       "pairs_query and pairs_item must be 1-D of equal length, got shapes "
@@ -484,20 +477,25 @@ def _check_inputs(queries, items, pairs_query, pairs_item, ks, batch_size):
   if pairs_query.shape[0] == 0:
     raise EvaluationInputError("No held-out pairs to evaluate.")
   for name, value, bound in (
-    ("pairs_query", pairs_query, queries.shape[0]),
-    ("pairs_item", pairs_item, items.shape[0]),
+    ("pairs_query", pairs_query, num_queries),
+    ("pairs_item", pairs_item, num_items),
   ):
+    if bound is None:
+      continue
     bad = np.flatnonzero((value < 0) | (value >= bound))
     if bad.size:
       raise EvaluationInputError(
         f"{name}[{bad[0]}] = {value[bad[0]]} is outside [0, {bound})."
       )
+  return pairs_query, pairs_item
+
+
+def _check_ks(ks) -> list[int]:
+  """The cut-offs, sorted and distinct; at least one, all >= 1."""
   ks = sorted({int(k) for k in ks})
   if not ks or ks[0] < 1:
     raise EvaluationInputError(f"ks must be positive integers, got {ks}.")
-  if batch_size < 1:
-    raise EvaluationInputError(f"batch_size must be >= 1, got {batch_size}.")
-  return queries, items, pairs_query, pairs_item, ks
+  return ks
 
 
 def _check_csr(exclude, num_queries, num_items):
