@@ -28,9 +28,6 @@ import time
 from tfr_ssl import data
 from tfr_ssl.config import (
   DataConfig,
-  ModelConfig,
-  SSLConfig,
-  TrainConfig,
 )
 
 _LOAD_SNIPPET = """
@@ -107,11 +104,7 @@ def _stream_rows(prepared, batch_size: int, ssl_batch: int, steps: int):
     rate = _throughput(dataset, batch_size, steps)
     rows.append(f"| main_dataset, {task} | {batch_size} | {rate:,.0f} |")
   dataset = data.train_dataset(
-    prepared,
-    TrainConfig(batch_size=batch_size),
-    SSLConfig(batch_size=ssl_batch),
-    ModelConfig(),
-    repeat=True,
+    prepared, batch_size=batch_size, ssl_batch_size=ssl_batch, repeat=True
   )
   rate = _throughput(dataset, batch_size, steps)
   rows.append(

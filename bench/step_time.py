@@ -37,7 +37,12 @@ VARIANTS = {
 
 def batch_pool(config: Config, prepared, size: int) -> list[dict]:
   stream = data.train_dataset(
-    prepared, config.train, config.ssl, config.model, repeat=True
+    prepared,
+    batch_size=config.train.batch_size,
+    ssl_batch_size=config.ssl.batch_size,
+    task=config.model.task,
+    seed=config.train.seed,
+    repeat=True,
   )
   return list(stream.take(size))
 

@@ -9,9 +9,6 @@ import pytest
 from tfr_ssl import data
 from tfr_ssl.config import (
   DataConfig,
-  ModelConfig,
-  SSLConfig,
-  TrainConfig,
 )
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -168,10 +165,7 @@ def test_corpus_in_order(prepared):
 
 def test_train_dataset_zips_main_and_uniform_items(prepared):
   dataset = data.train_dataset(
-    prepared,
-    TrainConfig(batch_size=4, seed=0),
-    SSLConfig(batch_size=3),
-    ModelConfig(task="user_to_item"),
+    prepared, batch_size=4, ssl_batch_size=3, task="user_to_item", seed=0
   )
   spec = dataset.element_spec
   assert set(spec) == {
@@ -192,11 +186,7 @@ def test_train_dataset_zips_main_and_uniform_items(prepared):
       prepared.items["genre"][batch["ssl_item_index"]],
     )
   repeated = data.train_dataset(
-    prepared,
-    TrainConfig(batch_size=4),
-    SSLConfig(batch_size=3),
-    ModelConfig(task="item_to_item"),
-    repeat=True,
+    prepared, batch_size=4, ssl_batch_size=3, task="item_to_item", repeat=True
   )
   assert len(numpy_batches(repeated, 10)) == 10
 

@@ -256,7 +256,12 @@ def train_stream(
   # Repeated: epochs are counted in steps, and the iterator (saved in the
   # checkpoint) runs across epoch boundaries.
   return pipeline.train_dataset(
-    prepared, config.train, config.ssl, config.model, repeat=True
+    prepared,
+    batch_size=config.train.batch_size,
+    ssl_batch_size=config.ssl.batch_size,
+    task=config.model.task,
+    seed=config.train.seed,
+    repeat=True,
   )
 
 

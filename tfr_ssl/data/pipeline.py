@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl.config import ModelConfig, SSLConfig, TrainConfig
 from tfr_ssl.data.contract import SPLITS, PreparedDataset
 
 TASKS = ("user_to_item", "item_to_item")
@@ -228,19 +227,22 @@ def corpus_dataset(
 
 def train_dataset(
   prepared: PreparedDataset,
-  train_config: TrainConfig,
-  ssl_config: SSLConfig,
-  model_config: ModelConfig,
   *,
+  batch_size: int,
+  ssl_batch_size: int,
+  task: str = "user_to_item",
+  seed: int = 0,
   repeat: bool = False,
 ) -> tf.data.Dataset:
   """The training stream: main batches zipped with uniform item batches.
 
   Args:
     prepared: The prepared dataset.
-    train_config: batch_size and seed.
-    ssl_config: batch_size of the item stream.
-    model_config: task (`user_to_item` or `item_to_item`).
+    batch_size: Interactions per main batch (`train.batch_size`).
+    ssl_batch_size: Items per batch of the uniform item stream
+      (`ssl.batch_size`).
+    task: `user_to_item` or `item_to_item` (`model.task`).
+    seed: Seed of both shuffles (`train.seed`).
     repeat: Stream training epochs forever; otherwise one epoch per pass
       over the dataset (reshuffled on every pass).
 
@@ -251,15 +253,15 @@ def train_dataset(
   main_rows, main_gather = _main_parts(
     prepared,
     "train",
-    train_config.batch_size,
-    task=model_config.task,
+    batch_size,
+    task=task,
     shuffle=True,
     repeat=repeat,
-    seed=train_config.seed,
+    seed=seed,
     drop_remainder=True,
   )
   item_rows, item_gather = _item_parts(
-    prepared, ssl_config.batch_size, uniform=True, seed=train_config.seed
+    prepared, ssl_batch_size, uniform=True, seed=seed
   )
 
   # Zip the integer streams first, then gather everything in one map.
