@@ -25,7 +25,7 @@ import tensorflow as tf
 import tf_keras
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import atomic, data
+from tfr_ssl import atomic, data, train
 from tfr_ssl.config import Config
 from tfr_ssl.model import TwoTowerModel
 
@@ -36,15 +36,7 @@ VARIANTS = {
 
 
 def batch_pool(config: Config, prepared, size: int) -> list[dict]:
-  stream = data.train_dataset(
-    prepared,
-    batch_size=config.train.batch_size,
-    ssl_batch_size=config.ssl.batch_size,
-    task=config.model.task,
-    seed=config.train.seed,
-    repeat=True,
-  )
-  return list(stream.take(size))
+  return list(train.train_stream(config, prepared).take(size))
 
 
 def build_step(config: Config, prepared):
