@@ -16,7 +16,7 @@ Example:
 from absl import app, flags
 
 from pipelines import common
-from tfr_ssl import evaluate, workflow
+from tfr_ssl import run_report, workflow
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 _USE_INDEX = flags.DEFINE_bool(
@@ -41,7 +41,7 @@ def main(argv):
     compare=_COMPARE.value,
     split=_SPLIT.value,
   )
-  print(evaluate.format_metrics(metrics))
+  print(run_report.format_metrics(metrics))
   print(f"Written to {_WORKDIR.value}/eval/")
 
 

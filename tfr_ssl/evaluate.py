@@ -712,69 +712,6 @@ def _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks):
   }
 
 
-def format_metrics(metrics: Mapping[str, Any]) -> str:
-  """A few human-readable lines: overall, by slice and by decile.
-
-  With a baseline (`metrics["baseline"]["most_popular"]`, as written by
-  `workflow.evaluate_run`) its figures are printed beside the model's.
-
-  Example:
-    >>> print(format_metrics(metrics))
-    12,000 pairs, 950 queries (excluded: train, validation)
-    model         recall@10 0.1200  recall@50 0.3100  map@10 0.0610 ...
-    most popular  recall@10 0.0400  recall@50 0.1100  map@10 0.0150 ...
-    head (371 items, 8,100 pairs): recall@10 0.1500 ... | most popular: ...
-  """
-  ks = metrics.get("ks", [])
-  baseline = metrics.get("baseline", {}).get("most_popular")
-  header = (
-    f"{metrics.get('num_pairs', 0):,} pairs, "
-    f"{metrics.get('num_queries', 0):,} queries"
-  )
-  if metrics.get("excluded"):
-    header += f" (excluded: {', '.join(metrics['excluded'])})"
-  lines = [header]
-
-  def overall(values):
-    return "  ".join(
-      f"{kind}@{k} {_number(values.get(f'{kind}@{k}'))}"
-      for kind in ("recall", "map")
-      for k in ks
-    )
-
-  def recalls(row):
-    return "  ".join(f"recall@{k} {_number(row[f'recall@{k}'])}" for k in ks)
-
-  if baseline is None:
-    lines.append(overall(metrics))
-  else:
-    lines.append(f"{'model':13s} {overall(metrics)}")
-    lines.append(f"{'most popular':13s} {overall(baseline)}")
-  for name, row in metrics.get("slices", {}).items():
-    line = (
-      f"{name} ({row['num_items']:,} items, {row['num_pairs']:,} pairs): "
-      f"{recalls(row)}"
-    )
-    if baseline is not None and name in baseline.get("slices", {}):
-      line += f" | most popular: {recalls(baseline['slices'][name])}"
-    lines.append(line)
-  if metrics.get("deciles") and ks:
-    k = ks[0]
-    runs = [("", metrics)]
-    if baseline is not None and baseline.get("deciles"):
-      runs.append(("most popular ", baseline))
-    for label, values in runs:
-      by_decile = " ".join(
-        _number(row[f"recall@{k}"], 3) for row in values["deciles"]
-      )
-      lines.append(f"{label}recall@{k} by decile (rarest first): {by_decile}")
-  return "\n".join(lines)
-
-
-def _number(value, digits=4):
-  return "n/a" if value is None else f"{value:.{digits}f}"
-
-
 def write_metrics(metrics: Mapping[str, Any], path: str) -> None:
   """Writes a metrics dict as indented JSON, atomically."""
   atomic.write_json(path, dict(metrics))
