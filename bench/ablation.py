@@ -1039,6 +1039,8 @@ def report_from_json(args: argparse.Namespace, argv: list[str]) -> None:
       args.variants.index(r["variant"]),
     ),
   )
+  present = {r["variant"] for r in results}
+  args.variants = [v for v in args.variants if v in present]
   seconds = sum(r.get("train_seconds", 0.0) for r in results)
   text = report(args, argv, results, seconds, results)
   print(text)
