@@ -1002,6 +1002,11 @@ def main(argv: list[str]) -> None:
         args.json, {"argv": argv, "args": vars(args), "results": results}
       )
   text = report(args, argv, results, time.perf_counter() - started, runs)
+  write_outputs(args, text, results)
+
+
+def write_outputs(args: argparse.Namespace, text: str, results) -> None:
+  """Prints the report and writes it (--out) and the plot (--plot)."""
   print(text)
   if args.out:
     atomic.write_text(args.out, text)
@@ -1042,13 +1047,7 @@ def report_from_json(args: argparse.Namespace, argv: list[str]) -> None:
   present = {r["variant"] for r in results}
   args.variants = [v for v in args.variants if v in present]
   seconds = sum(r.get("train_seconds", 0.0) for r in results)
-  text = report(args, argv, results, seconds, results)
-  print(text)
-  if args.out:
-    atomic.write_text(args.out, text)
-  if args.plot:
-    plot(results, args.plot)
-    print(f"Plot: {args.plot}")
+  write_outputs(args, report(args, argv, results, seconds, results), results)
 
 
 if __name__ == "__main__":

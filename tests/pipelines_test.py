@@ -14,7 +14,8 @@ import tensorflow as tf
 import tfr_ssl  # noqa: F401
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
+# Data and model flags of a run that trains in seconds.
+TINY_RUN = [
   "--num_items=300",
   "--num_users=200",
   "--num_interactions=6000",
@@ -25,6 +26,9 @@ TINY = [
   "--estimator_buckets=1024",
   "--ssl_batch_size=64",
   "--train_batch_size=128",
+]
+TINY = [
+  *TINY_RUN,
   "--epochs=2",
   "--checkpoint_every=5",
   "--log_every=5",

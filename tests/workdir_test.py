@@ -19,23 +19,12 @@ import pytest
 
 import tfr_ssl  # noqa: F401
 from pipelines import common
+from tests.pipelines_test import TINY_RUN
 from tests.workflow_test import tiny_config
 from tfr_ssl import atomic, model, train, workdir, workflow
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = [
-  "--num_items=300",
-  "--num_users=200",
-  "--num_interactions=6000",
-  "--embedding_dim=16",
-  "--query_layers=32",
-  "--item_layers=32",
-  "--output_dim=16",
-  "--estimator_buckets=1024",
-  "--ssl_batch_size=64",
-  "--train_batch_size=128",
-  "--validation_examples=200",
-]
+TINY = [*TINY_RUN, "--validation_examples=200"]
 
 
 def binary(name, *args):
