@@ -33,6 +33,9 @@ from typing import Any
 
 import numpy as np
 
+# bench/ is this script's directory, so its sibling imports as a module.
+from ablation import mean_sd
+
 import tfr_ssl  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow)
 from tfr_ssl import atomic, train, workflow
 from tfr_ssl.config import Config
@@ -164,14 +167,6 @@ def _values(runs, name) -> np.ndarray:
   return np.array([v for v in out if v is not None], np.float64)
 
 
-def _cell(x: np.ndarray) -> str:
-  if x.size == 0:
-    return "n/a"
-  if x.size == 1:
-    return f"{x[0]:.4f}"
-  return f"{x.mean():.4f} ± {x.std(ddof=1):.4f}"
-
-
 def report(args, argv, rows, seconds) -> str:
   rows = sorted(rows, key=lambda row: -_values(row[1], "recall@10").mean())
   best = _values(rows[0][1], "recall@10")
@@ -190,7 +185,7 @@ def report(args, argv, rows, seconds) -> str:
     "|" + "---|" * (len(COLUMNS) + 3),
   ]
   for name, runs in rows:
-    cells = [_cell(_values(runs, c)) for c in COLUMNS]
+    cells = [mean_sd(_values(runs, c)) for c in COLUMNS]
     x = _values(runs, "recall@10")
     overlap = x.size and not (x.max() < best.min() or best.max() < x.min())
     mark = " ~" if overlap and x is not best and len(best) > 1 else ""
