@@ -226,11 +226,12 @@ def fail(message: str) -> typing.NoReturn:
 
 def user_errors() -> tuple[type[Exception], ...]:
   """Errors that mean bad input or a bad workdir, not a bug: shown briefly."""
-  from tfr_ssl import model, serving, workdir, workflow
+  from tfr_ssl import distribute, model, serving, workdir, workflow
   from tfr_ssl.data import errors
 
   return (
     errors.DataError,
+    distribute.DistributeError,
     workdir.WorkdirError,
     workdir.ConfigError,
     model.ModelConfigError,

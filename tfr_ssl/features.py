@@ -82,6 +82,17 @@ def _variable_name(feature: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.\-]", "_", feature)
 
 
+
+
+def _lookup(table, ids: tf.Tensor) -> tf.Tensor:
+  """Rows `ids` (any shape) of an embedding table: `ids.shape + [D]`.
+
+  Through 1-D indices, which a table sharded over parameter servers
+  (`tf.distribute` `ShardedVariable`) needs.
+  """
+  rows = tf.gather(table, tf.reshape(ids, [-1]))
+  return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(rows)[1:]], 0))
+
 @tf_keras.saving.register_keras_serializable(package=_SERIALIZABLE)
 class FeatureEncoder(tf_keras.layers.Layer):
   """Embeds a dict of categorical feature ids, with per-feature defaults.
@@ -213,11 +224,11 @@ class FeatureEncoder(tf_keras.layers.Layer):
       if spec["multi"]:
         valid = tf.cast(ids >= 0, tf.float32)[..., tf.newaxis]
         count = tf.reduce_sum(valid, axis=1)
-        total = tf.reduce_sum(tf.gather(table, safe) * valid, axis=1)
+        total = tf.reduce_sum(_lookup(table, safe) * valid, axis=1)
         embedding = total / tf.maximum(count, 1.0)
         missing = count[:, 0] == 0
       else:
-        embedding = tf.gather(table, safe)
+        embedding = _lookup(table, safe)
         missing = ids < 0
         if spec["name"] in self._known:
           known = tf.constant(self._known[spec["name"]])

@@ -31,7 +31,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
-from tfr_ssl import augment, features, losses, sampling, tasks
+from tfr_ssl import augment, distribute, features, losses, sampling, tasks
 from tfr_ssl.config import Config
 from tfr_ssl.data import contract, stats
 
@@ -349,24 +349,29 @@ class TwoTowerModel(tfrs.Model):
       # fetch fails (end of an unsized dataset) data-independent ops may
       # still run.
       with tf.control_dependencies([anchor]):
-        step = self.seed_step.assign_add(1).read_value()
+        # A tensor (a mirrored variable's assign returns one already).
+        step = tf.convert_to_tensor(self.seed_step.assign_add(1))
     else:
       step = tf.constant(_EVAL_STEP, tf.int64)
-    seed = tf.stack([tf.constant(self.config.train.seed, tf.int64), step])
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-      replica = tf.cast(context.replica_id_in_sync_group, tf.int64)
-      seed = tf.random.experimental.stateless_fold_in(seed, replica)
-    return seed
+    # The same seed on every replica: per-row draws are made for the
+    # global batch and sliced (`distribute.local_rows`), so a step draws
+    # what it would draw in one process.
+    return tf.stack([tf.constant(self.config.train.seed, tf.int64), step])
 
   def _main_loss(self, inputs, training, seed) -> tf.Tensor:
     m = self.config.model
     item_index = tf.cast(inputs["item_index"], tf.int32)
+    rows = tf.shape(item_index)[0]
     query = self.query_tower(inputs["query"], training=training)
-    mask = self._dropout_mask(tf.shape(item_index)[0], training, seed)
+    mask = self._dropout_mask(rows, training, seed)
     items = self.item_tower(
       inputs["item"], feature_mask=mask, training=training
     )
+    # Under a strategy: the positives of every replica, this replica's
+    # first, so its queries meet the whole global batch as negatives.
+    local_index = item_index
+    items = distribute.local_first(distribute.gather(items), rows)
+    item_index = distribute.local_first(distribute.gather(item_index), rows)
     candidates, candidate_ids = items, item_index
     extra = self._mixed_negatives(inputs, training, seed)
     if extra is not None:
@@ -377,10 +382,9 @@ class TwoTowerModel(tfrs.Model):
     log_q = None
     if self.sampling is not None:
       if training:
-        self.sampling.update(item_index)
-      replicas = tf.distribute.get_strategy().num_replicas_in_sync
-      # Per-global-batch probability -> this replica's share of the batch.
-      batch_p = self.sampling.probabilities(candidate_ids) / replicas
+        self.sampling.update(local_index)  # it gathers every replica's
+      # Per global batch: the candidates are the global batch.
+      batch_p = self.sampling.probabilities(candidate_ids)
       if extra is None:
         log_q = losses.mixed_log_q(batch_p)
       else:
@@ -399,7 +403,10 @@ class TwoTowerModel(tfrs.Model):
     if m.spread_out_weight > 0:
       spread = losses.spread_out_loss(items, item_index)
       self.spread_out_tracker.update_state(spread)
-      loss += m.spread_out_weight * spread
+      # A global quantity computed by every replica, whose gradients the
+      # optimizer sums: each replica adds its share.
+      replicas, _ = distribute.replica()
+      loss += m.spread_out_weight * spread / replicas
     return loss
 
   def _dropout_mask(self, batch_size, training, seed) -> tf.Tensor | None:
@@ -412,10 +419,12 @@ class TwoTowerModel(tfrs.Model):
     m = self.config.model
     if not training or (m.feature_dropout <= 0 and m.id_dropout <= 0):
       return None
+    replicas, _ = distribute.replica()
     draws = tf.random.stateless_uniform(
-      [batch_size, self.item_encoder.num_features + 1],
+      [batch_size * replicas, self.item_encoder.num_features + 1],
       seed=tf.random.experimental.stateless_fold_in(seed, _DROPOUT_STREAM),
     )
+    draws = distribute.local_rows(draws, batch_size)
     mask = draws[:, :-1] < m.feature_dropout
     drop_keys = draws[:, -1:] < m.id_dropout
     return tf.logical_or(mask, tf.logical_and(drop_keys, self._key_columns))
@@ -434,8 +443,12 @@ class TwoTowerModel(tfrs.Model):
             "item stream)."
           )
         return None
-      feats = {k: v[:count] for k, v in inputs["ssl_item"].items()}
-      ids = tf.cast(inputs["ssl_item_index"][:count], tf.int32)
+      # The first of the global uniform batch, the same on every replica.
+      uniform = distribute.gather_structure(
+        (inputs["ssl_item"], inputs["ssl_item_index"])
+      )
+      feats = {k: v[:count] for k, v in uniform[0].items()}
+      ids = tf.cast(uniform[1][:count], tf.int32)
       return feats, ids
     (unigram,) = self._unigram
     logits = tf.math.log(tf.constant(unigram))[tf.newaxis, :]
@@ -456,18 +469,27 @@ class TwoTowerModel(tfrs.Model):
   def _ssl_loss(self, inputs, training, seed) -> tf.Tensor:
     batch = inputs["ssl_item"]
     ids = inputs.get("ssl_item_index")
-    view_seed = tf.random.experimental.stateless_fold_in(seed, _SSL_STREAM)
-    view1, mask1, view2, mask2 = self.augmenter(batch, view_seed)
-    # One tower pass over both views stacked: [2N, ...] -> split.
     names = self.item_encoder.feature_names
+    rows = tf.shape(batch[names[0]])[0]
+    view_seed = tf.random.experimental.stateless_fold_in(seed, _SSL_STREAM)
+    # Views are drawn for the global batch (the same draws as in one
+    # process) and each replica embeds its own rows.
+    views = self.augmenter(distribute.gather_structure(batch), view_seed)
+    view1, mask1, view2, mask2 = tf.nest.map_structure(
+      lambda x: distribute.local_rows(x, rows), views
+    )
+    # One tower pass over both views stacked: [2N, ...] -> split.
     stacked = {n: tf.concat([view1[n], view2[n]], axis=0) for n in names}
     masks = tf.concat([mask1, mask2], axis=0)
     z = self.item_tower(stacked, feature_mask=masks, training=training)
     if self.ssl_head is not None:
       z = self.ssl_head(z, training=training)
     z1, z2 = tf.split(z, 2, axis=0)
+    # Every replica's view 2, this replica's first (see `_main_loss`).
+    z2 = distribute.local_first(distribute.gather(z2), rows)
     if ids is not None:
       ids = tf.cast(ids, tf.int32)
+      ids = distribute.local_first(distribute.gather(ids), rows)
     return self.ssl_task(z1, z2, item_ids=ids)
 
 

@@ -29,6 +29,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfr_ssl import distribute
+
 # Mersenne prime 2^31 - 1: products of a hash multiplier (< 2^31) with an item
 # row (< 2^31) stay below 2^62 and fit int64.
 _PRIME = (1 << 31) - 1
@@ -273,10 +275,7 @@ class StreamingFrequencyEstimator(SamplingProbability):
     return tf.math.floormod(hashed, self.num_buckets) + offsets
 
   def update(self, item_index: tf.Tensor) -> None:
-    ids = tf.reshape(tf.cast(item_index, tf.int64), [-1])
-    context = tf.distribute.get_replica_context()
-    if context is not None and context.num_replicas_in_sync > 1:
-      ids = context.all_gather(ids, axis=0)
+    ids = distribute.gather(tf.reshape(tf.cast(item_index, tf.int64), [-1]))
     buckets, _, counts = tf.unique_with_counts(
       tf.reshape(self.buckets(ids), [-1])
     )
@@ -302,11 +301,15 @@ class StreamingFrequencyEstimator(SamplingProbability):
   def probabilities(self, item_index: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(item_index)
     buckets = self.buckets(item_index)
-    gaps = tf.gather(self.gap, buckets)
+    # Read through 1-D indices (arrays sharded over parameter servers
+    # need them).
+    flat = tf.reshape(buckets, [-1])
+    gaps = tf.reshape(tf.gather(self.gap, flat), tf.shape(buckets))
     seen = gaps > 0
     # Never seen: at most one copy in all the steps so far.
     gaps = tf.where(seen, gaps, tf.cast(self.step, tf.float32))
-    copies = tf.where(seen, tf.gather(self.copies, buckets), 1.0)
+    copies = tf.reshape(tf.gather(self.copies, flat), tf.shape(buckets))
+    copies = tf.where(seen, copies, 1.0)
     expected = copies / tf.maximum(gaps, 1.0)
     return tf.reshape(tf.reduce_min(expected, axis=1), shape)
 

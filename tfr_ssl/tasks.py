@@ -30,7 +30,8 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
                             / sum_j exp(cos(z_i, z'_j) / tau) )
 
   i.e. softmax cross-entropy of row `i` of the `[N, N]` logits with label
-  `i`. When `item_ids` are given, off-diagonal pairs of the same item (the
+  `i` (when view 2 has more rows than view 1, the extra rows are more
+  negatives). When `item_ids` are given, off-diagonal pairs of the same item (the
   uniform stream samples with replacement) are dropped from the
   denominators: they are not negatives.
 
@@ -67,19 +68,23 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
 
     Args:
       view1_embeddings: `[N, E]` embeddings of view 1.
-      view2_embeddings: `[N, E]` embeddings of view 2, same item order.
-      item_ids: Optional `[N]` item ids (accidental-hit removal).
+      view2_embeddings: `[M, E]` embeddings of view 2, `M >= N`: the first
+        `N` rows are the same items as view 1, in the same order; the
+        others are more negatives (under a `tf.distribute` strategy, the
+        other replicas' items).
+      item_ids: Optional `[M]` item ids of the view-2 rows (accidental-hit
+        removal).
       sample_weight: Optional `[N]` weights (None = 1).
       compute_metrics: Update `ssl_loss` and `ssl_accuracy`.
     """
     z1 = tf.math.l2_normalize(view1_embeddings, axis=-1)
     z2 = tf.math.l2_normalize(view2_embeddings, axis=-1)
     logits = tf.matmul(z1, z2, transpose_b=True) / self.temperature
-    n = tf.shape(logits)[0]
-    labels = tf.eye(n)
+    n, m = tf.shape(logits)[0], tf.shape(logits)[1]
+    labels = tf.eye(n, m)
     if item_ids is not None:
-      same = tf.equal(item_ids[:, tf.newaxis], item_ids[tf.newaxis, :])
-      hit = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
+      same = tf.equal(item_ids[:n, tf.newaxis], item_ids[tf.newaxis, :])
+      hit = tf.logical_and(same, tf.logical_not(tf.eye(n, m, dtype=tf.bool)))
       logits = tf.where(hit, losses.MIN_LOGIT, logits)
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
     if compute_metrics:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import tempfile
 import time
 
 import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import atomic, embed, warm_start
+from tfr_ssl import atomic, distribute, embed, warm_start
 from tfr_ssl import config as config_lib
 from tfr_ssl import model as model_lib
 from tfr_ssl import workdir as workdir_lib
@@ -39,7 +40,11 @@ SELECT_BY = "recall@10"
 WorkdirError = workdir_lib.WorkdirError
 
 
-def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
+def train_and_evaluate(
+  config: config_lib.Config,
+  workdir: str,
+  strategy: tf.distribute.Strategy | None = None,
+) -> dict:
   """Trains (or resumes training) and validates at epoch ends.
 
   The workdir is locked for the whole run (tfr_ssl.workdir). Everything
@@ -47,9 +52,16 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   the data changed, a config the model or the data cannot take) is checked
   before config.json is written; a new workdir refused then is removed.
 
+  Under a `tf.distribute` strategy with several workers (`tfr_ssl.distribute`)
+  every worker runs this with the same config and workdir (on storage they
+  all reach); only the chief locks and writes the workdir, the others keep
+  their share of each checkpoint in a private temporary directory, and all
+  of them resume from the chief's last checkpoint.
+
   Args:
     config: The run's config.
     workdir: Where every artifact of the run lives.
+    strategy: The distribution strategy (None: the default, one device).
 
   Returns:
     A summary: steps, final losses, validation recall per epoch, timings.
@@ -62,19 +74,39 @@ def train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
   """
   workdir_lib.check_config(config)
   config = workdir_lib.resolve_paths(config)
+  strategy = strategy or tf.distribute.get_strategy()
+  role = distribute.role(strategy)
+  for path, size in (
+    ("train.batch_size", config.train.batch_size),
+    ("ssl.batch_size", config.ssl.batch_size),
+  ):
+    if size % role.replicas:
+      raise workdir_lib.ConfigError(
+        path,
+        f"{size} does not split evenly over the {role.replicas} replicas "
+        f"of --strategy: use a multiple of {role.replicas}.",
+      )
+  if not role.chief:
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    with tempfile.TemporaryDirectory(prefix="tfr_ssl_worker_") as scratch:
+      return _train_and_evaluate(config, workdir, strategy, scratch)
   with workdir_lib.lock(workdir, create=True) as workdir:
-    return _train_and_evaluate(config, workdir)
+    return _train_and_evaluate(config, workdir, strategy)
 
 
-def _train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
+def _train_and_evaluate(
+  config: config_lib.Config,
+  workdir: str,
+  strategy: tf.distribute.Strategy,
+  scratch: str | None = None,
+) -> dict:
   """The loop: train a step, log, end the epoch, checkpoint; then sum up."""
-  run = _Run(config, workdir)
-  logs = {}
+  run = _Run(config, workdir, strategy, scratch)
   while int(run.step) < run.total_steps:
-    logs, batch, phase = run.train_step()
+    batch, phase = run.train_step()
     step = int(run.step)
     if step % config.train.log_every == 0 or step == run.total_steps:
-      run.log(step, logs, batch, phase)
+      run.log(step, batch, phase)
     epoch = run.epoch_ending_at(step)
     if epoch:
       run.end_epoch(step, epoch)  # early stopping lowers run.total_steps
@@ -84,7 +116,7 @@ def _train_and_evaluate(config: config_lib.Config, workdir: str) -> dict:
       or step == run.total_steps
     ):
       run.save(step)
-  return run.finish(logs)
+  return run.finish()
 
 
 class _Run:
@@ -97,53 +129,107 @@ class _Run:
   per-batch means and the progress bar.
   """
 
-  def __init__(self, config: config_lib.Config, workdir: str):
+  def __init__(
+    self,
+    config: config_lib.Config,
+    workdir: str,
+    strategy: tf.distribute.Strategy,
+    scratch: str | None = None,
+  ):
     self.config = config
     self.workdir = workdir
-    self.prepared, self.model, self.steps_per_epoch = _claim_workdir(
-      config, workdir
-    )
+    self.strategy = strategy
+    self.role = distribute.role(strategy)
+    # Where this process writes: the workdir, or a non-chief worker's
+    # private directory (its copy of each checkpoint, then deleted).
+    self.scratch = scratch
+    with strategy.scope():
+      self.prepared, self.model, self.steps_per_epoch = _claim_workdir(
+        config, workdir, chief=self.role.chief
+      )
+      self.window = {
+        name: tf_keras.metrics.Mean(name) for name in _PER_BATCH_LOGS
+      }
     train = config.train
     self.pretrain_steps = (
       train.pretrain_steps if train.schedule == "pretrain" else 0
     )
     self.total_steps = self.pretrain_steps + self.steps_per_epoch * train.epochs
-    self.iterator = iter(train_stream(config, self.prepared))
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    checkpoint = tf.train.Checkpoint(
-      model=self.model,
-      optimizer=self.model.optimizer,
-      step=self.step,
-      iterator=self.iterator,
-    )
+    state = {
+      "model": self.model,
+      "optimizer": self.model.optimizer,
+      "step": self.step,
+    }
+    if not self.role.distributed:
+      # One process: the iterator's position is saved with the model. A
+      # distributed iterator cannot be saved; it is rebuilt at the
+      # restored step instead (`_distributed_iterator`).
+      self.iterator = iter(train_stream(config, self.prepared))
+      state["iterator"] = self.iterator
+    checkpoint = tf.train.Checkpoint(**state)
     self.manager = tf.train.CheckpointManager(
-      checkpoint, os.path.join(workdir, CHECKPOINT_DIR), max_to_keep=3
+      checkpoint, self._path(CHECKPOINT_DIR), max_to_keep=3
     )
     self._resume_or_warm_start(checkpoint)
-    self.writer = tf.summary.create_file_writer(
-      os.path.join(workdir, "tensorboard")
+    if self.role.distributed:
+      self.iterator = self._distributed_iterator(int(self.step))
+    self.writer = (
+      tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
+      if self.role.chief
+      else tf.summary.create_noop_writer()
     )
     # Epochs validated after the checkpoint we resumed from happen again.
     self.history = [
       h for h in _read_history(workdir) if h["step"] <= int(self.step)
     ]
     self.step_fns = {}
-    self.grad_norms = tf.function(self.model.gradient_norms)
-    self.window = {
-      name: tf_keras.metrics.Mean(name) for name in _PER_BATCH_LOGS
-    }
+    self.last_logs = {}
+    # A diagnostic of one process's batch (see TwoTowerModel.gradient_norms).
+    self.grad_norms = (
+      None
+      if self.role.distributed
+      else tf.function(self.model.gradient_norms)
+    )
     if _should_stop(self.history, train.early_stopping_patience):
       self.total_steps = int(self.step)  # this run already stopped early
     self.progbar = tf_keras.utils.Progbar(
-      self.total_steps, stateful_metrics=None, unit_name="step"
+      self.total_steps,
+      stateful_metrics=None,
+      unit_name="step",
+      verbose=1 if self.role.chief else 0,
     )
     self.progbar.update(int(self.step))
     self.started = time.perf_counter()
     self.first_step = int(self.step)
 
+  def _path(self, name: str) -> str:
+    """Where this process writes `name` (see `scratch`)."""
+    return os.path.join(self.scratch or self.workdir, name)
+
+  def _distributed_iterator(self, start_step: int):
+    """The sharded training stream, positioned at global step `start_step`."""
+    role = self.role
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+      del context  # the shard is the role's: replicas, first and local
+      return train_stream(
+        self.config,
+        self.prepared,
+        shard=_shard(role),
+        start_step=start_step,
+      )
+
+    return iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+
   def _resume_or_warm_start(self, checkpoint: tf.train.Checkpoint) -> None:
-    """Restores the latest checkpoint, else warm-starts if asked."""
-    latest = self.manager.latest_checkpoint
+    """Restores the latest checkpoint, else warm-starts if asked.
+
+    Every worker restores the chief's latest checkpoint.
+    """
+    latest = tf.train.latest_checkpoint(
+      os.path.join(self.workdir, CHECKPOINT_DIR)
+    )
     if latest:
       checkpoint.restore(latest).assert_existing_objects_matched()
       logging.info("Resuming from %s at step %d.", latest, int(self.step))
@@ -160,22 +246,29 @@ class _Run:
       _warm_start(self.model, self.prepared, self.config.train.warm_start_from)
 
   def train_step(self) -> tuple[dict, dict, str]:
-    """One step of the schedule's phase: (logs, batch, phase)."""
+    """One step of the schedule's phase: (batch, phase)."""
     phase = model_lib.phase_for_step(self.config, int(self.step))
     if phase not in self.step_fns:
-      self.step_fns[phase] = _train_step_fn(self.model, phase, self.window)
+      self.step_fns[phase] = _train_step_fn(
+        self.model, phase, self.window, self.strategy
+      )
     batch = next(self.iterator)
-    logs = self.step_fns[phase](batch)
+    self.step_fns[phase](batch)
     self.step.assign_add(1)
-    return logs, batch, phase
+    return batch, phase
 
-  def log(self, step: int, logs: dict, batch: dict, phase: str) -> None:
+  def log(self, step: int, batch: dict, phase: str) -> None:
     """Shows and writes the means since the last log, then restarts them."""
+    # Read here, not every step: a read is a host sync, and under a
+    # strategy a collective per metric.
+    logs = {metric.name: metric.result() for metric in self.model.metrics}
+    logs.update({k: m.result() for k, m in self.window.items()})
     values = {k: float(v) for k, v in logs.items()}
+    self.last_logs = dict(values)
     # Every value is a mean over the window: show them as they are.
     self.progbar.stateful_metrics = set(values)
     self.progbar.update(step, values=list(values.items()))
-    if phase == "joint" and self.config.ssl.alpha > 0:
+    if self.grad_norms and phase == "joint" and self.config.ssl.alpha > 0:
       # On the batch just trained on; the metrics it touches are reset
       # just below.
       values.update({k: float(v) for k, v in self.grad_norms(batch).items()})
@@ -201,7 +294,7 @@ class _Run:
     logging.info("Epoch %d validation: %s", epoch, recall)
     self._scalars("validation", step, recall)
     if _best_entry(self.history) is self.history[-1]:
-      _save_best(self.model, self.workdir, self.history[-1])
+      _save_best(self.model, self.scratch or self.workdir, self.history[-1])
     patience = self.config.train.early_stopping_patience
     if _should_stop(self.history, patience):
       logging.info(
@@ -218,20 +311,29 @@ class _Run:
     """The validation history, then the checkpoint."""
     # History first: on resume, entries past the restored step are
     # dropped, so a crash between the two writes loses nothing.
-    _write_history(self.workdir, self.history)
+    if self.role.chief:
+      _write_history(self.workdir, self.history)
+    # Every worker saves (the save reads replicated state collectively);
+    # only the chief's copy, in the workdir, is kept.
     self.manager.save(checkpoint_number=step)
 
-  def finish(self, logs: dict) -> dict:
+  def finish(self) -> dict:
     """Writes train_metrics.json and returns that summary."""
     self.writer.flush()
     summary = {
       "steps": int(self.step),
       "steps_this_run": int(self.step) - self.first_step,
       "seconds_this_run": time.perf_counter() - self.started,
-      "final_logs": {k: float(v) for k, v in logs.items()},
+      "final_logs": self.last_logs,
       "validation": self.history,
     }
-    atomic.write_json(os.path.join(self.workdir, "train_metrics.json"), summary)
+    if self.role.distributed:
+      summary["replicas"] = self.role.replicas
+      summary["workers"] = self.role.workers
+    if self.role.chief:
+      atomic.write_json(
+        os.path.join(self.workdir, "train_metrics.json"), summary
+      )
     return summary
 
   def _scalars(self, prefix: str, step: int, values: dict) -> None:
@@ -250,9 +352,15 @@ def build_model(
 
 
 def train_stream(
-  config: config_lib.Config, prepared: contract.PreparedDataset
+  config: config_lib.Config,
+  prepared: contract.PreparedDataset,
+  shard: pipeline.Shard | None = None,
+  start_step: int = 0,
 ) -> tf.data.Dataset:
-  """Main interactions and uniform SSL items, zipped, one dict per step."""
+  """Main interactions and uniform SSL items, zipped, one dict per step.
+
+  `shard` and `start_step`: see `pipeline.train_dataset`.
+  """
   # Repeated: epochs are counted in steps, and the iterator (saved in the
   # checkpoint) runs across epoch boundaries.
   return pipeline.train_dataset(
@@ -262,6 +370,14 @@ def train_stream(
     task=config.model.task,
     seed=config.train.seed,
     repeat=True,
+    shard=shard,
+    start_step=start_step,
+  )
+
+
+def _shard(role: distribute.Role) -> pipeline.Shard:
+  return pipeline.Shard(
+    replicas=role.replicas, first=role.first_replica, local=role.local_replicas
   )
 
 
@@ -345,14 +461,15 @@ def read_config(workdir: str) -> config_lib.Config:
 
 
 def _claim_workdir(
-  config: config_lib.Config, workdir: str
+  config: config_lib.Config, workdir: str, chief: bool = True
 ) -> tuple[contract.PreparedDataset, TwoTowerModel, int]:
   """Checks that `config` may run in `workdir`, then records it.
 
   Nothing is written until every check passed: the fixed settings of an
   existing run, the data it was trained on, the model's own checks of the
   config against the data, and at least one batch per epoch. Then
-  config.json (and, for a new run, dataset.json) are written.
+  config.json (and, for a new run, dataset.json) are written, by the chief
+  only: other workers check and write nothing.
 
   Returns:
     (the prepared data, the compiled model, steps per epoch).
@@ -362,6 +479,8 @@ def _claim_workdir(
   prepared, info, new = workdir_lib.load_dataset(workdir, config)
   model = build_model(config, prepared)
   steps_per_epoch = _steps_per_epoch(config, prepared)
+  if not chief:
+    return prepared, model, steps_per_epoch
   if new:
     workdir_lib.write_dataset_info(workdir, info)
   workdir_lib.claim(workdir, config, changed)
@@ -398,18 +517,27 @@ _PER_BATCH_LOGS = ("loss", "regularization_loss", "total_loss")
 
 
 def _train_step_fn(
-  model: TwoTowerModel, phase: str, window: dict[str, tf_keras.metrics.Mean]
+  model: TwoTowerModel,
+  phase: str,
+  window: dict[str, tf_keras.metrics.Mean],
+  strategy: tf.distribute.Strategy,
 ):
-  # compute_loss reads the phase when traced; setting it inside the traced
-  # function keeps a retrace from picking up another phase's value.
-  @tf.function
-  def step_fn(batch):
+  """One training step on every replica (metrics read at log steps)."""
+  replicas = strategy.num_replicas_in_sync
+
+  def replica_step(batch):
+    # compute_loss reads the phase when traced; setting it inside the
+    # traced function keeps a retrace from picking up another phase's value.
     model.phase = phase
     logs = model.train_step(batch)
     for name in _PER_BATCH_LOGS:
-      window[name].update_state(logs[name])
-      logs[name] = window[name].result()
-    return logs
+      # A replica's loss is its share of the global mean (divided by the
+      # global batch); the window averages over replicas, hence * replicas.
+      window[name].update_state(logs[name] * replicas)
+
+  @tf.function
+  def step_fn(batch):
+    strategy.run(replica_step, args=(batch,))
 
   return step_fn
 

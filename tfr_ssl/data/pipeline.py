@@ -22,6 +22,8 @@ Batch format (see docs/architecture.md, "Data flow"):
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tensorflow as tf
 
@@ -233,6 +235,8 @@ def train_dataset(
   task: str = "user_to_item",
   seed: int = 0,
   repeat: bool = False,
+  shard: Shard | None = None,
+  start_step: int = 0,
 ) -> tf.data.Dataset:
   """The training stream: main batches zipped with uniform item batches.
 
@@ -245,6 +249,12 @@ def train_dataset(
     seed: Seed of both shuffles (`train.seed`).
     repeat: Stream training epochs forever; otherwise one epoch per pass
       over the dataset (reshuffled on every pass).
+    shard: Under a `tf.distribute` strategy, this process's replicas (see
+      `Shard`): the stream then yields, for each global step, one batch per
+      local replica (of `batch_size / replicas` interactions and
+      `ssl_batch_size / replicas` items), consecutively.
+    start_step: Skip the first `start_step` global steps (resuming). Only
+      row numbers are skipped, so this is cheap.
 
   Returns:
     A prefetched dataset of {"query", "item", "item_index", "weight",
@@ -273,8 +283,59 @@ def train_dataset(
       "ssl_item_index": ssl["item_index"],
     }
 
-  return (
-    tf.data.Dataset.zip((main_rows, item_rows))
-    .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    .prefetch(tf.data.AUTOTUNE)
+  rows = tf.data.Dataset.zip((main_rows, item_rows))
+  if start_step:
+    rows = rows.skip(start_step)
+  if shard is not None:
+    rows = rows.flat_map(shard.split(batch_size, ssl_batch_size))
+  return rows.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+    tf.data.AUTOTUNE
   )
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """The replicas of one process under a `tf.distribute` strategy.
+
+  Sharding is by data: every process draws the same seeded sequence of
+  global batches of row numbers (cheap: integers only), keeps the slices
+  of its own replicas and gathers features for those rows alone. Replica
+  `r` gets rows `[r * B / R, (r + 1) * B / R)` of each global batch of `B`,
+  so the replicas' batches, concatenated in replica order, are the batch
+  one process would train on.
+
+  Attributes:
+    replicas: Replicas in sync over all processes (R).
+    first: Global index of this process's first replica.
+    local: Replicas of this process.
+  """
+
+  replicas: int
+  first: int
+  local: int
+
+  def __post_init__(self):
+    if not (0 <= self.first and 1 <= self.local
+            and self.first + self.local <= self.replicas):
+      raise ValueError(f"Inconsistent shard {self}.")
+
+  def check(self, name: str, batch_size: int) -> None:
+    """ValueError unless `batch_size` splits evenly over the replicas."""
+    if batch_size % self.replicas:
+      raise ValueError(
+        f"{name}={batch_size} does not split evenly over "
+        f"{self.replicas} replicas: use a multiple of {self.replicas}."
+      )
+
+  def split(self, batch_size: int, ssl_batch_size: int):
+    """The `flat_map` function: global row batches -> local replica ones."""
+    self.check("train.batch_size", batch_size)
+    self.check("ssl.batch_size", ssl_batch_size)
+    start, stop = self.first, self.first + self.local
+
+    def local_batches(rows, ssl_rows):
+      rows = tf.reshape(rows, [self.replicas, -1])[start:stop]
+      ssl_rows = tf.reshape(ssl_rows, [self.replicas, -1])[start:stop]
+      return tf.data.Dataset.from_tensor_slices((rows, ssl_rows))
+
+    return local_batches
