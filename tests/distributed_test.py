@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,7 +83,7 @@ def run_workers(tmp_path, workdir, flags, name):
     for index in range(2):
       tmpdir = tmp_path / f"{name}_tmp{index}"
       tmpdir.mkdir()
-      log = open(tmp_path / f"{name}_worker{index}.log", "w")
+      log = (tmp_path / f"{name}_worker{index}.log").open("w")
       env = dict(
         os.environ,
         TF_CONFIG=json.dumps(
@@ -118,7 +119,7 @@ def run_workers(tmp_path, workdir, flags, name):
         process.wait(timeout=30)
     for log in logs:
       log.close()
-  texts = [open(log.name).read() for log in logs]
+  texts = [Path(log.name).read_text() for log in logs]
   return [p.returncode for p in processes], texts, tmpdirs
 
 
@@ -146,9 +147,13 @@ def test_two_workers_match_one_process_and_resume(one_process, tmp_path):
 
   # Epoch 1, then both workers are started again for epoch 2: they resume
   # from the chief's checkpoint at step 3 and continue the same stream.
-  codes, logs, tmpdirs = run_workers(tmp_path, workdir, [*flags, "--epochs=1"], "a")
+  codes, logs, tmpdirs = run_workers(
+    tmp_path, workdir, [*flags, "--epochs=1"], "a"
+  )
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-  codes, logs, tmpdirs = run_workers(tmp_path, workdir, [*flags, "--epochs=2"], "b")
+  codes, logs, tmpdirs = run_workers(
+    tmp_path, workdir, [*flags, "--epochs=2"], "b"
+  )
   assert codes == [0, 0], logs[0][-3000:] + logs[1][-3000:]
   assert_same_losses(losses(workdir), reference)
 
@@ -219,8 +224,10 @@ def test_multi_worker_needs_tf_config(tmp_path):
     env=env,
   )
   assert done.returncode == 1
-  assert done.stderr.strip().splitlines()[-1].startswith(
-    "error: --strategy=multi_worker needs the TF_CONFIG"
+  assert (
+    done.stderr.strip()
+    .splitlines()[-1]
+    .startswith("error: --strategy=multi_worker needs the TF_CONFIG")
   )
 
 
@@ -262,7 +269,9 @@ def test_replica_shards_concatenate_to_the_one_process_batch():
         np.concatenate([p[key].numpy() for p in parts]),
         whole[step][key].numpy(),
       )
-      assert all(p[key].shape[0] * 3 == whole[step][key].shape[0] for p in parts)
+      assert all(
+        p[key].shape[0] * 3 == whole[step][key].shape[0] for p in parts
+      )
   skipped = list(
     pipeline.train_dataset(prepared, start_step=2, **common).take(2)
   )

@@ -21,6 +21,7 @@ replica, so the model code reads the same in both cases.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -128,13 +129,11 @@ def cluster_spec() -> dict:
 
 def _split_cpu(count: int) -> list[str]:
   cpu = tf.config.list_physical_devices("CPU")[0]
-  try:
+  # Already initialised (RuntimeError): fine if it was split the same way.
+  with contextlib.suppress(RuntimeError):
     tf.config.set_logical_device_configuration(
       cpu, [tf.config.LogicalDeviceConfiguration()] * count
     )
-  except RuntimeError:
-    # Already initialised: fine if it was split the same way before.
-    pass
   logical = tf.config.list_logical_devices("CPU")
   if len(logical) != count:
     raise DistributeError(
@@ -182,7 +181,9 @@ def role(strategy: tf.distribute.Strategy) -> Role:
     spec = resolver.cluster_spec()
     kind, index = resolver.task_type, resolver.task_id or 0
     workers = sum(
-      len(spec.job_tasks(job)) for job in ("chief", "worker") if job in spec.jobs
+      len(spec.job_tasks(job))
+      for job in ("chief", "worker")
+      if job in spec.jobs
     )
     if kind == "worker" and "chief" in spec.jobs:
       index += 1  # the chief is input pipeline 0

@@ -82,8 +82,6 @@ def _variable_name(feature: str) -> str:
   return re.sub(r"[^A-Za-z0-9_.\-]", "_", feature)
 
 
-
-
 def _lookup(table, ids: tf.Tensor) -> tf.Tensor:
   """Rows `ids` (any shape) of an embedding table: `ids.shape + [D]`.
 
@@ -92,6 +90,7 @@ def _lookup(table, ids: tf.Tensor) -> tf.Tensor:
   """
   rows = tf.gather(table, tf.reshape(ids, [-1]))
   return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(rows)[1:]], 0))
+
 
 @tf_keras.saving.register_keras_serializable(package=_SERIALIZABLE)
 class FeatureEncoder(tf_keras.layers.Layer):

@@ -31,8 +31,8 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
 
   i.e. softmax cross-entropy of row `i` of the `[N, N]` logits with label
   `i` (when view 2 has more rows than view 1, the extra rows are more
-  negatives). When `item_ids` are given, off-diagonal pairs of the same item (the
-  uniform stream samples with replacement) are dropped from the
+  negatives). When `item_ids` are given, off-diagonal pairs of the same
+  item (the uniform stream samples with replacement) are dropped from the
   denominators: they are not negatives.
 
   Metrics it owns: `ssl_loss` (running mean of the loss) and

@@ -187,9 +187,7 @@ class _Run:
     self.last_logs = {}
     # A diagnostic of one process's batch (see TwoTowerModel.gradient_norms).
     self.grad_norms = (
-      None
-      if self.role.distributed
-      else tf.function(self.model.gradient_norms)
+      None if self.role.distributed else tf.function(self.model.gradient_norms)
     )
     if _should_stop(self.history, train.early_stopping_patience):
       self.total_steps = int(self.step)  # this run already stopped early

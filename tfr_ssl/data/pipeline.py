@@ -315,8 +315,11 @@ class Shard:
   local: int
 
   def __post_init__(self):
-    if not (0 <= self.first and 1 <= self.local
-            and self.first + self.local <= self.replicas):
+    if not (
+      self.first >= 0
+      and self.local >= 1
+      and self.first + self.local <= self.replicas
+    ):
       raise ValueError(f"Inconsistent shard {self}.")
 
   def check(self, name: str, batch_size: int) -> None:
