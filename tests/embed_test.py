@@ -1,4 +1,4 @@
-"""Tests of tower application, CSR row selection and scoring on a split."""
+"""Tests of tower application and scoring on a split."""
 
 import numpy as np
 import tensorflow as tf
@@ -7,20 +7,6 @@ import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
 from tfr_ssl import embed, eval_pairs, evaluate
 from tfr_ssl.data import contract
-
-
-def test_select_csr_rows_renumbers_the_csr():
-  # Rows: 0 -> [5], 1 -> [], 2 -> [7, 8].
-  indptr = np.array([0, 1, 1, 3])
-  indices = np.array([5, 7, 8])
-  new_indptr, new_indices = evaluate.select_csr_rows(
-    (indptr, indices), np.array([2, 0])
-  )
-  np.testing.assert_array_equal(new_indptr, [0, 2, 3])
-  np.testing.assert_array_equal(new_indices, [7, 8, 5])
-  empty = evaluate.select_csr_rows((indptr, indices), np.array([1]))
-  np.testing.assert_array_equal(empty[0], [0, 0])
-  assert empty[1].size == 0
 
 
 def test_embed_rows_batches_in_order():

@@ -15,7 +15,7 @@ Protocol:
     pairs without one are skipped. The seed item itself is excluded, and
     nothing else.
   * A pair's own held-out item stays scoreable even when it is also among
-    the excluded items; `evaluate.exclusion_without_targets` takes it out of
+    the excluded items; `eval_csr.exclusion_without_targets` takes it out of
     the lists (see the conventions of evaluate.py).
   * `max_pairs`: a uniform sample of that many pairs (without replacement,
     seeded), kept in split order.
@@ -27,7 +27,7 @@ import dataclasses
 
 import numpy as np
 
-from tfr_ssl import evaluate
+from tfr_ssl import eval_csr
 from tfr_ssl.data import contract
 
 USER_TO_ITEM = "user_to_item"
@@ -112,7 +112,7 @@ def known_items(
   rows, cols = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
   for name in splits:
     if name == "train":
-      indptr, indices = evaluate.select_csr_rows(
+      indptr, indices = eval_csr.select_csr_rows(
         prepared.train_items_by_query, queries
       )
       rows.append(np.repeat(np.arange(queries.shape[0]), np.diff(indptr)))
@@ -128,9 +128,9 @@ def known_items(
     cols.append(np.asarray(interactions.item_index[inside], np.int64))
   rows, cols = np.concatenate(rows), np.concatenate(cols)
   # As stats.items_by_query, with a sort where np.unique would hash (see
-  # evaluate.sorted_distinct): the union of the splits, distinct per query.
+  # eval_csr.sorted_distinct): the union of the splits, distinct per query.
   width = max(int(cols.max(initial=-1)) + 1, 1)
-  codes = evaluate.sorted_distinct(rows * width + cols)
+  codes = eval_csr.sorted_distinct(rows * width + cols)
   indptr = np.zeros(queries.shape[0] + 1, np.int64)
   np.cumsum(
     np.bincount(codes // width, minlength=queries.shape[0]), out=indptr[1:]

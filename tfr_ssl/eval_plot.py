@@ -1,8 +1,8 @@
 """The evaluation figure: Recall@K by popularity decile and by slice.
 
 Presentation only: the numbers come from `evaluate.py` (a metrics dict with
-deciles and slices); this module draws them for one or several runs, side
-by side, into `WORKDIR/eval/recall_by_decile.png`.
+the deciles and slices of `eval_slices.py`); this module draws them for one
+or several runs, side by side, into `WORKDIR/eval/recall_by_decile.png`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tfr_ssl import atomic
-from tfr_ssl.evaluate import NUM_DECILES, SLICES
+from tfr_ssl.eval_slices import NUM_DECILES, SLICES
 
 
 def plot_recall_by_decile(

@@ -21,22 +21,16 @@ Conventions:
     eval_pairs.py: its training positives, and its validation positives
     when scoring the test split); they are masked out of its ranking. A
     held-out item that is also in that list stays scoreable for that query:
-    only the *other* known items are masked (`exclusion_without_targets`).
-    Excluding it would make such a pair an automatic miss that says nothing
-    about the model. The result reports how often this happened
-    (`num_pairs_target_in_train`, "train" standing for every excluded
-    split).
+    only the *other* known items are masked
+    (`eval_csr.exclusion_without_targets`). Excluding it would make such a
+    pair an automatic miss that says nothing about the model. The result
+    reports how often this happened (`num_pairs_target_in_train`, "train"
+    standing for every excluded split).
   * Recall@K is per pair (a query with three held-out items counts three
     times). MAP@K is per distinct query: average precision over its distinct
     held-out items, normalised by `min(K, number of its held-out items)`.
-  * Item slices come from training counts and are defined on the items seen
-    in training (count > 0), so that they do not move with the share of the
-    corpus that happens to be cold: `head` = the `head_fraction` most
-    frequent of the seen items (ties to the lower row), `tail` = the other
-    seen items, `cold` = items never seen in training. Deciles are over the
-    whole corpus: all items sorted by count ascending (ties to the lower
-    row) into 10 equal-size groups, decile 0 holding the rarest (cold items
-    first), decile 9 the most frequent.
+  * Slices (head / tail / cold, popularity deciles) are those of
+    eval_slices.py; recall is reported for each.
   * The most-popular baseline (`evaluate_most_popular`) ranks every item by
     training count (ties to the lower row), the same fixed ranking for
     every query, with the same exclusions.
@@ -44,17 +38,19 @@ Conventions:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import atomic
+from tfr_ssl import atomic, eval_csr, eval_slices
 
-NUM_DECILES = 10
-SLICES = ("head", "tail", "cold")
+# Their home is eval_csr; still reachable here for callers that name them
+# through this module (workflow.py, bench/eval_bench.py).
+exclusion_without_targets = eval_csr.exclusion_without_targets
+select_csr_rows = eval_csr.select_csr_rows
+
 # Cap on the scores matrix of one block ([queries, items] float32 entries):
 # 2**26 entries are 256 MB, so a large corpus gets fewer queries per block.
 _MAX_BLOCK_SCORES = 1 << 26
@@ -84,66 +80,6 @@ def _target_positions(queries, items, excluded, pair_row, pair_item, k):
   hits = tf.equal(tf.gather(top, pair_row), pair_item[:, tf.newaxis])
   position = tf.argmax(tf.cast(hits, tf.int32), axis=1, output_type=tf.int32)
   return tf.where(tf.reduce_any(hits, axis=1), position, k)
-
-
-def item_slices(
-  item_train_count: np.ndarray, head_fraction: float = 0.1
-) -> dict[str, np.ndarray]:
-  """Assigns every item to head / tail / cold and to a popularity decile.
-
-  Head and tail split the items seen in training (count > 0): the head is
-  the `round(head_fraction * seen)` most frequent of them (halves round up,
-  ties to the lower row), so its size does not depend on how many corpus
-  rows are cold. Deciles are over the whole corpus (see the module
-  docstring).
-
-  Args:
-    item_train_count: int [N], training occurrences of each corpus row.
-    head_fraction: Share of the seen items called head.
-
-  Returns:
-    `head`, `tail`, `cold`: bool [N] masks that partition the corpus;
-    `decile`: int32 [N] in 0..9 (0 = rarest).
-
-  Example:
-    Eight of the ten items are seen; 0.25 * 8 = 2 head items, the counts 9
-    (row 2) and 7 (row 9). (Over the whole corpus it would be 2.5.)
-
-    >>> item_slices(np.array([5, 0, 9, 1, 1, 0, 2, 3, 4, 7]), 0.25)["head"]
-    array([False, False,  True, False, False, False, False, False, False,
-            True])
-  """
-  # Signed, so that -count sorts the most frequent first.
-  count = np.asarray(item_train_count).astype(np.int64)
-  n = count.shape[0]
-  if not 0.0 <= head_fraction <= 1.0:
-    raise EvaluationInputError(
-      f"head_fraction must be in [0, 1], got {head_fraction}."
-    )
-  rows = np.arange(n)
-  cold = count == 0
-  num_seen = int(n - cold.sum())
-  # lexsort sorts by its last key first; rows break ties deterministically.
-  # Seen items come first, so the head is drawn from them only.
-  most_frequent_first = np.lexsort((rows, -count))
-  head = np.zeros(n, bool)
-  head[most_frequent_first[: _head_size(head_fraction, num_seen)]] = True
-  rank = np.empty(n, np.int64)
-  rank[np.lexsort((rows, count))] = rows
-  return {
-    "head": head,
-    "tail": ~head & ~cold,
-    "cold": cold,
-    "decile": (rank * NUM_DECILES // max(n, 1)).astype(np.int32),
-  }
-
-
-def _head_size(head_fraction: float, num_seen: int) -> int:
-  """round(head_fraction * num_seen), halves up, within [0, num_seen]."""
-  # The small epsilon keeps products like 0.1 * 25 (= 2.5000000000000004 or
-  # 2.4999999999999996) rounding the same way as the exact value.
-  size = math.floor(head_fraction * num_seen + 0.5 + 1e-9)
-  return min(max(size, 0), num_seen)
 
 
 def evaluate_embeddings(
@@ -237,7 +173,7 @@ def metrics_from_topk(
   For retrieval that happened elsewhere, e.g. through the saved index. The
   exclusion is whatever produced the lists did: the index's `exclude`
   signature drops every listed id, so give it lists from
-  `exclusion_without_targets` to keep the convention of
+  `eval_csr.exclusion_without_targets` to keep the convention of
   `evaluate_embeddings` (a pair's own item stays rankable), as
   `workflow.evaluate_run` does.
 
@@ -315,7 +251,8 @@ def most_popular_positions(
     pairs_item: int [P], corpus row of each held-out item.
     exclude: CSR (indptr [Q + 1], indices [nnz]) of the corpus rows removed
       from each query's ranking, used as given (a target listed there is
-      still ranked; drop targets first with `exclusion_without_targets`).
+      still ranked; drop targets first with
+      `eval_csr.exclusion_without_targets`).
 
   Returns:
     int64 [P], 0-based positions (no cut-off).
@@ -336,7 +273,7 @@ def most_popular_positions(
   # One sorted key per distinct (query, rank of excluded item): the entries
   # of query q with a rank below r lie between keys q * n and q * n + r.
   owner = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
-  keys = sorted_distinct(owner * n + rank[indices])
+  keys = eval_csr.sorted_distinct(owner * n + rank[indices])
   ahead = np.searchsorted(keys, pairs_query * n + position) - np.searchsorted(
     keys, pairs_query * n
   )
@@ -393,7 +330,7 @@ def evaluate_most_popular(
   target_in_train = 0
   if exclude is not None:
     exclude = _check_csr(exclude, num_queries, num_items)
-    exclude, target_in_train = exclusion_without_targets(
+    exclude, target_in_train = eval_csr.exclusion_without_targets(
       exclude, pairs_query, pairs_item
     )
   positions = most_popular_positions(count, pairs_query, pairs_item, exclude)
@@ -527,7 +464,7 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
   target_in_train = 0
   if exclude is not None:
     # Keep each query's own held-out items scoreable.
-    exclude, target_in_train = exclusion_without_targets(
+    exclude, target_in_train = eval_csr.exclusion_without_targets(
       exclude, pairs_query, pairs_item
     )
   # Pairs grouped by query, so a block of distinct queries owns one
@@ -546,7 +483,7 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
     pair_item = pairs_item[block_pairs]
     excluded = np.zeros((0, 2), np.int32)
     if exclude is not None:
-      rows, cols = _csr_rows(exclude, unique_queries[first:last])
+      rows, cols = eval_csr.csr_entries(exclude, unique_queries[first:last])
       excluded = np.stack([rows, cols], axis=1)
     positions[block_pairs] = _target_positions(
       tf.constant(queries[unique_queries[first:last]]),
@@ -557,100 +494,6 @@ def _positions(queries, items, pairs_query, pairs_item, exclude, k, batch_size):
       tf.constant(k, tf.int32),
     ).numpy()
   return positions, target_in_train
-
-
-def exclusion_without_targets(
-  exclude: tuple[np.ndarray, np.ndarray],
-  pairs_query: np.ndarray,
-  pairs_item: np.ndarray,
-) -> tuple[tuple[np.ndarray, np.ndarray], int]:
-  """The exclusion CSR minus each query's own held-out items.
-
-  A held-out item stays scoreable for its query even when the query also
-  saw it earlier (module docstring); every ranking path (exact search, the
-  index, the most-popular baseline) applies this before excluding.
-
-  Args:
-    exclude: CSR (indptr [Q + 1], indices [nnz]) of excluded corpus rows
-      per query row.
-    pairs_query: int [P], query row of each held-out pair.
-    pairs_item: int [P], corpus row of each held-out item.
-
-  Returns:
-    ((indptr int64 [Q + 1], indices [nnz']), number of pairs whose item was
-    in its query's exclusion list).
-
-  Example:
-    >>> exclusion_without_targets(
-    ...   (np.array([0, 2, 3]), np.array([4, 7, 7])), [0, 1], [7, 5])
-    ((array([0, 1, 2]), array([4, 7])), 1)
-  """
-  indptr = np.asarray(exclude[0]).astype(np.int64, copy=False)
-  indices = np.asarray(exclude[1])
-  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
-  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
-  num_queries = indptr.shape[0] - 1
-  width = int(max(indices.max(initial=-1), pairs_item.max(initial=-1))) + 1
-  rows = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
-  excluded_keys = rows * width + indices
-  pair_keys = pairs_query * width + pairs_item
-  is_target = _is_in(excluded_keys, pair_keys)
-  target_excluded = int(_is_in(pair_keys, excluded_keys).sum())
-  new_indptr = np.zeros(num_queries + 1, np.int64)
-  np.cumsum(
-    np.bincount(rows[~is_target], minlength=num_queries), out=new_indptr[1:]
-  )
-  return (new_indptr, indices[~is_target]), target_excluded
-
-
-def sorted_distinct(values: np.ndarray) -> np.ndarray:
-  """np.unique of a 1-D integer array, by sorting.
-
-  numpy 2's np.unique hashes plain 1-D input, which is an order of magnitude
-  slower than a sort on millions of int64 keys.
-  """
-  values = np.sort(values)
-  if values.size < 2:
-    return values
-  return values[np.concatenate([[True], values[1:] != values[:-1]])]
-
-
-def _is_in(values: np.ndarray, universe: np.ndarray) -> np.ndarray:
-  """np.isin of integer keys, by sorting (see `sorted_distinct`)."""
-  universe = np.sort(universe)
-  if universe.size == 0:
-    return np.zeros(values.shape, bool)
-  at = np.minimum(np.searchsorted(universe, values), universe.size - 1)
-  return universe[at] == values
-
-
-def select_csr_rows(
-  csr: tuple[np.ndarray, np.ndarray], rows: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-  """The CSR sub-matrix of `rows`, renumbered 0..len(rows)-1.
-
-  Args:
-    csr: (indptr [R + 1], indices [nnz]).
-    rows: Rows to keep, in the order wanted.
-
-  Returns:
-    (indptr [len(rows) + 1], indices) of the selected rows.
-  """
-  indptr, indices = csr
-  begin = indptr[rows]
-  lengths = indptr[rows + 1] - begin
-  new_indptr = np.zeros(len(rows) + 1, np.int64)
-  np.cumsum(lengths, out=new_indptr[1:])
-  # Offset of each entry inside its row's run, plus the run's start.
-  within = np.arange(new_indptr[-1]) - np.repeat(new_indptr[:-1], lengths)
-  return new_indptr, indices[np.repeat(begin, lengths) + within]
-
-
-def _csr_rows(csr, query_rows):
-  """(row in block, item) of every CSR entry of the given queries."""
-  indptr, cols = select_csr_rows(csr, query_rows)
-  rows = np.repeat(np.arange(query_rows.shape[0]), np.diff(indptr))
-  return rows, cols
 
 
 def _recall(hit: np.ndarray) -> float | None:
@@ -686,7 +529,12 @@ def _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks):
       "item_train_count must have one entry per corpus item, got shape "
       f"{count.shape} for item rows up to {pairs_item.max()}."
     )
-  slices = item_slices(count, head_fraction)
+  try:
+    slices = eval_slices.item_slices(count, head_fraction)
+  except ValueError as error:
+    # To evaluate's callers a bad head_fraction is one more input that
+    # does not fit: one exception type for all of them.
+    raise EvaluationInputError(str(error)) from error
 
   def summary(item_mask):
     in_slice = item_mask[pairs_item]
@@ -699,7 +547,7 @@ def _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks):
     return row
 
   deciles = []
-  for decile in range(NUM_DECILES):
+  for decile in range(eval_slices.NUM_DECILES):
     mask = slices["decile"] == decile
     row = {"decile": decile, **summary(mask)}
     row["min_train_count"] = int(count[mask].min()) if mask.any() else None
@@ -707,7 +555,7 @@ def _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks):
     deciles.append(row)
   return {
     "head_fraction": float(head_fraction),
-    "slices": {name: summary(slices[name]) for name in SLICES},
+    "slices": {name: summary(slices[name]) for name in eval_slices.SLICES},
     "deciles": deciles,
   }
 
