@@ -27,6 +27,21 @@ def test_softmax_golden_without_correction():
   assert float(loss) == pytest.approx(0.27750, abs=1e-5)
 
 
+def test_softmax_correction_is_exact_past_a_million_to_one():
+  # Orthogonal unit vectors, temperature 1: cos = identity. Item 20 is
+  # e^20 (4.9e8) times rarer than item 10: log_q = [0, -20].
+  #   row 0 logits [1 - 0, 0 + 20] -> log(1 + e^19) = 19.0000000056
+  #   row 1 logits [0 - 0, 1 + 20] -> log(1 + e^-21) = 7.6e-10; mean 9.5.
+  # Clipping probabilities at 1e-6 (TFRS Retrieval's input) would cap the
+  # rare item's correction at log(1e6) = 13.8155: row 0 = log(1 + e^12.8155)
+  # = 12.8155, mean 6.41.
+  identity = tf.eye(2)
+  loss = losses.RetrievalLoss(temperature=1.0)(
+    identity, identity, candidate_ids=IDS, log_q=tf.constant([0.0, -20.0])
+  )
+  assert float(loss) == pytest.approx(9.5, abs=1e-4)
+
+
 def test_softmax_golden_with_logq_on_every_logit():
   # Subtract log p = log[.5, .25] from every column, positive included:
   #   logits [[2 + .6931, 1.2 + 1.3863], [0 + .6931, 1.6 + 1.3863]]

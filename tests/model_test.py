@@ -296,11 +296,11 @@ def test_unigram_proposal_probability(dataset):
   )
   counts = dataset.item_train_count.astype(np.float64)
   want = np.sqrt(counts) / np.sqrt(counts).sum()  # count^.5 / Z
-  got = model._proposal_probability(tf.range(dataset.num_items)).numpy()
+  got = model.mixed_negatives.probability(tf.range(dataset.num_items)).numpy()
   np.testing.assert_allclose(got, want, rtol=1e-5)
   uniform = _model(dataset, **{"model.mixed_negatives": 4})
   np.testing.assert_allclose(
-    uniform._proposal_probability(tf.constant([0, 5])), [1 / 24, 1 / 24]
+    uniform.mixed_negatives.probability(tf.constant([0, 5])), [1 / 24, 1 / 24]
   )
 
 

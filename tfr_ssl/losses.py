@@ -69,6 +69,30 @@ def mixed_log_q(
   return tf.math.log(tf.maximum(expected, 1e-30))
 
 
+def corrected_logits(
+  queries: tf.Tensor,
+  candidates: tf.Tensor,
+  temperature: float,
+  log_q: tf.Tensor | None = None,
+) -> tf.Tensor:
+  """`cos(u_i, v_j) / tau - log_q_j`: the one place the correction is made.
+
+  Args:
+    queries: `[B, E]` unit vectors.
+    candidates: `[C, E]` unit vectors.
+    temperature: `tau`.
+    log_q: `[C]` log expected multiplicity of each candidate
+      (`mixed_log_q`), or None for no correction.
+
+  Returns:
+    float32 `[B, C]` logits.
+  """
+  logits = tf.matmul(queries, candidates, transpose_b=True) / temperature
+  if log_q is not None:
+    logits -= tf.cast(log_q, logits.dtype)[tf.newaxis, :]
+  return logits
+
+
 @tf_keras.saving.register_keras_serializable(package="tfr_ssl")
 class RetrievalLoss(tf_keras.layers.Layer):
   """Main task loss over in-batch (and extra) candidates; a mean scalar.
@@ -77,12 +101,12 @@ class RetrievalLoss(tf_keras.layers.Layer):
   and a negative for every other query; rows `>= B` are extra negatives for
   all queries. Logits are `cos / temperature - log_q` (see module doc).
 
-  - `softmax` (listwise): TFRS `tasks.Retrieval`, categorical cross-entropy
-    over each row of logits. `log_q` reaches TFRS as
-    `candidate_sampling_probability = exp(log_q - max(log_q))`: TFRS clips
-    probabilities to `[1e-6, 1]`, and rescaling by the batch maximum (a
-    constant shift per row, which the softmax ignores) keeps values <= 1 and
-    exact down to a 1e6 ratio.
+  - `softmax` (listwise): categorical cross-entropy over each row of the
+    corrected logits, with TFRS's accidental-hit and hard-negative layers
+    (what `tfrs.tasks.Retrieval` does, but with `log_q` subtracted exactly:
+    Retrieval takes probabilities and clips them to `[1e-6, 1]`, which
+    truncates the correction of items more than 1e6 times rarer than the
+    most frequent one).
   - `pointwise`: binary cross-entropy, label 1 for the positive and 0 for
     each kept negative, per query `softplus(-l_pos) + mean_neg
     softplus(l_neg)` (classes balanced, independent of the batch size).
@@ -140,15 +164,6 @@ class RetrievalLoss(tf_keras.layers.Layer):
     self.num_hard_negatives = int(num_hard_negatives)
     self.pairwise_loss = pairwise_loss
     self.margin = float(margin)
-    self.retrieval = tfrs.tasks.Retrieval(
-      loss=tf_keras.losses.CategoricalCrossentropy(
-        from_logits=True, reduction=tf_keras.losses.Reduction.NONE
-      ),
-      temperature=self.temperature,
-      num_hard_negatives=self.num_hard_negatives or None,
-      remove_accidental_hits=self.remove_accidental_hits,
-      name="retrieval",
-    )
     self.loss_tracker = tf_keras.metrics.Mean(name="main_loss")
 
   def call(
@@ -173,30 +188,30 @@ class RetrievalLoss(tf_keras.layers.Layer):
       raise ValueError(
         f"{self.name}: removing accidental hits needs candidate_ids."
       )
+    logits = corrected_logits(
+      query_embeddings, candidate_embeddings, self.temperature, log_q
+    )
     if self.loss == "softmax":
-      probability = None
-      if log_q is not None:
-        probability = tf.exp(log_q - tf.reduce_max(log_q))
-      per_example = self.retrieval(
-        query_embeddings,
-        candidate_embeddings,
-        candidate_sampling_probability=probability,
-        candidate_ids=candidate_ids,
-        compute_metrics=False,
-        compute_batch_metrics=False,
-      )
+      per_example = self._softmax(logits, candidate_ids)
     else:
-      per_example = self._sampled_binary(
-        query_embeddings, candidate_embeddings, candidate_ids, log_q
-      )
+      per_example = self._sampled_binary(logits, candidate_ids)
     return self._reduce(per_example, sample_weight)
 
-  def _sampled_binary(self, queries, candidates, candidate_ids, log_q):
+  def _softmax(self, logits, candidate_ids):
+    """Per-example listwise loss `[B]`, the positive of row i in column i."""
+    labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
+    if self.remove_accidental_hits:
+      logits = tfrs.layers.loss.RemoveAccidentalHits()(
+        labels, logits, candidate_ids
+      )
+    if self.num_hard_negatives:
+      logits, labels = tfrs.layers.loss.HardNegativeMining(
+        self.num_hard_negatives
+      )(logits, labels)
+    return tf.nn.softmax_cross_entropy_with_logits(labels, logits)
+
+  def _sampled_binary(self, logits, candidate_ids):
     """Per-example pointwise or pairwise loss `[B]`."""
-    logits = tf.matmul(queries, candidates, transpose_b=True)
-    logits /= self.temperature
-    if log_q is not None:
-      logits -= log_q[tf.newaxis, :]
     num_queries = tf.shape(logits)[0]
     positive_mask = tf.eye(num_queries, tf.shape(logits)[1], dtype=tf.bool)
     positive = tf.linalg.diag_part(logits[:, :num_queries])

@@ -212,18 +212,16 @@ class TwoTowerModel(tfrs.Model):
       trainable=False,
       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
     )
-    self._unigram = None
-    self._item_tables = None
-    if m.mixed_negatives and m.mixed_negative_sampling == "unigram":
-      weights = np.power(
-        dataset.item_train_count.astype(np.float64), m.mixed_negative_beta
-      )
-      weights[dataset.item_train_count <= 0] = 0.0
-      # Plain tuples of numpy arrays: constants, not model state.
-      self._unigram = ((weights / weights.sum()).astype(np.float32),)
-      self._item_tables = tuple(
-        (name, np.asarray(dataset.items[name]))
-        for name in self.item_encoder.feature_names
+    self.mixed_negatives = None
+    if m.mixed_negatives:
+      self.mixed_negatives = sampling.MixedNegatives(
+        m.mixed_negatives,
+        m.mixed_negative_sampling,
+        dataset.item_train_count,
+        beta=m.mixed_negative_beta,
+        items={
+          name: dataset.items[name] for name in self.item_encoder.feature_names
+        },
       )
     self._phase = "joint"
     self._build_towers(dataset)
@@ -373,7 +371,13 @@ class TwoTowerModel(tfrs.Model):
     items = distribute.local_first(distribute.gather(items), rows)
     item_index = distribute.local_first(distribute.gather(item_index), rows)
     candidates, candidate_ids = items, item_index
-    extra = self._mixed_negatives(inputs, training, seed)
+    extra = None
+    if self.mixed_negatives is not None:
+      extra = self.mixed_negatives.draw(
+        inputs,
+        training,
+        tf.random.experimental.stateless_fold_in(seed, _UNIGRAM_STREAM),
+      )
     if extra is not None:
       extra_features, extra_ids = extra
       extra_items = self.item_tower(extra_features, training=training)
@@ -390,7 +394,7 @@ class TwoTowerModel(tfrs.Model):
       else:
         # The proposal probability of each candidate's ITEM, whichever
         # stream the candidate came from (see losses.py).
-        q = self._proposal_probability(candidate_ids)
+        q = self.mixed_negatives.probability(candidate_ids)
         log_q = losses.mixed_log_q(batch_p, q, m.mixed_negatives)
     weight = inputs.get("weight")
     loss = self.retrieval(
@@ -428,43 +432,6 @@ class TwoTowerModel(tfrs.Model):
     mask = draws[:, :-1] < m.feature_dropout
     drop_keys = draws[:, -1:] < m.id_dropout
     return tf.logical_or(mask, tf.logical_and(drop_keys, self._key_columns))
-
-  def _mixed_negatives(self, inputs, training, seed):
-    """(features, ids) of the extra negatives, or None."""
-    m = self.config.model
-    if not m.mixed_negatives:
-      return None
-    count = m.mixed_negatives
-    if m.mixed_negative_sampling == "uniform":
-      if "ssl_item" not in inputs:
-        if training:
-          raise ValueError(
-            "Uniform mixed negatives need batch['ssl_item'] (the uniform "
-            "item stream)."
-          )
-        return None
-      # The first of the global uniform batch, the same on every replica.
-      uniform = distribute.gather_structure(
-        (inputs["ssl_item"], inputs["ssl_item_index"])
-      )
-      feats = {k: v[:count] for k, v in uniform[0].items()}
-      ids = tf.cast(uniform[1][:count], tf.int32)
-      return feats, ids
-    (unigram,) = self._unigram
-    logits = tf.math.log(tf.constant(unigram))[tf.newaxis, :]
-    draw_seed = tf.random.experimental.stateless_fold_in(seed, _UNIGRAM_STREAM)
-    ids = tf.random.stateless_categorical(
-      logits, count, seed=draw_seed, dtype=tf.int32
-    )[0]
-    feats = {name: tf.gather(table, ids) for name, table in self._item_tables}
-    return feats, ids
-
-  def _proposal_probability(self, item_index: tf.Tensor) -> tf.Tensor:
-    """Per-draw probability `q_j` of the mixed-negative proposal."""
-    if self._unigram is None:
-      return tf.fill(tf.shape(item_index), 1.0 / self.num_items)
-    (unigram,) = self._unigram
-    return tf.gather(tf.constant(unigram), item_index)
 
   def _ssl_loss(self, inputs, training, seed) -> tf.Tensor:
     batch = inputs["ssl_item"]

@@ -349,3 +349,93 @@ def make_sampling_source(
       name="sampling_probability",
     )
   raise ValueError(f"Unknown logq source {kind!r}.")
+
+
+PROPOSALS = ("uniform", "unigram")
+
+
+class MixedNegatives:
+  """Extra negatives per step drawn from a proposal Q (Yang et al. 2020).
+
+  The candidates of a step are the batch's positives plus `count` items
+  drawn from Q; `losses.mixed_log_q` corrects every candidate by its
+  expected multiplicity `B p_j + M q_j`, which needs Q's per-draw
+  probability `q_j` (`probability`).
+
+  - `uniform`: the first `count` items of the uniform SSL item stream (the
+    global batch's, so the same on every replica); `q_j = 1 / N`.
+  - `unigram`: `count` iid draws with `q_j ∝ count_j^beta` over the items
+    with training interactions (beta = 0: uniform over them; 1: the
+    interaction distribution).
+
+  Args:
+    count: `M`, extra negatives per step.
+    proposal: One of `PROPOSALS`.
+    item_train_count: Training interactions per corpus row.
+    beta: Exponent of the unigram proposal.
+    items: The item feature tables (name -> values per row); the unigram
+      proposal gathers the drawn items' features from them.
+  """
+
+  def __init__(
+    self,
+    count: int,
+    proposal: str,
+    item_train_count: np.ndarray,
+    beta: float = 1.0,
+    items: dict[str, np.ndarray] | None = None,
+  ):
+    if proposal not in PROPOSALS:
+      raise ValueError(
+        f"proposal must be one of {list(PROPOSALS)}, got {proposal!r}."
+      )
+    if count < 1:
+      raise ValueError(f"count must be >= 1, got {count}.")
+    self.count = int(count)
+    self.proposal = proposal
+    self.num_items = len(item_train_count)
+    self._unigram = None
+    self._tables = ()
+    if proposal == "unigram":
+      counts = np.asarray(item_train_count, np.float64)
+      if counts.sum() <= 0:
+        raise ValueError("A unigram proposal needs training counts.")
+      weights = np.power(counts, beta)
+      weights[counts <= 0] = 0.0
+      self._unigram = (weights / weights.sum()).astype(np.float32)
+      # Plain numpy arrays: constants of the step, not model state.
+      self._tables = tuple(
+        (name, np.asarray(values)) for name, values in (items or {}).items()
+      )
+
+  def draw(self, inputs, training: bool, seed: tf.Tensor):
+    """(features, int32 ids) of this step's extra negatives, or None.
+
+    None when the uniform proposal's SSL items are absent from an
+    evaluation batch; a training batch without them is an error.
+    """
+    if self.proposal == "uniform":
+      if "ssl_item" not in inputs:
+        if training:
+          raise ValueError(
+            "Uniform mixed negatives need batch['ssl_item'] (the uniform "
+            "item stream)."
+          )
+        return None
+      features, ids = distribute.gather_structure(
+        (inputs["ssl_item"], inputs["ssl_item_index"])
+      )
+      features = {k: v[: self.count] for k, v in features.items()}
+      return features, tf.cast(ids[: self.count], tf.int32)
+    logits = tf.math.log(tf.constant(self._unigram))[tf.newaxis, :]
+    ids = tf.random.stateless_categorical(
+      logits, self.count, seed=seed, dtype=tf.int32
+    )[0]
+    features = {name: tf.gather(table, ids) for name, table in self._tables}
+    return features, ids
+
+  def probability(self, item_index: tf.Tensor) -> tf.Tensor:
+    """Per-draw probability `q_j` of each item under the proposal."""
+    if self._unigram is None:
+      return tf.fill(tf.shape(item_index), 1.0 / self.num_items)
+    return tf.gather(tf.constant(self._unigram), item_index)
