@@ -33,3 +33,18 @@ def test_keras_3_touched_first_is_explained():
   assert result.returncode != 0
   assert "ImportError: tfr_ssl needs Keras 2" in result.stderr
   assert "TF_USE_LEGACY_KERAS=1" in result.stderr
+
+
+def test_no_cuinit_error_without_a_driver_and_stderr_still_works():
+  # Without a CUDA driver TensorFlow's first device listing logs a cuInit
+  # ERROR; the import does that listing with stderr closed and reopens it.
+  result = python(
+    "import sys, tfr_ssl, tensorflow as tf\n"
+    "tf.constant(1) + 1\n"
+    "print('stderr is open', file=sys.stderr)\n"
+    "tf.get_logger().error('python logging reaches stderr')"
+  )
+  assert result.returncode == 0, result.stderr
+  assert "cuInit" not in result.stderr
+  assert "stderr is open" in result.stderr
+  assert "python logging reaches stderr" in result.stderr
