@@ -27,93 +27,72 @@ from tfr_ssl import service
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 flags.mark_flag_as_required("workdir")
-_DEFAULTS = service.Options()
-_HOST = flags.DEFINE_string(
-  "host",
-  _DEFAULTS.host,
-  "Address to bind; loopback by default (put a proxy in front to serve "
-  "other machines).",
-)
-_PORT = flags.DEFINE_integer(
-  "port", _DEFAULTS.port, "TCP port (0: any free port, printed at start)."
-)
-_MODEL_NAME = flags.DEFINE_string(
-  "model_name", _DEFAULTS.model_name, "NAME in /v1/models/NAME."
-)
-_INDEX_DIR = flags.DEFINE_string(
-  "index_dir",
-  None,
-  "Index directory (default WORKDIR/index): an index, or numbered version "
-  "directories (TF Serving's layout; the highest is served).",
-)
-_POLL = flags.DEFINE_float(
-  "poll_seconds",
-  _DEFAULTS.poll_seconds,
-  "How often to look for a newer index (0: only on SIGHUP).",
-)
-_MAX_BATCH = flags.DEFINE_integer(
-  "max_batch_size", _DEFAULTS.max_batch_size, "Queries per model call."
-)
-_BATCH_WAIT = flags.DEFINE_float(
-  "batch_wait_ms",
-  _DEFAULTS.batch_wait_ms,
-  "How long the first query of a batch waits for others (ms).",
-)
-_MAX_QUEUE = flags.DEFINE_integer(
-  "max_queue",
-  _DEFAULTS.max_queue,
-  "Queries waiting at most; beyond it requests get 503.",
-)
-_MAX_BODY = flags.DEFINE_integer(
-  "max_body_bytes", _DEFAULTS.max_body_bytes, "Request body limit (413)."
-)
-_MAX_INSTANCES = flags.DEFINE_integer(
-  "max_instances", _DEFAULTS.max_instances, "Queries per request."
-)
-_MAX_EXCLUDE = flags.DEFINE_integer(
-  "max_exclude", _DEFAULTS.max_exclude, "Excluded item ids per query."
-)
-_SAMPLES = flags.DEFINE_bool(
-  "samples",
-  _DEFAULTS.samples,
-  "Offer sample queries and users' histories on the page (read from the "
-  "run's cached dataset, if it is there).",
-)
-_ACCESS_LOG = flags.DEFINE_bool(
-  "access_log", _DEFAULTS.access_log, "Log every request."
-)
+
+# One flag per field of service.Options, named as the field, with the
+# field's default and type.
+_HELP = {
+  "host": (
+    "Address to bind; loopback by default (put a proxy in front to serve "
+    "other machines)."
+  ),
+  "port": "TCP port (0: any free port, printed at start).",
+  "model_name": "NAME in /v1/models/NAME.",
+  "index_dir": (
+    "Index directory (default WORKDIR/index): an index, or numbered version "
+    "directories (TF Serving's layout; the highest is served)."
+  ),
+  "poll_seconds": "How often to look for a newer index (0: only on SIGHUP).",
+  "max_batch_size": "Queries per model call.",
+  "batch_wait_ms": "How long the first query of a batch waits for others (ms).",
+  "max_queue": "Queries waiting at most; beyond it requests get 503.",
+  "max_body_bytes": "Request body limit (413).",
+  "max_instances": "Queries per request.",
+  "max_exclude": "Excluded item ids per query.",
+  "samples": (
+    "Offer sample queries and users' histories on the page (read from the "
+    "run's cached dataset, if it is there)."
+  ),
+  "access_log": "Log every request.",
+}
+# (lower, upper) of the numeric flags, checked by absl while parsing: a
+# duration may be 0 (never / no wait), a size or count must be >= 1.
+_BOUNDS = {
+  "port": (0, 65535),
+  "poll_seconds": (0, None),
+  "batch_wait_ms": (0, None),
+  "max_batch_size": (1, None),
+  "max_queue": (1, None),
+  "max_body_bytes": (1, None),
+  "max_instances": (1, None),
+  "max_exclude": (1, None),
+}
+
+
+def _define_option_flags() -> None:
+  """Defines one flag per entry of `_HELP`, typed by the field's default."""
+  defaults = service.Options()
+  for name, help_text in _HELP.items():
+    default = getattr(defaults, name)
+    low, high = _BOUNDS.get(name, (None, None))
+    if isinstance(default, bool):
+      flags.DEFINE_bool(name, default, help_text)
+    elif isinstance(default, int):
+      flags.DEFINE_integer(
+        name, default, help_text, lower_bound=low, upper_bound=high
+      )
+    elif isinstance(default, float):
+      flags.DEFINE_float(
+        name, default, help_text, lower_bound=low, upper_bound=high
+      )
+    else:  # str, or None for "derived from the workdir".
+      flags.DEFINE_string(name, default, help_text)
+
+
+_define_option_flags()
 
 
 def _options() -> service.Options:
-  for name, flag in (
-    ("port", _PORT),
-    ("max_batch_size", _MAX_BATCH),
-    ("max_queue", _MAX_QUEUE),
-    ("max_body_bytes", _MAX_BODY),
-    ("max_instances", _MAX_INSTANCES),
-    ("max_exclude", _MAX_EXCLUDE),
-  ):
-    low = 0 if name == "port" else 1
-    if flag.value < low or (name == "port" and flag.value > 65535):
-      raise app.UsageError(f"--{name}={flag.value} is out of range.")
-  for name, flag in (("poll_seconds", _POLL), ("batch_wait_ms", _BATCH_WAIT)):
-    if flag.value < 0:
-      raise app.UsageError(f"--{name} must be >= 0, got {flag.value}.")
-  return service.Options(
-    host=_HOST.value,
-    port=_PORT.value,
-    model_name=_MODEL_NAME.value,
-    index_dir=_INDEX_DIR.value,
-    poll_seconds=_POLL.value,
-    max_batch_size=_MAX_BATCH.value,
-    batch_wait_ms=_BATCH_WAIT.value,
-    max_queue=_MAX_QUEUE.value,
-    max_body_bytes=_MAX_BODY.value,
-    max_instances=_MAX_INSTANCES.value,
-    max_exclude=_MAX_EXCLUDE.value,
-    samples=_SAMPLES.value,
-    access_log=_ACCESS_LOG.value,
-  )
+  return service.Options(**{name: flags.FLAGS[name].value for name in _HELP})
 
 
 def _announce(server: service.Server) -> None:

@@ -78,20 +78,20 @@ def test_previous_items_by_split_follow_timestamps_within_the_split():
   np.testing.assert_array_equal(previous["test"], [PAD])
 
 
-def _random(seed, n=1000):
-  return splits.split_rows(
-    "random",
-    num_interactions=n,
-    timestamp=None,
-    validation_fraction=0.1,
-    test_fraction=0.2,
-    train_fraction=1.0,
-    seed=seed,
-  )
+def _split(kind="random", n=1000, seed=0, **overrides):
+  """split_rows of n interactions: 70% train, 10% validation, 20% test."""
+  arguments = {
+    "timestamp": None,
+    "validation_fraction": 0.1,
+    "test_fraction": 0.2,
+    "train_fraction": 1.0,
+    **overrides,
+  }
+  return splits.split_rows(kind, num_interactions=n, seed=seed, **arguments)
 
 
 def test_random_split_partitions_and_is_deterministic():
-  rows = _random(seed=3)
+  rows = _split(seed=3)
   assert [len(rows[s]) for s in ("train", "validation", "test")] == [
     700,
     100,
@@ -99,23 +99,15 @@ def test_random_split_partitions_and_is_deterministic():
   ]
   everything = np.concatenate(list(rows.values()))
   np.testing.assert_array_equal(np.sort(everything), np.arange(1000))
-  for name, r in _random(seed=3).items():
+  for name, r in _split(seed=3).items():
     np.testing.assert_array_equal(r, rows[name])
-  assert not np.array_equal(_random(seed=4)["test"], rows["test"])
+  assert not np.array_equal(_split(seed=4)["test"], rows["test"])
 
 
 def test_temporal_split_cuts_by_global_time():
   rng = np.random.default_rng(0)
   timestamp = rng.integers(0, 50, 200)
-  rows = splits.split_rows(
-    "temporal",
-    num_interactions=200,
-    timestamp=timestamp,
-    validation_fraction=0.1,
-    test_fraction=0.1,
-    train_fraction=1.0,
-    seed=0,
-  )
+  rows = _split("temporal", n=200, timestamp=timestamp, test_fraction=0.1)
   assert [len(rows[s]) for s in ("train", "validation", "test")] == [
     160,
     20,
@@ -127,30 +119,17 @@ def test_temporal_split_cuts_by_global_time():
 
 def test_temporal_split_without_timestamps_is_a_data_error():
   with pytest.raises(DataError, match=r"ratings\.dat has 3 fields"):
-    splits.split_rows(
+    _split(
       "temporal",
-      num_interactions=10,
-      timestamp=None,
-      validation_fraction=0.1,
-      test_fraction=0.1,
-      train_fraction=1.0,
-      seed=0,
+      n=10,
       path="ratings.dat",
       no_timestamp_reason="ratings.dat has 3 fields",
     )
 
 
 def test_train_fraction_subsamples_train_only():
-  full = _random(seed=1)
-  rows = splits.split_rows(
-    "random",
-    num_interactions=1000,
-    timestamp=None,
-    validation_fraction=0.1,
-    test_fraction=0.2,
-    train_fraction=0.1,
-    seed=1,
-  )
+  full = _split(seed=1)
+  rows = _split(seed=1, train_fraction=0.1)
   assert len(rows["train"]) == 70
   assert np.isin(rows["train"], full["train"]).all()
   np.testing.assert_array_equal(rows["test"], full["test"])

@@ -166,20 +166,27 @@ def test_most_popular_equals_exact_search_on_count_embeddings(seed):
   assert baseline == exact
 
 
-def test_slice_metrics_count_pairs_by_item():
-  # Counts: i0 = 5, i1 = 1, i2 cold. Two seen items, round(2 / 3) = 1 head
-  # item: i0 is head, i1 tail.
-  count = np.array([5, 1, 0])
-  metrics = evaluate.evaluate_embeddings(
-    QUERIES,
-    ITEMS,
-    PAIRS_QUERY,
-    PAIRS_ITEM,
-    exclude=EXCLUDE,
-    item_train_count=count,
-    ks=(1, 2),
-    head_fraction=1 / 3,
+# The same pairs with slices. Counts: i0 = 5, i1 = 1, i2 cold. Two seen
+# items, round(2 / 3) = 1 head item: i0 is head, i1 tail.
+SLICED = {
+  "pairs_query": PAIRS_QUERY,
+  "pairs_item": PAIRS_ITEM,
+  "exclude": EXCLUDE,
+  "ks": (1, 2),
+  "head_fraction": 1 / 3,
+}
+SLICE_COUNT = np.array([5, 1, 0])
+
+
+def sliced_metrics():
+  """The model's metrics of the golden example, with slices and deciles."""
+  return evaluate.evaluate_embeddings(
+    QUERIES, ITEMS, item_train_count=SLICE_COUNT, **SLICED
   )
+
+
+def test_slice_metrics_count_pairs_by_item():
+  metrics = sliced_metrics()
   head, tail, cold = (metrics["slices"][s] for s in ("head", "tail", "cold"))
   # Pair (q0, i0) is head and a hit at 1; (q0, i1) and (q1, i1) are tail at
   # position 1: recall@1 0, recall@2 1. No pair has the cold item.

@@ -12,33 +12,19 @@ import numpy as np
 import pytest
 
 import tfr_ssl  # noqa: F401
-from tests.workflow_test import tiny_config
-from tfr_ssl import export, new_items, train, workflow
+from tests.workflow_test import SCANN, trained_run
+from tfr_ssl import export, new_items, workflow
 from tfr_ssl.data import contract
 from tfr_ssl.data.errors import DataError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_IDS = ["new-a", "new-b", "new-c"]
-# Index settings of a ScaNN index over ~300 items that searches every leaf
-# and re-scores its best 100 candidates exactly (reorder < N / 2, so
-# build_searcher does not fall back to exact search).
-SCANN = {
-  "index.exact_below": 0,
-  "index.num_leaves": 4,
-  "index.leaves_to_search": 4,
-  "index.reorder": 100,
-}
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """A trained and exported tiny run (no index yet)."""
-  root = tmp_path_factory.mktemp("new_items")
-  workdir = str(root / "work")
-  train.train_and_evaluate(tiny_config(str(root / "cache")), workdir)
-  workflow.export_run(workdir)
-  _, prepared, _ = train.load_trained_model(workdir)
-  return {"workdir": workdir, "prepared": prepared}
+  return trained_run(str(tmp_path_factory.mktemp("new_items")), index=False)
 
 
 def write_csv(path, header, rows) -> str:

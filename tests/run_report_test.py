@@ -1,24 +1,13 @@
 """Tests of the text a run's figures are shown in."""
 
-import numpy as np
 import pytest
 
-from tests.evaluate_test import EXCLUDE, ITEMS, PAIRS_ITEM, PAIRS_QUERY, QUERIES
+from tests.evaluate_test import SLICE_COUNT, SLICED, sliced_metrics
 from tfr_ssl import evaluate, run_report
 
 
 def test_format_metrics_lists_overall_slices_and_deciles():
-  metrics = evaluate.evaluate_embeddings(
-    QUERIES,
-    ITEMS,
-    PAIRS_QUERY,
-    PAIRS_ITEM,
-    exclude=EXCLUDE,
-    item_train_count=np.array([5, 1, 0]),
-    ks=(1, 2),
-    head_fraction=1 / 3,
-  )
-  text = run_report.format_metrics(metrics)
+  text = run_report.format_metrics(sliced_metrics())
   assert "3 pairs, 2 queries" in text
   assert "recall@1 0.3333" in text and "map@2 0.7500" in text
   assert "cold (1 items, 0 pairs): recall@1 n/a" in text
@@ -27,22 +16,12 @@ def test_format_metrics_lists_overall_slices_and_deciles():
 
 
 def test_format_metrics_prints_the_baseline_beside_the_model():
-  common = {
-    "pairs_query": PAIRS_QUERY,
-    "pairs_item": PAIRS_ITEM,
-    "exclude": EXCLUDE,
-    "ks": (1, 2),
-    "head_fraction": 1 / 3,
-  }
-  count = np.array([5, 1, 0])
-  metrics = evaluate.evaluate_embeddings(
-    QUERIES, ITEMS, item_train_count=count, **common
-  )
+  metrics = sliced_metrics()
   metrics["excluded"] = ["train", "validation"]
   # Ranking i0, i1, i2; q0 masks i2: (q0, i0) at 0, (q0, i1) at 1;
   # q1: (q1, i1) at 1. Recall@1 = 1/3, MAP@1 = (1 + 0) / 2.
   metrics["baseline"] = {
-    "most_popular": evaluate.evaluate_most_popular(count, **common)
+    "most_popular": evaluate.evaluate_most_popular(SLICE_COUNT, **SLICED)
   }
   assert metrics["baseline"]["most_popular"]["map@1"] == pytest.approx(0.5)
   text = run_report.format_metrics(metrics).splitlines()

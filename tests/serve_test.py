@@ -10,6 +10,7 @@ asserts on timing.
 
 import asyncio
 import csv
+import dataclasses
 import http.client
 import json
 import os
@@ -26,21 +27,20 @@ import urllib.parse
 import pytest
 
 import tfr_ssl  # noqa: F401
-from tests.workflow_test import tiny_config
-from tfr_ssl import atomic, export, serving, train, workflow
-from tfr_ssl.service import BackgroundServer, Options, batching, protocol
+from tests.workflow_test import SCANN, trained_run
+from tfr_ssl import atomic, export, serving, workflow
+from tfr_ssl.service import (
+  BackgroundServer,
+  Options,
+  batching,
+  protocol,
+  samples,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "retrieval"
 PREDICT = f"/v1/models/{MODEL}:predict"
 TIMEOUT = 60.0
-# A ScaNN index over ~300 items (see new_items_test.py).
-SCANN = {
-  "index.exact_below": 0,
-  "index.num_leaves": 4,
-  "index.leaves_to_search": 4,
-  "index.reorder": 100,
-}
 
 
 def options(**overrides):
@@ -52,13 +52,7 @@ def options(**overrides):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """A trained, exported and indexed tiny run, and its dataset."""
-  root = tmp_path_factory.mktemp("serve")
-  workdir = str(root / "work")
-  train.train_and_evaluate(tiny_config(str(root / "cache")), workdir)
-  workflow.export_run(workdir)
-  workflow.build_index_run(workdir)
-  _, prepared, _ = train.load_trained_model(workdir)
-  return {"workdir": workdir, "prepared": prepared}
+  return trained_run(str(tmp_path_factory.mktemp("serve")))
 
 
 @pytest.fixture(scope="module")
@@ -773,3 +767,44 @@ def test_binary_without_an_index_fails_in_one_line(run, tmp_path):
   last = result.stderr.strip().splitlines()[-1]
   assert last.startswith("error: ") and "pipelines.build_index" in last
   assert "Traceback" not in result.stderr
+
+
+def test_item_to_item_samples_are_popular_items_with_their_features(run):
+  prepared = run["prepared"]
+  offered = samples.Samples(prepared, "item_to_item", num_samples=3)
+  count = prepared.item_train_count
+  top = int(count.argmax())
+  first = offered.samples[0]
+  assert first["label"] == (
+    f"item {prepared.item_keys()[top]} ({int(count[top])} in training)"
+  )
+  names = {f.name for f in prepared.schema.item_features}
+  assert set(first["features"]) == names
+  assert len(offered.samples) == 3
+  # Counts go down from the first sample to the last.
+  labels = [s["label"] for s in offered.samples]
+  counts = [int(label.rsplit("(", 1)[1].split()[0]) for label in labels]
+  assert counts == sorted(counts, reverse=True) and counts[-1] < counts[0]
+  assert offered.query_id is None and offered.history("u1", 5) is None
+
+
+def test_binary_has_a_flag_per_option_and_checks_its_range():
+  shown = subprocess.run(
+    [sys.executable, "-m", "pipelines.serve", "--helpshort"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=180,
+  ).stdout
+  for field in dataclasses.fields(Options):
+    assert re.search(rf"--(\[no\])?{field.name}:", shown), field.name
+  assert "(an integer in the range [0, 65535])" in shown
+  result = subprocess.run(
+    [sys.executable, "-m", "pipelines.serve", "--workdir=x", "--port=70000"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=180,
+  )
+  assert result.returncode == 1
+  assert "flag --port=70000" in result.stderr

@@ -50,6 +50,32 @@ def tiny_config(cache_dir: str, **overrides) -> config_lib.Config:
   return config_lib.Config().override(values)
 
 
+# Index settings of a ScaNN index over the ~300 items of a tiny run that
+# searches every leaf and re-scores its best 100 candidates exactly
+# (reorder < N / 2, so build_searcher does not fall back to exact search).
+SCANN = {
+  "index.exact_below": 0,
+  "index.num_leaves": 4,
+  "index.leaves_to_search": 4,
+  "index.reorder": 100,
+}
+
+
+def trained_run(root: str, index: bool = True) -> dict:
+  """A tiny run trained and exported under root, indexed if `index`.
+
+  Returns:
+    {"workdir": its workdir, "prepared": its dataset}.
+  """
+  workdir = os.path.join(root, "work")
+  train.train_and_evaluate(tiny_config(os.path.join(root, "cache")), workdir)
+  workflow.export_run(workdir)
+  if index:
+    workflow.build_index_run(workdir)
+  _, prepared, _ = train.load_trained_model(workdir)
+  return {"workdir": workdir, "prepared": prepared}
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   """One trained, exported, indexed and evaluated run."""

@@ -11,6 +11,7 @@ page simply has no samples and no histories.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,18 +45,16 @@ class Samples:
     self._starts = self._items = None
     if task == "item_to_item":
       # Queries are items: offer popular items, which have no "history".
-      rows = _spread(np.argsort(-prepared.item_train_count), num_samples)
-      raw = export.raw_features(
-        prepared.items, schema.item_features, prepared.vocabularies, rows
+      count = prepared.item_train_count
+      self.samples = _samples(
+        prepared,
+        prepared.items,
+        schema.item_features,
+        _spread(np.argsort(-count), num_samples),
+        lambda row, _: (
+          f"item {self._keys[row]} ({int(count[row])} in training)"
+        ),
       )
-      self.samples = [
-        {
-          "label": f"item {self._keys[r]} "
-          f"({int(prepared.item_train_count[r])} in training)",
-          "features": {n: str(v[i]) for n, v in raw.items()},
-        }
-        for i, r in enumerate(rows)
-      ]
       return
     self.query_id = schema.query_id
     train_split = prepared.splits["train"]
@@ -74,18 +73,16 @@ class Samples:
     self._row_of = {vocab[v - 1]: row for row, v in enumerate(ids) if v > 0}
     # Heavy to light users, so the samples show both.
     order = np.argsort(-counts, kind="stable")
-    rows = _spread(order[counts[order] > 0], num_samples)
-    raw = export.raw_features(
-      prepared.queries, schema.query_features, prepared.vocabularies, rows
+    self.samples = _samples(
+      prepared,
+      prepared.queries,
+      schema.query_features,
+      _spread(order[counts[order] > 0], num_samples),
+      lambda row, features: (
+        f"{schema.query_id} {features[schema.query_id]} "
+        f"({_items(int(counts[row]))} in training)"
+      ),
     )
-    self.samples = [
-      {
-        "label": f"{schema.query_id} {raw[schema.query_id][i]} "
-        f"({_items(int(counts[r]))} in training)",
-        "features": {n: str(v[i]) for n, v in raw.items()},
-      }
-      for i, r in enumerate(rows)
-    ]
 
   def history(self, query_id: str, limit: int) -> dict[str, Any] | None:
     """A user's training interactions, most recent first, or None if unknown.
@@ -107,6 +104,27 @@ class Samples:
       "total": len(items),
       "ids": [str(k) for k in self._keys[recent]],
     }
+
+
+def _samples(
+  prepared: contract.PreparedDataset,
+  table: Mapping[str, np.ndarray],
+  features: Sequence[contract.Feature],
+  rows: np.ndarray,
+  label: Callable[[int, dict[str, str]], str],
+) -> list[dict[str, Any]]:
+  """The page's samples of `rows` of `table` (the items or the queries).
+
+  Each is the row's raw features, as a user would send them, and a label
+  written by `label(row, those features)`: the one shape the page reads
+  whichever side the queries come from.
+  """
+  raw = export.raw_features(table, features, prepared.vocabularies, rows)
+  samples = []
+  for i, row in enumerate(rows):
+    values = {name: str(column[i]) for name, column in raw.items()}
+    samples.append({"label": label(int(row), values), "features": values})
+  return samples
 
 
 def _items(n: int) -> str:
