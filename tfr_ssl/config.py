@@ -249,6 +249,10 @@ class TrainConfig:
     pretrain_steps: SSL-only steps of the `pretrain` schedule.
     checkpoint_every: Steps between checkpoints.
     log_every: Steps between progress and TensorBoard logs.
+    steps_per_loop: Training steps run in one call of the compiled step
+      function, so Python and the host sync once per call, not per step.
+      Logs, checkpoints, epoch ends and phase changes still fall on their
+      steps (a call stops there).
     validation_examples: Validation interactions scored at epoch ends
       (0 = all).
     warm_start_from: Workdir of an earlier run to initialise from.
@@ -269,6 +273,11 @@ class TrainConfig:
   pretrain_steps: int = _field(0, "SSL-only pretraining steps.")
   checkpoint_every: int = _field(200, "Steps between checkpoints.")
   log_every: int = _field(50, "Steps between logs.")
+  steps_per_loop: int = _field(
+    20,
+    "Training steps per call of the compiled step function (fewer Python "
+    "round trips; logs, checkpoints and epoch ends keep their steps).",
+  )
   validation_examples: int = _field(
     20_000, "Validation pairs scored at epoch ends (0 = all)."
   )

@@ -100,13 +100,13 @@ def _train_and_evaluate(
   strategy: tf.distribute.Strategy,
   scratch: str | None = None,
 ) -> dict:
-  """The loop: train a step, log, end the epoch, checkpoint; then sum up."""
+  """The loop: train up to the next event, log, end the epoch, checkpoint."""
   run = _Run(config, workdir, strategy, scratch)
   while int(run.step) < run.total_steps:
-    batch, phase = run.train_step()
+    phase = run.train_steps()
     step = int(run.step)
     if step % config.train.log_every == 0 or step == run.total_steps:
-      run.log(step, batch, phase)
+      run.log(step, phase)
     epoch = run.epoch_ending_at(step)
     if epoch:
       run.end_epoch(step, epoch)  # early stopping lowers run.total_steps
@@ -185,10 +185,12 @@ class _Run:
     ]
     self.step_fns = {}
     self.last_logs = {}
-    # A diagnostic of one process's batch (see TwoTowerModel.gradient_norms).
-    self.grad_norms = (
-      None if self.role.distributed else tf.function(self.model.gradient_norms)
-    )
+    # A diagnostic of one process's batch (see TwoTowerModel.gradient_norms),
+    # taken on a fixed probe batch: the first of the training stream.
+    self.grad_norms = self.probe = None
+    if not self.role.distributed:
+      self.grad_norms = tf.function(self.model.gradient_norms)
+      self.probe = next(iter(train_stream(config, self.prepared)))
     if _should_stop(self.history, train.early_stopping_patience):
       self.total_steps = int(self.step)  # this run already stopped early
     self.progbar = tf_keras.utils.Progbar(
@@ -243,19 +245,36 @@ class _Run:
     elif self.config.train.warm_start_from:
       _warm_start(self.model, self.prepared, self.config.train.warm_start_from)
 
-  def train_step(self) -> tuple[dict, dict, str]:
-    """One step of the schedule's phase: (batch, phase)."""
-    phase = model_lib.phase_for_step(self.config, int(self.step))
+  def train_steps(self) -> str:
+    """Trains up to the next step that logs, validates, saves or changes
+    phase (at most `train.steps_per_loop` steps), in one call of the
+    compiled step function; returns the phase trained."""
+    step = int(self.step)
+    phase = model_lib.phase_for_step(self.config, step)
     if phase not in self.step_fns:
       self.step_fns[phase] = _train_step_fn(
         self.model, phase, self.window, self.strategy
       )
-    batch = next(self.iterator)
-    self.step_fns[phase](batch)
-    self.step.assign_add(1)
-    return batch, phase
+    count = self._steps_to_next_event(step)
+    self.step_fns[phase](self.iterator, tf.constant(count, tf.int32))
+    self.step.assign_add(count)
+    return phase
 
-  def log(self, step: int, batch: dict, phase: str) -> None:
+  def _steps_to_next_event(self, step: int) -> int:
+    train = self.config.train
+    events = [
+      self.total_steps,
+      (step // train.log_every + 1) * train.log_every,
+      (step // train.checkpoint_every + 1) * train.checkpoint_every,
+    ]
+    if step < self.pretrain_steps:
+      events.append(self.pretrain_steps)
+    else:
+      done = (step - self.pretrain_steps) // self.steps_per_epoch
+      events.append(self.pretrain_steps + (done + 1) * self.steps_per_epoch)
+    return max(1, min(train.steps_per_loop, min(events) - step))
+
+  def log(self, step: int, phase: str) -> None:
     """Shows and writes the means since the last log, then restarts them."""
     # Read here, not every step: a read is a host sync, and under a
     # strategy a collective per metric.
@@ -267,9 +286,11 @@ class _Run:
     self.progbar.stateful_metrics = set(values)
     self.progbar.update(step, values=list(values.items()))
     if self.grad_norms and phase == "joint" and self.config.ssl.alpha > 0:
-      # On the batch just trained on; the metrics it touches are reset
-      # just below.
-      values.update({k: float(v) for k, v in self.grad_norms(batch).items()})
+      # On the fixed probe batch, so successive logs compare; the metrics
+      # it touches are reset just below.
+      values.update(
+        {k: float(v) for k, v in self.grad_norms(self.probe).items()}
+      )
     self._scalars("train", step, values)
     # Metrics are running means: restart them so each log covers only
     # the steps since the previous one.
@@ -520,7 +541,8 @@ def _train_step_fn(
   window: dict[str, tf_keras.metrics.Mean],
   strategy: tf.distribute.Strategy,
 ):
-  """One training step on every replica (metrics read at log steps)."""
+  """`count` training steps on every replica, in one call (metrics are read
+  at log steps)."""
   replicas = strategy.num_replicas_in_sync
 
   def replica_step(batch):
@@ -534,8 +556,9 @@ def _train_step_fn(
       window[name].update_state(logs[name] * replicas)
 
   @tf.function
-  def step_fn(batch):
-    strategy.run(replica_step, args=(batch,))
+  def step_fn(iterator, count):
+    for _ in tf.range(count):
+      strategy.run(replica_step, args=(next(iterator),))
 
   return step_fn
 

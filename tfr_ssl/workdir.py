@@ -56,6 +56,7 @@ CHECKPOINT_DIR = "checkpoints"
 FREE_TRAIN_FIELDS = (
   "epochs",
   "log_every",
+  "steps_per_loop",
   "checkpoint_every",
   "validation_examples",
   "early_stopping_patience",
@@ -458,6 +459,7 @@ _AT_LEAST_1 = (
   "train.epochs",
   "train.checkpoint_every",
   "train.log_every",
+  "train.steps_per_loop",
   "eval.batch_size",
   "index.k",
   "index.audit_queries",
