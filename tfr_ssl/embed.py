@@ -15,7 +15,7 @@ import tensorflow as tf
 
 from tfr_ssl import config as config_lib
 from tfr_ssl import eval_pairs, evaluate
-from tfr_ssl.data import contract
+from tfr_ssl.data import contract, query_side
 
 Tower = Callable[[Mapping[str, tf.Tensor]], tf.Tensor]
 
@@ -103,10 +103,7 @@ def evaluate_model(
     pairs = eval_pairs.select_pairs(prepared, split, task, max_pairs, seed)
   if item_embeddings is None:
     item_embeddings = embed_rows(item_tower, prepared.items)
-  if pairs.task == eval_pairs.ITEM_TO_ITEM:
-    query_table = prepared.items
-  else:
-    query_table = prepared.queries
+  query_table = query_side.query_side(pairs.task).table(prepared)
   query_embeddings = embed_rows(query_tower, query_table, pairs.queries)
   metrics = evaluate.evaluate_embeddings(
     query_embeddings,

@@ -28,11 +28,11 @@ import dataclasses
 import numpy as np
 
 from tfr_ssl import eval_csr
-from tfr_ssl.data import contract
+from tfr_ssl.data import contract, query_side
 
-USER_TO_ITEM = "user_to_item"
-ITEM_TO_ITEM = "item_to_item"
-TASKS = (USER_TO_ITEM, ITEM_TO_ITEM)
+USER_TO_ITEM = query_side.USER_TO_ITEM
+ITEM_TO_ITEM = query_side.ITEM_TO_ITEM
+TASKS = query_side.TASKS
 # What `EvalPairs.excluded` names for the item-to-item exclusion.
 SEED_ITEM = "seed_item"
 
@@ -162,26 +162,20 @@ def select_pairs(
     ValueError: an unknown split or task.
   """
   known = earlier_splits(split)
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}.")
+  side = query_side.query_side(task)
   pairs = prepared.splits[split]
-  pair_rows = np.arange(len(pairs), dtype=np.int64)
-  if task == ITEM_TO_ITEM:
-    pair_rows = pair_rows[pairs.prev_item_index >= 0]
+  pair_rows = side.usable(pairs).astype(np.int64)
   if max_pairs and len(pair_rows) > max_pairs:
     rng = np.random.default_rng(seed)
     pair_rows = np.sort(rng.choice(pair_rows, max_pairs, replace=False))
-  if task == ITEM_TO_ITEM:
-    queries, query_of_pair = np.unique(
-      pairs.prev_item_index[pair_rows], return_inverse=True
-    )
+  queries, query_of_pair = np.unique(
+    side.query_of(pairs)[pair_rows], return_inverse=True
+  )
+  if side.is_item:
     # Each seed item excludes itself from its own ranking.
     exclude = (np.arange(queries.shape[0] + 1, dtype=np.int64), queries)
     excluded = (SEED_ITEM,)
   else:
-    queries, query_of_pair = np.unique(
-      pairs.query_index[pair_rows], return_inverse=True
-    )
     exclude = known_items(prepared, known, queries)
     excluded = known
   return EvalPairs(

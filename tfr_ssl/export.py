@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from tfr_ssl import atomic
 from tfr_ssl import config as config_lib
-from tfr_ssl.data import contract
+from tfr_ssl.data import contract, query_side
 
 MULTI_SEPARATOR = "|"
 SIGNATURE = "serving_default"
@@ -139,9 +139,7 @@ def query_features(
   schema: contract.Schema, task: str
 ) -> tuple[contract.Feature, ...]:
   """The features the query tower reads for a task."""
-  if task == "item_to_item":
-    return schema.item_features
-  return schema.query_features
+  return query_side.query_side(task).features(schema)
 
 
 def export_towers(

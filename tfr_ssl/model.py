@@ -33,7 +33,7 @@ import tf_keras
 
 from tfr_ssl import augment, distribute, features, losses, sampling, tasks
 from tfr_ssl.config import Config
-from tfr_ssl.data import contract, stats
+from tfr_ssl.data import contract, query_side, stats
 
 PHASES = ("joint", "ssl_only", "main_only")
 
@@ -146,8 +146,9 @@ class TwoTowerModel(tfrs.Model):
     self.item_tower = features.Tower(
       self.item_encoder, m.item_layers, m.output_dim, name="item_tower"
     )
-    if m.task == "item_to_item":
-      query_encoder = self.item_encoder
+    self.query_side = query_side.query_side(m.task)
+    if self.query_side.is_item:
+      query_encoder = self.item_encoder  # shared: the query is an item
     else:
       query_encoder = features.FeatureEncoder(
         features.feature_specs(dataset, contract.QUERY),
@@ -250,10 +251,7 @@ class TwoTowerModel(tfrs.Model):
     item = self.item_tower(dummy(dataset.items))
     if self.ssl_head is not None:
       self.ssl_head(item)
-    if self.config.model.task == "item_to_item":
-      self.query_tower(dummy(dataset.items))
-    else:
-      self.query_tower(dummy(dataset.queries))
+    self.query_tower(dummy(self.query_side.table(dataset)))
 
   @property
   def phase(self) -> str:
@@ -463,7 +461,7 @@ class TwoTowerModel(tfrs.Model):
 def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
   m, s = config.model, config.ssl
   items = dataset.schema.item_features
-  if m.task not in ("user_to_item", "item_to_item"):
+  if m.task not in query_side.TASKS:
     raise ModelConfigError(f"model.task: unknown task {m.task!r}.")
   if m.mixed_negatives < 0:
     raise ModelConfigError("model.mixed_negatives must be >= 0.")

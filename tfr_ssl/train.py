@@ -18,7 +18,6 @@ import os
 import tempfile
 import time
 
-import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -26,7 +25,7 @@ from tfr_ssl import atomic, distribute, embed, warm_start
 from tfr_ssl import config as config_lib
 from tfr_ssl import model as model_lib
 from tfr_ssl import workdir as workdir_lib
-from tfr_ssl.data import contract, pipeline
+from tfr_ssl.data import contract, pipeline, query_side
 from tfr_ssl.model import TwoTowerModel
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
@@ -514,10 +513,8 @@ def read_dataset_info(workdir: str) -> dict:
 def _steps_per_epoch(
   config: config_lib.Config, prepared: contract.PreparedDataset
 ) -> int:
-  train = prepared.splits["train"]
-  rows = len(train)
-  if config.model.task == "item_to_item":
-    rows = int(np.sum(train.prev_item_index >= 0))
+  side = query_side.query_side(config.model.task)
+  rows = len(side.usable(prepared.splits["train"]))
   full = rows // config.train.batch_size
   if full == 0:
     raise workdir_lib.ConfigError(

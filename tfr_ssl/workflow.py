@@ -30,7 +30,7 @@ from tfr_ssl import (
   train,
 )
 from tfr_ssl import workdir as workdir_lib
-from tfr_ssl.data import contract
+from tfr_ssl.data import contract, query_side
 
 EXPORT_DIR = "export"
 INDEX_DIR = "index"
@@ -453,7 +453,7 @@ def user_query(workdir: str, user: str) -> dict[str, str]:
     QueryError: the run is not user_to_item, or the user is unknown.
   """
   config = train.read_config(workdir)
-  if config.model.task != "user_to_item":
+  if query_side.query_side(config.model.task).is_item:
     raise QueryError(
       f"--user needs a user_to_item run; {workdir} is {config.model.task}: "
       "give the query item's features with --query."
@@ -494,9 +494,8 @@ def embed_raw(
 def _query_table(
   prepared: contract.PreparedDataset, task: str
 ) -> tuple[dict[str, np.ndarray], tuple[contract.Feature, ...]]:
-  if task == "item_to_item":
-    return prepared.items, prepared.schema.item_features
-  return prepared.queries, prepared.schema.query_features
+  side = query_side.query_side(task)
+  return side.table(prepared), side.features(prepared.schema)
 
 
 def _evaluate_through_index(workdir, prepared, config, pairs) -> dict:

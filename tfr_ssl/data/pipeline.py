@@ -27,9 +27,10 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfr_ssl.data import query_side
 from tfr_ssl.data.contract import SPLITS, PreparedDataset
 
-TASKS = ("user_to_item", "item_to_item")
+TASKS = query_side.TASKS
 
 
 def _tensors(table: dict[str, np.ndarray], names) -> dict[str, tf.Tensor]:
@@ -91,25 +92,19 @@ def _main_parts(
   """(row batches, function gathering a batch of rows) of the main stream."""
   if split not in SPLITS:
     raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}.")
-  if task not in TASKS:
-    raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}.")
+  side = query_side.query_side(task)
   data = prepared.splits[split]
   schema = prepared.schema
   item_tables = _tensors(prepared.items, [f.name for f in schema.item_features])
-  if task == "user_to_item":
-    rows = np.arange(len(data))
-    query_rows = tf.convert_to_tensor(data.query_index.astype(np.int32))
-    query_tables = _tensors(
-      prepared.queries, [f.name for f in schema.query_features]
-    )
-  else:
-    rows = np.flatnonzero(data.prev_item_index >= 0)
-    if rows.shape[0] == 0:
-      raise ValueError(
-        f"Split {split!r} has no interaction with a previous item."
-      )
-    query_rows = tf.convert_to_tensor(data.prev_item_index.astype(np.int32))
-    query_tables = item_tables
+  rows = side.usable(data)
+  if rows.shape[0] == 0:
+    raise ValueError(f"Split {split!r} has no interaction with a {task} query.")
+  query_rows = tf.convert_to_tensor(side.query_of(data).astype(np.int32))
+  query_tables = (
+    item_tables
+    if side.is_item
+    else _tensors(prepared.queries, [f.name for f in side.features(schema)])
+  )
   item_rows = tf.convert_to_tensor(data.item_index.astype(np.int32))
   weights = tf.convert_to_tensor(data.weight.astype(np.float32))
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from tfr_ssl import data as data_lib
 from tfr_ssl import export, train
-from tfr_ssl.data import contract
+from tfr_ssl.data import contract, query_side
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +43,14 @@ class Samples:
     self.query_id = None
     self._row_of = {}
     self._starts = self._items = None
-    if task == "item_to_item":
+    side = query_side.query_side(task)
+    if side.is_item:
       # Queries are items: offer popular items, which have no "history".
       count = prepared.item_train_count
       self.samples = _samples(
         prepared,
-        prepared.items,
-        schema.item_features,
+        side.table(prepared),
+        side.features(schema),
         _spread(np.argsort(-count), num_samples),
         lambda row, _: (
           f"item {self._keys[row]} ({int(count[row])} in training)"
