@@ -9,7 +9,7 @@ losses). Per step:
   - L_main: `losses.RetrievalLoss` between the query tower and the item
     tower over the batch's positives (plus optional mixed negatives), with
     the `-log p` correction from `sampling.py`.
-  - L_ssl: `tasks.ContrastiveTask` between two augmented views
+  - L_ssl: `ssl_task.ContrastiveTask` between two augmented views
     (`augment.py`) of `batch["ssl_item"]`, a uniform sample of the corpus,
     through the same item tower.
   - L_spread_out: `losses.spread_out_loss` of the batch's item embeddings
@@ -31,7 +31,14 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
-from tfr_ssl import augment, distribute, features, losses, sampling, tasks
+from tfr_ssl import (
+  augment,
+  distribute,
+  features,
+  losses,
+  sampling,
+  ssl_task,
+)
 from tfr_ssl.config import Config
 from tfr_ssl.data import contract, query_side, stats
 
@@ -167,7 +174,7 @@ class TwoTowerModel(tfrs.Model):
       margin=m.margin,
       name="main_task",
     )
-    self.ssl_task = tasks.ContrastiveTask(s.temperature, name="ssl_task")
+    self.ssl_task = ssl_task.ContrastiveTask(s.temperature, name="ssl_task")
     self.sampling = sampling.make_sampling_source(
       m.logq,
       dataset.item_train_count,
