@@ -84,6 +84,19 @@ def phase_for_step(config: Config, step: int) -> str:
   return "joint" if config.ssl.alpha > 0 else "main_only"
 
 
+def loss_weights(config: Config, phase: str) -> tuple[float, float]:
+  """(weight of L_main, weight of L_ssl) in `phase`: the one place the
+  phases and alpha meet. `joint`: (1, alpha); `ssl_only`: (0, 1);
+  `main_only`: (1, 0)."""
+  if phase not in PHASES:
+    raise ValueError(f"phase must be one of {list(PHASES)}, got {phase!r}.")
+  if phase == "ssl_only":
+    return 0.0, 1.0
+  if phase == "main_only":
+    return 1.0, 0.0
+  return 1.0, float(config.ssl.alpha)
+
+
 class TwoTowerModel(tfrs.Model):
   """Query tower, item tower, retrieval task and SSL task.
 
@@ -286,20 +299,20 @@ class TwoTowerModel(tfrs.Model):
         updates the streaming estimator and advances the seed step.
     """
     seed = self._seed(training, anchor=tf.nest.flatten(inputs)[0])
-    alpha = float(self.config.ssl.alpha)
-    phase = self._phase
-    with_ssl = phase == "ssl_only" or (phase == "joint" and alpha > 0)
-    if with_ssl and "ssl_item" not in inputs:
+    main_weight, ssl_weight = loss_weights(self.config, self._phase)
+    if ssl_weight > 0 and "ssl_item" not in inputs:
       if training:
         raise ValueError(
-          f"Phase {phase!r} with ssl.alpha={alpha} needs batch['ssl_item']."
+          f"Phase {self._phase!r} with ssl.alpha={self.config.ssl.alpha} "
+          "needs batch['ssl_item']."
         )
-      with_ssl = False  # an evaluation stream without SSL items
-    if phase == "ssl_only" and with_ssl:
+      # An evaluation stream without SSL items: the main loss is scored.
+      main_weight, ssl_weight = 1.0, 0.0
+    if main_weight == 0:
       return self._ssl_loss(inputs, training, seed)
     loss = self._main_loss(inputs, training, seed)
-    if with_ssl:
-      loss += alpha * self._ssl_loss(inputs, training, seed)
+    if ssl_weight > 0:
+      loss += ssl_weight * self._ssl_loss(inputs, training, seed)
     return loss
 
   def gradient_norms(self, inputs: Mapping[str, Any]) -> dict[str, tf.Tensor]:
@@ -319,7 +332,8 @@ class TwoTowerModel(tfrs.Model):
     variables = self.item_tower.trainable_variables
     with tf.GradientTape(persistent=True) as tape:
       main = self._main_loss(inputs, False, seed)
-      ssl = float(self.config.ssl.alpha) * self._ssl_loss(inputs, False, seed)
+      _, ssl_weight = loss_weights(self.config, "joint")
+      ssl = ssl_weight * self._ssl_loss(inputs, False, seed)
     flat = []
     for loss in (main, ssl):
       grads = tape.gradient(loss, variables)

@@ -284,7 +284,7 @@ class _Run:
     # Every value is a mean over the window: show them as they are.
     self.progbar.stateful_metrics = set(values)
     self.progbar.update(step, values=list(values.items()))
-    if self.grad_norms and phase == "joint" and self.config.ssl.alpha > 0:
+    if self.grad_norms and min(model_lib.loss_weights(self.config, phase)):
       # On the fixed probe batch, so successive logs compare; the metrics
       # it touches are reset just below.
       values.update(
