@@ -1,0 +1,293 @@
+"""Training speed against what the machine allows, in one process.
+
+Measured, in alternating rounds so machine load hits all alike:
+
+  - the roof: a chain of fp32 1024 x 1024 matmuls in TensorFlow, GFLOP/s;
+  - the input pipeline alone (`train.train_stream`): examples/s;
+  - the TFRS basic-retrieval tutorial model (user id and item id embedding
+    towers of 32 dims, `tfrs.tasks.Retrieval`, batch 8192, Adagrad; no
+    training-time metrics);
+  - our model (default config) main-only and main + SSL, driven by the
+    training loop's own step function (`train._train_step_fn`): one step
+    per call (`--steps_per_loop=1`, a Python round trip per step) and 20
+    steps per call (the default).
+
+FLOPs per step are counted per layer from the built models (stated, not
+profiled): every dense layer 2 * rows * in * out and every logits matmul
+2 * rows * columns * dim forward, times 3 for forward + backward (the
+backward pass computes two matmuls of the forward's size). Embedding
+lookups, pooling, the optimizer and the elementwise work are not counted:
+they are memory-bound, and the gap between achieved GFLOP/s and the roof is
+where they show.
+
+Usage:
+  .venv/bin/python bench/train_speed.py [--data_dir ../shared/data/ml-1m]
+      [--rounds 3] [--steps 60] [--out bench/results/train_speed.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+import tensorflow as tf
+import tf_keras
+
+import tfr_ssl  # noqa: F401  (selects Keras 2 before TFRS is imported)
+from tfr_ssl import atomic, train
+from tfr_ssl import config as config_lib
+from tfr_ssl import data as data_lib
+
+# isort: split
+import tensorflow_recommenders as tfrs
+
+TUTORIAL_BATCH = 8192
+TUTORIAL_DIM = 32
+
+
+def matmul_roof(size: int = 1024, chain: int = 16, repeats: int = 5) -> float:
+  """GFLOP/s of a chain of fp32 size x size matmuls (best of repeats)."""
+  a = tf.random.normal([size, size]) / np.sqrt(size)
+
+  @tf.function
+  def run(x):
+    for _ in range(chain):
+      x = tf.matmul(x, a)
+    return x
+
+  run(a).numpy()
+  best = 0.0
+  for _ in range(repeats):
+    start = time.perf_counter()
+    run(a).numpy()
+    best = max(best, 2 * size**3 * chain / (time.perf_counter() - start))
+  return best / 1e9
+
+
+class Tutorial(tfrs.Model):
+  """The basic-retrieval tutorial's model, on integer ids."""
+
+  def __init__(self, num_users: int, num_items: int):
+    super().__init__()
+    self.user = tf_keras.layers.Embedding(num_users + 1, TUTORIAL_DIM)
+    self.item = tf_keras.layers.Embedding(num_items + 1, TUTORIAL_DIM)
+    self.task = tfrs.tasks.Retrieval()
+
+  def compute_loss(self, inputs, training=False):
+    return self.task(self.user(inputs["user"]), self.item(inputs["item"]))
+
+
+def tutorial_flops(batch: int) -> float:
+  return 3 * 2 * batch * batch * TUTORIAL_DIM
+
+
+def dense_flops(tower, rows: int) -> float:
+  """Forward matmul FLOPs of a tower's dense layers for `rows` inputs."""
+  total = 0.0
+  for layer in tower.submodules:
+    if isinstance(layer, tf_keras.layers.Dense):
+      fan_in, fan_out = layer.kernel.shape
+      total += 2 * rows * fan_in * fan_out
+  return total
+
+
+def model_flops(model, config: config_lib.Config, ssl: bool) -> float:
+  """Counted FLOPs of one training step (forward + backward, see doc)."""
+  b, dim = config.train.batch_size, config.model.output_dim
+  forward = dense_flops(model.query_tower, b) + dense_flops(model.item_tower, b)
+  forward += 2 * b * b * dim  # in-batch logits
+  if ssl:
+    n = config.ssl.batch_size
+    forward += dense_flops(model.item_tower, 2 * n) + 2 * n * n * dim
+  return 3 * forward
+
+
+def build_ours(config, prepared, steps_per_loop: int):
+  model = train.build_model(config, prepared)
+  window = {name: tf_keras.metrics.Mean(name) for name in train._PER_BATCH_LOGS}
+  phase = "joint" if config.ssl.alpha > 0 else "main_only"
+  step_fn = train._train_step_fn(
+    model, phase, window, tf.distribute.get_strategy()
+  )
+  iterator = iter(train.train_stream(config, prepared))
+  count = tf.constant(steps_per_loop, tf.int32)
+
+  def run(steps: int) -> None:
+    for _ in range(steps // steps_per_loop):
+      step_fn(iterator, count)
+    model.optimizer.iterations.numpy()  # wait for the last step
+
+  return model, run
+
+
+def build_tutorial(prepared, seed: int):
+  tf_keras.utils.set_random_seed(seed)
+  model = Tutorial(prepared.num_queries, prepared.num_items)
+  model.compile(optimizer=tf_keras.optimizers.Adagrad(0.1))
+  train_split = prepared.splits["train"]
+  stream = (
+    tf.data.Dataset.from_tensor_slices(
+      {
+        "user": train_split.query_index.astype(np.int32),
+        "item": train_split.item_index.astype(np.int32),
+      }
+    )
+    .shuffle(100_000, seed=seed)
+    .repeat()
+    .batch(TUTORIAL_BATCH, drop_remainder=True)
+    .prefetch(tf.data.AUTOTUNE)
+  )
+  iterator = iter(stream)
+  step = tf.function(model.train_step)
+
+  def run(steps: int) -> None:
+    for _ in range(steps):
+      logs = step(next(iterator))
+    float(logs["loss"])
+
+  return model, run
+
+
+def build_input(config, prepared):
+  iterator = iter(train.train_stream(config, prepared))
+
+  def run(steps: int) -> None:
+    for _ in range(steps):
+      batch = next(iterator)
+    batch["item_index"].numpy()
+
+  return None, run
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument(
+    "--data_dir",
+    default=os.path.join(
+      os.environ.get("TFR_SSL_SHARED_DATA", "../shared/data"), "ml-1m"
+    ),
+    help="ML-1M directory (the synthetic default data when absent).",
+  )
+  parser.add_argument("--cache_dir", default="/tmp/train_speed_cache")
+  parser.add_argument("--rounds", type=int, default=3)
+  parser.add_argument("--steps", type=int, default=60)
+  parser.add_argument("--out", default="")
+  args = parser.parse_args()
+  started = time.perf_counter()
+  overrides = {"data.cache_dir": args.cache_dir}
+  if os.path.isdir(args.data_dir):
+    overrides.update(
+      {"data.source": "movielens", "data.data_dir": args.data_dir}
+    )
+  base = config_lib.Config().override(overrides)
+  prepared = data_lib.load(base.data)
+  main_only = base.override({"ssl.alpha": 0.0})
+  setups = {
+    "input pipeline alone": (build_input(base, prepared), base, None),
+    "TFRS tutorial (batch 8192)": (
+      build_tutorial(prepared, base.train.seed),
+      None,
+      tutorial_flops(TUTORIAL_BATCH),
+    ),
+    "ours, main only, 1 step per call": (
+      build_ours(main_only, prepared, 1),
+      main_only,
+      False,
+    ),
+    "ours, main only, 20 steps per call": (
+      build_ours(main_only, prepared, 20),
+      main_only,
+      False,
+    ),
+    "ours, main + SSL, 1 step per call": (
+      build_ours(base, prepared, 1),
+      base,
+      True,
+    ),
+    "ours, main + SSL, 20 steps per call": (
+      build_ours(base, prepared, 20),
+      base,
+      True,
+    ),
+  }
+  flops, batch = {}, {}
+  for name, ((model, run), config, ssl) in setups.items():
+    if name.startswith("TFRS"):
+      flops[name], batch[name] = ssl, TUTORIAL_BATCH
+    else:
+      batch[name] = base.train.batch_size
+      flops[name] = model_flops(model, config, ssl) if model else 0.0
+    run(20)  # trace and warm up
+    print(f"{name}: ready", flush=True)
+
+  rates = {name: [] for name in setups}
+  roofs = []
+  names = list(setups)
+  for round_ in range(args.rounds):
+    roofs.append(matmul_roof())
+    for name in names if round_ % 2 == 0 else names[::-1]:
+      (_, run), _, _ = setups[name]
+      steps = args.steps
+      start = time.perf_counter()
+      run(steps)
+      rates[name].append(steps * batch[name] / (time.perf_counter() - start))
+    print(
+      f"round {round_ + 1}: roof {roofs[-1]:.0f} GFLOP/s; "
+      + "; ".join(f"{n}: {rates[n][-1]:,.0f} ex/s" for n in names),
+      flush=True,
+    )
+  roof = float(np.median(roofs))
+  tutorial = float(np.median(rates["TFRS tutorial (batch 8192)"]))
+  main_20 = float(np.median(rates["ours, main only, 20 steps per call"]))
+  lines = [
+    "# Training speed against the machine",
+    "",
+    "Command: `.venv/bin/python bench/train_speed.py "
+    f"{' '.join(sys.argv[1:])}`",
+    "",
+    f"Machine: {platform.platform()}, {os.cpu_count()} cores (shared), "
+    f"Python {platform.python_version()}, TF {tf.__version__}; wall time "
+    f"{(time.perf_counter() - started) / 60:.1f} min. Data: "
+    f"{base.data.source} ({prepared.num_items:,} items, "
+    f"{len(prepared.splits['train']):,} training interactions). "
+    f"{args.rounds} alternating rounds of {args.steps} steps per setup.",
+    "",
+    f"Roof: fp32 1024 x 1024 matmul chain, median **{roof:.0f} GFLOP/s** "
+    f"(rounds: {', '.join(f'{r:.0f}' for r in roofs)}).",
+    "",
+    "| setup | batch | examples/s (median; rounds) | counted GFLOP/step "
+    "| GFLOP/s | share of roof | vs tutorial |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for name in names:
+    rate = float(np.median(rates[name]))
+    gflop = flops[name] / 1e9
+    achieved = gflop * rate / batch[name]
+    cells = ", ".join(f"{r:,.0f}" for r in rates[name])
+    lines.append(
+      f"| {name} | {batch[name]} | {rate:,.0f} ({cells}) | "
+      + (
+        f"{gflop:.2f} | {achieved:.1f} | {achieved / roof:.0%}"
+        if gflop
+        else "- | - | -"
+      )
+      + f" | {rate / tutorial:.2f}x |"
+    )
+  ssl_20 = float(np.median(rates["ours, main + SSL, 20 steps per call"]))
+  lines += [
+    "",
+    f"A main + SSL step costs **{main_20 / ssl_20:.2f}x** a main-only step "
+    "(20 steps per call, by examples/s).",
+  ]
+  text = "\n".join(lines) + "\n"
+  print(text)
+  if args.out:
+    atomic.write_text(args.out, text)
+
+
+if __name__ == "__main__":
+  main()
