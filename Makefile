@@ -8,7 +8,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 1
 # Where prepared (TFDS-cached) datasets live; each source/config gets a version.
 CACHE_DIR ?= $(HOME)/.cache/tfr_ssl
 
-.PHONY: install test lint format demo clean
+.PHONY: install test lint format demo clean bench bench-scale
 
 install: $(VENV)/.installed
 
@@ -42,6 +42,19 @@ demo: install
 	$(PY) -m pipelines.retrieve --workdir=$(WORKDIR) --user=42 --top_k=5
 	$(PY) -m pipelines.report --workdir=$(WORKDIR)
 	@echo "Serve it over HTTP (TF Serving's REST API, a page at /): $(PY) -m pipelines.serve --workdir=$(WORKDIR) --port=8501"
+
+# Small versions of the performance benchmarks (a few minutes); results go
+# to bench/results/quick/ (the committed full runs are in bench/results/).
+BENCH_OUT ?= bench/results/quick
+bench: install
+	mkdir -p $(BENCH_OUT)
+	$(PY) bench/train_speed.py --rounds 2 --steps 40 --out $(BENCH_OUT)/train_speed.md
+	$(PY) bench/scale.py --sizes 5000,20000 --out $(BENCH_OUT)/scale.md
+	$(PY) bench/distributed_bench.py --rounds 1 --steps 60 --out $(BENCH_OUT)/distributed.md
+
+# The pipeline at 20k, 200k and 1M items (about an hour on 2 cores).
+bench-scale: install
+	$(PY) bench/scale.py --sizes 20000,200000,1000000 --out bench/results/scale.md
 
 clean:
 	rm -rf $(VENV) workdir
