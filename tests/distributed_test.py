@@ -394,3 +394,56 @@ def test_sharded_tables_train_under_parameter_servers(tmp_path):
   restored = float(tf.reduce_sum(tf.abs(table)))
   np.testing.assert_allclose(restored, json.loads(out["TABLE"]), rtol=1e-6)
   assert abs(restored - initial) > 1e-3  # trained values, not the init
+
+
+def test_a_lost_worker_stops_the_chief_with_one_line(tmp_path):
+  # Worker 1 is killed (SIGKILL) once the chief has saved a checkpoint: the
+  # chief's collectives fail, and it exits in bounded time with one line
+  # that says how to resume, not a stack trace.
+  workdir = tmp_path / "lost"
+  cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+  flags = [
+    f"--workdir={workdir}",
+    f"--cache_dir={tmp_path / 'cache'}",
+    *RUN,
+    "--epochs=50",
+    "--strategy=multi_worker",
+  ]
+  processes = []
+  try:
+    for index in range(2):
+      env = dict(
+        os.environ,
+        TF_CONFIG=json.dumps(
+          {"cluster": cluster, "task": {"type": "worker", "index": index}}
+        ),
+        CUDA_VISIBLE_DEVICES="",
+      )
+      processes.append(
+        subprocess.Popen(
+          binary("train", *flags),
+          cwd=REPO,
+          env=env,
+          stdout=subprocess.DEVNULL,
+          stderr=subprocess.PIPE,
+          text=True,
+          start_new_session=True,
+        )
+      )
+    marker = workdir / "checkpoints" / "checkpoint"
+    deadline = time.monotonic() + DEADLINE_S
+    while not marker.exists():
+      assert time.monotonic() < deadline, "no checkpoint in time"
+      assert processes[0].poll() is None, processes[0].stderr.read()[-3000:]
+      time.sleep(0.05)
+    os.killpg(processes[1].pid, signal.SIGKILL)
+    _, stderr = processes[0].communicate(timeout=180)
+  finally:
+    for process in processes:
+      if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+      process.wait(timeout=30)
+  assert processes[0].returncode == 1, stderr[-3000:]
+  last = stderr.strip().splitlines()[-1]
+  assert last.startswith("error: a worker of the cluster was lost"), last
+  assert "Start every worker again with the same command" in last

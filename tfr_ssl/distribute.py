@@ -197,6 +197,35 @@ def role(strategy: tf.distribute.Strategy) -> Role:
   )
 
 
+# What a collective raises when a peer process is gone.
+_PEER_ERRORS = (
+  tf.errors.UnavailableError,
+  tf.errors.DeadlineExceededError,
+  tf.errors.CancelledError,
+  tf.errors.AbortedError,
+)
+
+
+@contextlib.contextmanager
+def peer_loss(resume_hint):
+  """Turns a lost worker into one DistributeError saying how to go on.
+
+  Synchronous training cannot go on without a worker: the collectives of
+  the others fail (within seconds when its socket closes). `resume_hint()`
+  says where the restarted cluster will resume.
+  """
+  try:
+    yield
+  except _PEER_ERRORS as e:
+    first = str(getattr(e, "message", e)).strip().splitlines()
+    raise DistributeError(
+      f"a worker of the cluster was lost ({type(e).__name__}: "
+      f"{first[0] if first else ''}); synchronous training cannot go on "
+      f"without it. Start every worker again with the same command: "
+      f"{resume_hint()}."
+    ) from None
+
+
 def replica() -> tuple[int, tf.Tensor | int]:
   """(replicas in sync, this replica's index) in the current context."""
   context = tf.distribute.get_replica_context()
@@ -261,6 +290,7 @@ __all__ = [
   "local_rows",
   "make_strategy",
   "parameter_server_strategy",
+  "peer_loss",
   "replica",
   "role",
 ]

@@ -101,6 +101,19 @@ def _train_and_evaluate(
 ) -> dict:
   """The loop: train up to the next event, log, end the epoch, checkpoint."""
   run = _Run(config, workdir, strategy, scratch)
+  if run.role.distributed:
+    with distribute.peer_loss(lambda: _resume_hint(workdir)):
+      return _loop(run, config)
+  return _loop(run, config)
+
+
+def _resume_hint(workdir: str) -> str:
+  step = workdir_lib.latest_step(workdir)
+  where = f"step {step}" if step is not None else "the start"
+  return f"they resume from the last checkpoint ({where})"
+
+
+def _loop(run: _Run, config: config_lib.Config) -> dict:
   while int(run.step) < run.total_steps:
     phase = run.train_steps()
     step = int(run.step)
