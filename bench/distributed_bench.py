@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import platform
 import shutil
@@ -34,7 +33,7 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import atomic
+from tfr_ssl import atomic, distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 1024
@@ -97,15 +96,13 @@ def run_one(args) -> float:
 
 def run_two(args) -> float:
   workdir = tempfile.mkdtemp(prefix="two_", dir=args.scratch)
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+  workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
   processes = []
   try:
     for index in range(2):
       env = dict(
         os.environ,
-        TF_CONFIG=json.dumps(
-          {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        ),
+        TF_CONFIG=distribute.tf_config(workers, index),
       )
       processes.append(
         subprocess.Popen(

@@ -77,7 +77,7 @@ def run_workers(tmp_path, workdir, flags, name):
   Returns (return codes, logs, each worker's TMPDIR).
   """
   ports = free_ports(2)
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+  workers = [f"127.0.0.1:{p}" for p in ports]
   processes, logs, tmpdirs = [], [], []
   try:
     for index in range(2):
@@ -86,9 +86,7 @@ def run_workers(tmp_path, workdir, flags, name):
       log = (tmp_path / f"{name}_worker{index}.log").open("w")
       env = dict(
         os.environ,
-        TF_CONFIG=json.dumps(
-          {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        ),
+        TF_CONFIG=distribute.tf_config(workers, index),
         TMPDIR=str(tmpdir),
         CUDA_VISIBLE_DEVICES="",
       )
@@ -401,7 +399,7 @@ def test_a_lost_worker_stops_the_chief_with_one_line(tmp_path):
   # chief's collectives fail, and it exits in bounded time with one line
   # that says how to resume, not a stack trace.
   workdir = tmp_path / "lost"
-  cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
+  workers = [f"127.0.0.1:{p}" for p in free_ports(2)]
   flags = [
     f"--workdir={workdir}",
     f"--cache_dir={tmp_path / 'cache'}",
@@ -414,9 +412,7 @@ def test_a_lost_worker_stops_the_chief_with_one_line(tmp_path):
     for index in range(2):
       env = dict(
         os.environ,
-        TF_CONFIG=json.dumps(
-          {"cluster": cluster, "task": {"type": "worker", "index": index}}
-        ),
+        TF_CONFIG=distribute.tf_config(workers, index),
         CUDA_VISIBLE_DEVICES="",
       )
       processes.append(

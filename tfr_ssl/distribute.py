@@ -97,6 +97,21 @@ def parameter_server_strategy(
   )
 
 
+def tf_config(workers: list[str], index: int) -> str:
+  """The TF_CONFIG of worker `index` of a cluster of `workers` (host:port).
+
+  Worker 0 is the chief. Example:
+    >>> json.loads(tf_config(["h1:2222", "h2:2222"], 1))["task"]
+    {'type': 'worker', 'index': 1}
+  """
+  return json.dumps(
+    {
+      "cluster": {"worker": list(workers)},
+      "task": {"type": "worker", "index": index},
+    }
+  )
+
+
 def cluster_spec() -> dict:
   """The parsed `TF_CONFIG` (DistributeError when missing or malformed)."""
   raw = os.environ.get("TF_CONFIG")
@@ -293,4 +308,5 @@ __all__ = [
   "peer_loss",
   "replica",
   "role",
+  "tf_config",
 ]
