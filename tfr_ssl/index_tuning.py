@@ -11,15 +11,28 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import index_audit
 
-if TYPE_CHECKING:
-  from tfr_ssl.index import ScaNNIndex
+
+class TunableSearcher(Protocol):
+  """What tuning needs of a searcher (`index.ScaNNIndex` is one): its
+  config, a search-time leaves_to_search, a search, and a place for the
+  tuning record."""
+
+  num_leaves_to_search: int
+  tuning: dict
+
+  def get_config(self) -> dict[str, Any]: ...
+
+  def search(
+    self, queries: tf.Tensor, k: int
+  ) -> tuple[tf.Tensor, tf.Tensor]: ...
+
 
 # Searched leaves should hold this many corpus points per requested result.
 _POINTS_PER_RESULT = 20
@@ -36,7 +49,7 @@ def min_leaves(num_items: int, num_leaves: int, k: int) -> int:
 
 
 def tune_leaves_to_search(
-  searcher: ScaNNIndex,
+  searcher: TunableSearcher,
   query_embeddings: np.ndarray,
   item_embeddings: np.ndarray,
   k: int,
