@@ -64,8 +64,7 @@ def make_strategy(name: str, local_devices: int = 0) -> tf.distribute.Strategy:
   devices = _split_cpu(local_devices) if local_devices > 1 else None
   if name == "mirrored":
     return tf.distribute.MirroredStrategy(devices=devices)
-  cluster = cluster_spec()
-  del cluster  # validated; the strategy reads TF_CONFIG itself
+  cluster_spec()  # a clear error for a bad TF_CONFIG; the strategy reads it
   return tf.distribute.MultiWorkerMirroredStrategy(
     communication_options=tf.distribute.experimental.CommunicationOptions(
       implementation=tf.distribute.experimental.CommunicationImplementation.RING
