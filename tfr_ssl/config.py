@@ -241,7 +241,9 @@ class TrainConfig:
     learning_rate: Learning rate of the optimizer.
     optimizer: `adam` (default: on the synthetic data Adam at 0.003 reached
       twice the validation recall of the paper's Adagrad after one epoch,
-      bench/results/ablation.md) or `adagrad` (the paper).
+      bench/results/ablation.md; embedding rows are updated lazily, only
+      when in the batch, see optimizers.py), `adam_dense` (Keras's Adam,
+      whose step costs a pass over every table) or `adagrad` (the paper).
     epochs: Passes over the training split.
     steps_per_epoch: Cap on steps per epoch (0 = one full pass).
     schedule: `joint` (the paper) or `pretrain` (SSL-only pretraining of the
@@ -264,7 +266,9 @@ class TrainConfig:
 
   batch_size: int = _field(1024, "Main-task batch size.")
   learning_rate: float = _field(0.003, "Optimizer learning rate.")
-  optimizer: str = _field("adam", "Optimizer.", choices=("adam", "adagrad"))
+  optimizer: str = _field(
+    "adam", "Optimizer.", choices=("adam", "adam_dense", "adagrad")
+  )
   epochs: int = _field(3, "Training epochs.")
   steps_per_epoch: int = _field(0, "Steps per epoch cap (0 = full pass).")
   schedule: str = _field(

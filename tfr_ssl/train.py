@@ -21,7 +21,7 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import atomic, distribute, embed, warm_start
+from tfr_ssl import atomic, distribute, embed, optimizers, warm_start
 from tfr_ssl import config as config_lib
 from tfr_ssl import model as model_lib
 from tfr_ssl import workdir as workdir_lib
@@ -378,7 +378,11 @@ def build_model(
 ) -> TwoTowerModel:
   """The model of `config`, compiled with its optimizer."""
   model = TwoTowerModel(config, prepared)
-  model.compile(optimizer=_optimizer(config.train))
+  model.compile(
+    optimizer=optimizers.make_optimizer(
+      config.train.optimizer, config.train.learning_rate
+    )
+  )
   return model
 
 
@@ -571,12 +575,6 @@ def _train_step_fn(
       strategy.run(replica_step, args=(next(iterator),))
 
   return step_fn
-
-
-def _optimizer(train: config_lib.TrainConfig) -> tf_keras.optimizers.Optimizer:
-  if train.optimizer == "adam":
-    return tf_keras.optimizers.Adam(train.learning_rate)
-  return tf_keras.optimizers.Adagrad(train.learning_rate)
 
 
 def _warm_start(
