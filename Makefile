@@ -49,12 +49,14 @@ BENCH_OUT ?= bench/results/quick
 bench: install
 	mkdir -p $(BENCH_OUT)
 	$(PY) bench/train_speed.py --rounds 2 --steps 40 --out $(BENCH_OUT)/train_speed.md
-	$(PY) bench/scale.py --sizes 5000,20000 --out $(BENCH_OUT)/scale.md
+	$(PY) bench/scale.py --sizes 5000,20000 --out $(BENCH_OUT)/scale.md \
+		--index_bench_out $(BENCH_OUT)/index_trained.md
 	$(PY) bench/distributed_bench.py --rounds 1 --steps 60 --out $(BENCH_OUT)/distributed.md
 
 # The pipeline at 20k, 200k and 1M items (about an hour on 2 cores).
 bench-scale: install
-	$(PY) bench/scale.py --sizes 20000,200000,1000000 --out bench/results/scale.md
+	$(PY) bench/scale.py --sizes 20000,200000,1000000 --out bench/results/scale.md \
+		--index_bench_out bench/results/index_1m.md
 
 clean:
 	rm -rf $(VENV) workdir

@@ -16,9 +16,15 @@ Two query sets per corpus: `aligned` queries sit around the item clusters
 (what a trained two-tower model produces), `off-cluster` queries around
 other centres (a harder case for a partitioned index).
 
+`--workdir` runs the same comparison on a trained run instead: its corpus
+embedded by the exported item tower, its tuning and audit queries embedded
+by the query tower (`workflow.index_inputs`, as `pipelines.build_index`
+draws them). Single-query rates (one query per call) are measured next to
+the batched ones.
+
 Usage:
   .venv/bin/python bench/index_bench.py [--sizes 20000,100000]
-      [--out bench/results/index.md]
+      [--workdir RUN] [--out bench/results/index.md]
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import atomic, index, index_audit, index_tuning
+from tfr_ssl import atomic, index, index_audit, index_tuning, train, workflow
 from tfr_ssl.config import IndexConfig
 
 DIM = 64
@@ -63,12 +69,20 @@ def problem(num_items, seed=0):
   return items, queries
 
 
+SINGLE_QUERIES = 200
+
+
 def measure(name, searcher, build_seconds, items, audit, settings):
   row = {"method": name, "build_s": build_seconds, "settings": settings}
   for k in (10, 100):
     row[f"recall@{k}"] = index_audit.audit_recall(searcher, audit, items, k)
   rates = index_audit.benchmark_search(searcher, audit, items, k=100, repeats=5)
   row.update(rates)
+  single = index_audit.benchmark_search(
+    searcher, audit[:SINGLE_QUERIES], items, k=100, batch_size=1, repeats=2
+  )
+  row["single_qps"] = single["index_qps"]
+  row["single_speedup"] = single["speedup"]
   print(row, flush=True)
   return row
 
@@ -81,11 +95,29 @@ def timed(fn):
 
 def run(num_items):
   items, query_sets = problem(num_items)
+  return compare(
+    items,
+    {
+      kind: (queries[:TUNE_QUERIES], queries[TUNE_QUERIES:])
+      for kind, queries in query_sets.items()
+    },
+  )
+
+
+def run_trained(workdir):
+  """The comparison on a trained run's embedded corpus and queries."""
+  inputs = workflow.index_inputs(workdir, train.read_config(workdir))
+  queries = (inputs.tune_queries, inputs.audit_queries)
+  return compare(inputs.item_embeddings, {"trained": queries})
+
+
+def compare(items, query_sets):
+  """Every method on `items` for each (tune, audit) query set."""
+  num_items = len(items)
   ids = [f"item{i}" for i in range(num_items)]
   rows = []
   scann_config = IndexConfig(k=100, exact_below=0)
-  for kind, queries in query_sets.items():
-    tune, audit = queries[:TUNE_QUERIES], queries[TUNE_QUERIES:]
+  for kind, (tune, audit) in query_sets.items():
     out = []
     exact, seconds = timed(
       lambda: index.build_searcher(
@@ -128,6 +160,8 @@ def run(num_items):
         f"{s['num_leaves']} leaves, {s['num_leaves_to_search']} searched, "
         f"T={s['quantization_threshold']}, "
         f"reorder {s['num_reordering_candidates']}"
+        if "num_leaves" in s
+        else "exact (reordering would score half the corpus)"
       )
       out.append(measure(name, searcher, seconds, items, audit, settings))
     for row in out:
@@ -139,8 +173,9 @@ def run(num_items):
 def table(rows):
   lines = [
     "| items | queries | method | settings | recall@10 | recall@100 "
-    "| queries/s | vs exact | queries/CPU-s | vs exact | build s |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| queries/s | vs exact | queries/CPU-s | vs exact "
+    "| single queries/s | vs exact | build s |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for r in rows:
     lines.append(
@@ -148,6 +183,7 @@ def table(rows):
       f"| {r['settings']} | {r['recall@10']:.3f} | {r['recall@100']:.3f} "
       f"| {r['index_qps']:,.0f} | {r['speedup']:.2f}x "
       f"| {r['index_cpu_qps']:,.0f} | {r['cpu_speedup']:.2f}x "
+      f"| {r['single_qps']:,.0f} | {r['single_speedup']:.2f}x "
       f"| {r['build_s']:.1f} |"
     )
   return "\n".join(lines)
@@ -156,12 +192,28 @@ def table(rows):
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--sizes", default="20000,100000")
+  parser.add_argument(
+    "--workdir", default="", help="A trained, exported run (replaces --sizes)."
+  )
   parser.add_argument("--out", default="bench/results/index.md")
   args = parser.parse_args()
   rows = []
-  for size in (int(s) for s in args.sizes.split(",")):
-    rows.extend(run(size))
+  if args.workdir:
+    rows.extend(run_trained(args.workdir))
+  else:
+    for size in (int(s) for s in args.sizes.split(",")):
+      rows.extend(run(size))
   command = " ".join(["bench/index_bench.py", *sys.argv[1:]])
+  if args.workdir:
+    data = (
+      "Trained embeddings: the run's corpus through its exported item "
+      "tower, tuning and audit queries (users) through its query tower"
+    )
+  else:
+    data = (
+      f"Synthetic unit vectors, {DIM} dims, sqrt(N) clusters; "
+      f"{TUNE_QUERIES} tuning and {AUDIT_QUERIES} audit queries"
+    )
   report = f"""# Index benchmark: recall and throughput
 
 Command: `.venv/bin/python {command}`
@@ -170,13 +222,14 @@ Machine: {platform.machine()}, 2 shared cores ({platform.python_version()},
 TF {tf.__version__}); throughput figures are noisy (other jobs share the
 cores); compare ratios, not absolute rates.
 
-Synthetic unit vectors, {DIM} dims, sqrt(N) clusters; k = 100; recall
-against exact search on {AUDIT_QUERIES} held-out queries; leaves tuned on
-{TUNE_QUERIES} other queries (target recall@100 >= {TARGET_RECALL});
+{data}; k = 100; recall
+against exact search on the held-out audit queries; leaves tuned on other
+queries (target recall@100 >= {TARGET_RECALL});
 queries/s batched (1000 per call, best of 5 passes) by wall clock and per
 CPU-second of the process (all threads; steadier when other jobs load the
 machine); "vs exact" divides by exact search timed in alternating passes of
-the same call.
+the same call; single queries/s: one query per call, {SINGLE_QUERIES}
+queries, best of 2 passes.
 
 {table(rows)}
 """

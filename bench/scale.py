@@ -4,7 +4,9 @@ For each corpus size N (items of the synthetic source; N / 10 users, at
 least 1000, and `--per_item` interactions drawn per item) the binaries run
 as a user runs them: prepare_data, train (one epoch), export, build_index
 (ScaNN above `index.exact_below` items, tuned and audited against exact
-search) and evaluate (full-corpus exact metrics on the test split). Each
+search) and evaluate (full-corpus exact metrics on the test split);
+`--index_bench_out` then compares the index methods on the largest run's
+trained embeddings (bench/index_bench.py --workdir). Each
 stage is one process: its wall time and its peak resident memory
 (`ru_maxrss` of that process, from `os.wait4`) are recorded, and for each
 stage the growth with N is the slope of a least-squares fit of log(time)
@@ -36,15 +38,26 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = ("prepare_data", "train", "export", "build_index", "evaluate")
 
 
-def run_stage(name: str, flags: list[str], log_path: str) -> dict:
-  """Runs `pipelines.<name>`; its wall time (s) and peak RSS (MiB)."""
+def run_stage(
+  name: str, flags: list[str], log_path: str, script: str = ""
+) -> dict:
+  """Runs `pipelines.<name>` (or `script`); wall time (s), peak RSS (MiB)."""
+  command = [script] if script else ["-m", f"pipelines.{name}"]
   with open(log_path, "a") as log:
-    log.write(f"\n$ pipelines.{name} {' '.join(flags)}\n")
+    log.write(f"\n$ {' '.join(command)} {' '.join(flags)}\n")
     log.flush()
     start = time.perf_counter()
     process = subprocess.Popen(
-      [sys.executable, "-m", f"pipelines.{name}", *flags],
+      [sys.executable, *command, *flags],
       cwd=REPO,
+      # A script's own directory is first on its path: put the repository
+      # there too, so it imports this checkout's package.
+      env={
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+          filter(None, [REPO, os.environ.get("PYTHONPATH")])
+        ),
+      },
       stdout=log,
       stderr=subprocess.STDOUT,
     )
@@ -52,7 +65,7 @@ def run_stage(name: str, flags: list[str], log_path: str) -> dict:
     process.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
   if process.returncode:
-    raise RuntimeError(f"pipelines.{name} failed: see {log_path}")
+    raise RuntimeError(f"{name} failed: see {log_path}")
   return {"seconds": seconds, "peak_mib": usage.ru_maxrss / 1024}
 
 
@@ -95,6 +108,14 @@ def run_size(num_items: int, args, root: str) -> dict:
   with open(os.path.join(workdir, "eval", "metrics.json")) as f:
     metrics = json.load(f)
   result["recall@100"] = metrics.get("recall@100")
+  if args.index_bench_out and num_items == max(args.size_list):
+    # The index methods compared on this run's trained embeddings.
+    run_stage(
+      "index_bench",
+      [f"--workdir={workdir}", f"--out={args.index_bench_out}"],
+      log,
+      script=os.path.join(REPO, "bench", "index_bench.py"),
+    )
   shutil.rmtree(workdir, ignore_errors=True)
   shutil.rmtree(cache, ignore_errors=True)
   return result
@@ -179,8 +200,15 @@ def main() -> None:
   parser.add_argument("--log_dir", default=tempfile.gettempdir())
   parser.add_argument("--out", default="")
   parser.add_argument("--json", default="")
+  parser.add_argument(
+    "--index_bench_out",
+    default="",
+    help="Also run bench/index_bench.py on the largest size's trained run "
+    "and write its report here.",
+  )
   args = parser.parse_args()
   sizes = [int(s) for s in args.sizes.split(",")]
+  args.size_list = sizes
   root = tempfile.mkdtemp(prefix="scale_")
   started = time.perf_counter()
   results = {}

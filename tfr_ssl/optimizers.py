@@ -37,6 +37,12 @@ class LazyAdam(tf_keras.optimizers.Adam):
     >>> model.compile(optimizer=optimizer)
   """
 
+  def _deduplicate_sparse_grad(self, grads):
+    # `update_step` sums duplicate rows itself (it must: an all-reduce
+    # after this point can repeat rows), so Keras's pass would be a second
+    # unique + segment sum over every sparse gradient.
+    return grads
+
   def update_step(self, gradient, variable):
     if not isinstance(gradient, tf.IndexedSlices) or self.amsgrad:
       return super().update_step(gradient, variable)

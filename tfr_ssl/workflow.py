@@ -7,6 +7,7 @@ contract of docs/architecture.md and do no argument parsing.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -116,9 +117,45 @@ def build_index_run(
     return _build_index_run(workdir, index_overrides, add_items)
 
 
-def _build_index_run(workdir, index_overrides, add_items) -> dict:
-  config = train.read_config(workdir).override(dict(index_overrides or {}))
-  workdir_lib.check_config(config)
+@dataclasses.dataclass
+class IndexInputs:
+  """What an index is built and audited from (see `index_inputs`).
+
+  Attributes:
+    query_tower: The exported query tower.
+    item_keys: Item ids, one per corpus row.
+    item_raw: Raw string features of those items.
+    item_feature_names: The item features, in schema order.
+    item_embeddings: float32 `[N, D]` item-tower outputs.
+    embed_seconds: Time spent embedding the corpus.
+    tune_queries: Query embeddings the search is tuned on.
+    audit_queries: Other query embeddings the index is audited on.
+    added: What `add_items` added, or None.
+    export_manifest: The export's manifest.
+  """
+
+  query_tower: object
+  item_keys: list
+  item_raw: dict
+  item_feature_names: list
+  item_embeddings: np.ndarray
+  embed_seconds: float
+  tune_queries: np.ndarray
+  audit_queries: np.ndarray
+  added: dict | None
+  export_manifest: dict
+
+
+def index_inputs(
+  workdir: str, config, add_items: str | None = None
+) -> IndexInputs:
+  """Embeds a run's corpus and its tuning and audit queries.
+
+  The corpus goes through the exported item tower; queries are rows of the
+  query table drawn apart (seeded by `train.seed`) into a tuning and an
+  audit set of `index.audit_queries` each, so the audit does not grade the
+  index on what it was tuned on.
+  """
   export_dir = os.path.join(workdir, EXPORT_DIR)
   if not os.path.exists(os.path.join(export_dir, "manifest.json")):
     raise train.WorkdirError(
@@ -126,13 +163,11 @@ def _build_index_run(workdir, index_overrides, add_items) -> dict:
     )
   export_manifest = export.read_manifest(export_dir)
   prepared, _, _ = workdir_lib.load_dataset(workdir, config)
-  schema = prepared.schema
-
   item_tower = export.load_tower(os.path.join(export_dir, "item"))
   query_tower = export.load_tower(os.path.join(export_dir, "query"))
   item_keys = prepared.item_keys()
   item_raw = export.raw_features(
-    prepared.items, schema.item_features, prepared.vocabularies
+    prepared.items, prepared.schema.item_features, prepared.vocabularies
   )
   added = None
   if add_items:
@@ -144,8 +179,6 @@ def _build_index_run(workdir, index_overrides, add_items) -> dict:
   item_embeddings = embed_raw(item_tower, item_raw)
   embed_seconds = time.perf_counter() - started
 
-  # Queries for tuning the search and queries for auditing it are drawn
-  # apart, so the audit does not grade the index on what it was tuned on.
   query_table, query_feats = _query_table(prepared, config.model.task)
   num_rows = next(iter(query_table.values())).shape[0]
   rng = np.random.default_rng(config.train.seed)
@@ -161,12 +194,33 @@ def _build_index_run(workdir, index_overrides, add_items) -> dict:
       ),
     )
 
-  query_embeddings = embed_queries(audit_rows)
+  return IndexInputs(
+    query_tower=query_tower,
+    item_keys=item_keys,
+    item_raw=item_raw,
+    item_feature_names=[f.name for f in prepared.schema.item_features],
+    item_embeddings=item_embeddings,
+    embed_seconds=embed_seconds,
+    tune_queries=embed_queries(tune_rows),
+    audit_queries=embed_queries(audit_rows),
+    added=added,
+    export_manifest=export_manifest,
+  )
+
+
+def _build_index_run(workdir, index_overrides, add_items) -> dict:
+  config = train.read_config(workdir).override(dict(index_overrides or {}))
+  workdir_lib.check_config(config)
+  inputs = index_inputs(workdir, config, add_items)
+  export_manifest = inputs.export_manifest
+  item_keys, item_raw = inputs.item_keys, inputs.item_raw
+  item_embeddings = inputs.item_embeddings
+  query_embeddings = inputs.audit_queries
   searcher = index.build_searcher(
     item_embeddings,
     np.array(item_keys),
     config.index,
-    tune_queries=embed_queries(tune_rows),
+    tune_queries=inputs.tune_queries,
   )
   audit = index_audit.audit_recall(
     searcher, query_embeddings, item_embeddings, k=config.index.k
@@ -185,17 +239,19 @@ def _build_index_run(workdir, index_overrides, add_items) -> dict:
     "index_config": config.index.__dict__,
     "audit": audit,
     "speed": speed,
-    "embed_seconds": embed_seconds,
-    "added_items": added,
+    "embed_seconds": inputs.embed_seconds,
+    "added_items": inputs.added,
     "versions": export.versions(),
   }
   return new_items.write_with_items(
     os.path.join(workdir, INDEX_DIR),
     new_items.items_jsonl(
-      item_keys, item_raw, [f.name for f in schema.item_features]
+      item_keys,
+      item_raw,
+      inputs.item_feature_names,
     ),
     lambda path: serving.save_retrieval_model(
-      query_tower, searcher, path, manifest, k=config.index.k
+      inputs.query_tower, searcher, path, manifest, k=config.index.k
     ),
   )
 
