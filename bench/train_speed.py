@@ -18,7 +18,9 @@ profiled): every dense layer 2 * rows * in * out and every logits matmul
 backward pass computes two matmuls of the forward's size). Embedding
 lookups, pooling, the optimizer and the elementwise work are not counted:
 they are memory-bound, and the gap between achieved GFLOP/s and the roof is
-where they show.
+where they show. After the rounds, `--profile_steps` steps of each of our
+two setups run under the TF profiler, and its per-op self times are
+summed by op class and by part of the step (name scope).
 
 Usage:
   .venv/bin/python bench/train_speed.py [--data_dir ../shared/data/ml-1m]
@@ -28,9 +30,11 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -163,6 +167,115 @@ def build_input(config, prepared):
   return None, run
 
 
+# Op types by class, for the profile's breakdown (the rest is "other").
+OP_CLASSES = {
+  "matmul": ("MatMul", "_FusedMatMul", "BatchMatMulV2"),
+  "embedding gather / scatter": (
+    "ResourceGather",
+    "GatherV2",
+    "ResourceScatterUpdate",
+    "ResourceScatterSub",
+    "ResourceScatterAdd",
+  ),
+  "sparse-gradient sums (unique + segment sum)": (
+    "UnsortedSegmentSum",
+    "Unique",
+    "UniqueWithCounts",
+  ),
+  "softmax cross-entropy": ("SoftmaxCrossEntropyWithLogits",),
+  "copies (concat, select, tile, pack)": (
+    "ConcatV2",
+    "SelectV2",
+    "Tile",
+    "Pack",
+    "Transpose",
+  ),
+}
+
+
+def op_class(op_type: str) -> str:
+  for name, types in OP_CLASSES.items():
+    if op_type in types:
+      return name
+  return "elementwise and other"
+
+
+def model_part(op_name: str) -> str:
+  """The part of the step an op belongs to, from its name scope."""
+  parts = [
+    p
+    for p in op_name.split("/")
+    if p not in ("while", "body") and not p.startswith("_")
+  ]
+  grad = bool(parts) and parts[0] == "gradient_tape"
+  parts = [p for p in parts if p not in ("gradient_tape", "while")]
+  head = parts[0] if parts else ""
+  if head.startswith(("Adam", "Adagrad")):
+    return "optimizer"
+  if head in ("query_tower", "item_tower", "main_task", "ssl_task"):
+    return head + (" (backward)" if grad else "")
+  if head.startswith("concat") and not grad:
+    return "gradient aggregation (tables used twice)"
+  return "other" + (" (backward)" if grad else "")
+
+
+def profile_step(run, steps: int, logdir: str) -> dict | None:
+  """Per-op self time (ms per step) of `steps` steps, or None.
+
+  Uses the TF profiler and its op-statistics tool (`framework_op_stats`);
+  that tool's module is internal to TF, so a TF without it gives None.
+  """
+  try:
+    from tensorflow.python.profiler.internal import (
+      _pywrap_profiler_plugin as plugin,
+    )
+  except ImportError:
+    return None
+  tf.profiler.experimental.start(logdir)
+  run(steps)
+  tf.profiler.experimental.stop()
+  spaces = [
+    os.path.join(root, name)
+    for root, _, names in os.walk(logdir)
+    for name in names
+    if name.endswith(".xplane.pb")
+  ]
+  data, ok = plugin.xspace_to_tools_data(spaces[-1:], "framework_op_stats", {})
+  if not ok:
+    return None
+  rows = json.loads(data)[0]["rows"]
+  ops = {}
+  for row in rows:
+    op_type, op_name, self_us = (row["c"][i]["v"] for i in (2, 3, 7))
+    if op_type == "IDLE" or op_name.startswith("Iterator::"):
+      continue
+    ops[op_type, op_name] = ops.get((op_type, op_name), 0.0) + self_us
+  return {key: us / 1e3 / steps for key, us in ops.items()}
+
+
+def profile_table(profiles: dict, group) -> list[str]:
+  """Markdown rows: ms per step of each group, per profiled setup."""
+  names = list(profiles)
+  totals = {n: sum(profiles[n].values()) for n in names}
+  groups: dict = {}
+  for name in names:
+    for key, ms in profiles[name].items():
+      groups.setdefault(group(key), dict.fromkeys(names, 0.0))[name] += ms
+  lines = [
+    "| " + " | ".join(["", *[f"{n} ms/step (share)" for n in names]]) + " |",
+    "|---" * (len(names) + 1) + "|",
+  ]
+  for label, values in sorted(groups.items(), key=lambda kv: -kv[1][names[-1]]):
+    cells = [f"{values[n]:.1f} ({values[n] / totals[n]:.0%})" for n in names]
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  lines.append(
+    "| total (CPU time of all threads) | "
+    + " | ".join(f"{totals[n]:.1f}" for n in names)
+    + " |"
+  )
+  return lines
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
@@ -175,6 +288,12 @@ def main() -> None:
   parser.add_argument("--cache_dir", default="/tmp/train_speed_cache")
   parser.add_argument("--rounds", type=int, default=3)
   parser.add_argument("--steps", type=int, default=60)
+  parser.add_argument(
+    "--profile_steps",
+    type=int,
+    default=40,
+    help="Steps profiled per setup after the rounds (0 = no profile).",
+  )
   parser.add_argument("--out", default="")
   args = parser.parse_args()
   started = time.perf_counter()
@@ -240,6 +359,17 @@ def main() -> None:
       + "; ".join(f"{n}: {rates[n][-1]:,.0f} ex/s" for n in names),
       flush=True,
     )
+  profiles = {}
+  if args.profile_steps:
+    for label, name in (
+      ("main only", "ours, main only, 20 steps per call"),
+      ("main + SSL", "ours, main + SSL, 20 steps per call"),
+    ):
+      with tempfile.TemporaryDirectory() as logdir:
+        (_, run), _, _ = setups[name]
+        profile = profile_step(run, args.profile_steps, logdir)
+      if profile is not None:
+        profiles[label] = profile
   roof = float(np.median(roofs))
   tutorial = float(np.median(rates["TFRS tutorial (batch 8192)"]))
   main_20 = float(np.median(rates["ours, main only, 20 steps per call"]))
@@ -283,6 +413,19 @@ def main() -> None:
     f"A main + SSL step costs **{main_20 / ssl_20:.2f}x** a main-only step "
     "(20 steps per call, by examples/s).",
   ]
+  if profiles:
+    lines += [
+      "",
+      f"## Profile of the step ({args.profile_steps} steps each, TF profiler)",
+      "",
+      "Self time of every op, summed over threads, per step; by op class:",
+      "",
+      *profile_table(profiles, lambda key: op_class(key[0])),
+      "",
+      "By part of the step (name scope):",
+      "",
+      *profile_table(profiles, lambda key: model_part(key[1])),
+    ]
   text = "\n".join(lines) + "\n"
   print(text)
   if args.out:
