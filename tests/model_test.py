@@ -90,6 +90,35 @@ def test_alpha_zero_is_exactly_the_main_only_loss(dataset):
   assert int(plain.ssl_task.loss_tracker.count) == 0
 
 
+def test_one_item_tower_pass_equals_two(dataset):
+  # compute_loss embeds the main positives and both SSL views in one item
+  # tower call; the loss and every gradient must equal those of the two
+  # separate calls (_main_loss, _ssl_loss), as rows are independent.
+  model = _model(dataset, **{"ssl.alpha": 0.5, "model.id_dropout": 0.3})
+  batch = _batch(dataset)
+  variables = model.trainable_variables
+
+  def loss_and_grads(fn):
+    with tf.GradientTape() as tape:
+      loss = fn()
+    grads = tape.gradient(loss, variables)
+    return float(loss), [tf.convert_to_tensor(g) for g in grads]
+
+  seed = model._seed(False, anchor=batch["item_index"])
+  joint, joint_grads = loss_and_grads(
+    lambda: model.compute_loss(batch, training=False)
+  )
+  separate, separate_grads = loss_and_grads(
+    lambda: (
+      model._main_loss(batch, False, seed)
+      + 0.5 * model._ssl_loss(batch, False, seed)
+    )
+  )
+  assert joint == pytest.approx(separate, rel=1e-5)
+  for a, b in zip(joint_grads, separate_grads, strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_phases_pick_the_losses_and_the_trained_tower(dataset):
   model = _model(dataset)
   model.compile(optimizer=tf_keras.optimizers.Adagrad(0.1))
