@@ -120,13 +120,18 @@ def _loop(run: _Run, config: config_lib.Config) -> dict:
     if step % config.train.log_every == 0 or step == run.total_steps:
       run.log(step, phase)
     epoch = run.epoch_ending_at(step)
-    if epoch:
-      run.end_epoch(step, epoch)  # early stopping lowers run.total_steps
-    if (
+    saves = (
       step % config.train.checkpoint_every == 0
       or epoch
       or step == run.total_steps
-    ):
+    )
+    if epoch or saves:
+      # A lazy optimizer applies the updates its rows sat out, so what is
+      # validated and saved is what the optimizer defines.
+      run.sync_optimizer()
+    if epoch:
+      run.end_epoch(step, epoch)  # early stopping lowers run.total_steps
+    if saves or step == run.total_steps:
       run.save(step)
   return run.finish()
 
@@ -317,6 +322,12 @@ class _Run:
     if main_step > 0 and main_step % self.steps_per_epoch == 0:
       return main_step // self.steps_per_epoch
     return 0
+
+  def sync_optimizer(self) -> None:
+    """Brings lazily updated rows up to date (`optimizers.LazyAdam`)."""
+    sync = getattr(self.model.optimizer, "sync", None)
+    if sync is not None:
+      sync(self.model.trainable_variables)
 
   def end_epoch(self, step: int, epoch: int) -> None:
     """Validates, keeps the best model, and applies early stopping."""
