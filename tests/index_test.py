@@ -364,3 +364,27 @@ def test_exact_search_where_scann_cannot_pay_off(
 ):
   config = IndexConfig(exact_below=exact_below, reorder=reorder)
   assert index.use_exact_search(num_items, config) is exact
+
+
+def test_exact_search_is_chunked_by_score_budget(monkeypatch):
+  rng = np.random.default_rng(3)
+  items = rng.normal(size=[50, 4]).astype(np.float32)
+  queries = rng.normal(size=[7, 4]).astype(np.float32)
+  searcher = index.build_searcher(
+    items, [f"i{r}" for r in range(50)], IndexConfig(k=5, exact_below=100)
+  )
+  whole = index_audit.exact_ids(searcher, queries, items, k=5)
+  # A budget of 120 scores: 120 // 50 = 2 queries per call, 4 calls.
+  monkeypatch.setattr(index_audit, "_SCORES_PER_CALL", 120)
+  assert index_audit.queries_per_call(50) == 2
+  np.testing.assert_array_equal(
+    index_audit.exact_ids(searcher, queries, items, k=5), whole
+  )
+  # The same ids as a top-k over the full score matrix.
+  expected = np.argsort(-(queries @ items.T), axis=1)[:, :5]
+  np.testing.assert_array_equal(
+    whole, np.array([f"i{r}".encode() for r in range(50)])[expected]
+  )
+  assert index_audit.audit_recall(searcher, queries, items, k=5) == 1.0
+  speed = index_audit.benchmark_search(searcher, queries, items, k=5)
+  assert speed["batch_size"] == 2

@@ -39,14 +39,39 @@ def _identifiers(searcher, num_items: int) -> np.ndarray:
   return np.arange(num_items) if ids is None else ids.numpy()
 
 
+# Exact search scores a [queries, items] matrix: calls take at most this many
+# scores (256 MiB of float32), so a million-item corpus is searched 67
+# queries at a time instead of holding a 4 GiB matrix for 1000 queries.
+_SCORES_PER_CALL = 1 << 26
+
+
+def queries_per_call(num_items: int, wanted: int = 1000) -> int:
+  """Queries per exact-search call that keep its score matrix bounded."""
+  return max(1, min(wanted, _SCORES_PER_CALL // max(num_items, 1)))
+
+
 def _exact_top_rows(queries: tf.Tensor, items: tf.Tensor, k: int):
   return tf.math.top_k(tf.matmul(queries, items, transpose_b=True), k=k)
 
 
+def _in_chunks(fn, queries: np.ndarray, num_items: int) -> np.ndarray:
+  """`fn(chunk)` ([n, k] ids) over query chunks, concatenated."""
+  step = queries_per_call(num_items, len(queries))
+  return np.concatenate(
+    [
+      fn(tf.constant(queries[i : i + step])).numpy()
+      for i in range(0, len(queries), step)
+    ]
+  )
+
+
 def exact_ids(searcher, queries: np.ndarray, items: np.ndarray, k: int):
   """Identifiers of the exact top-k of every query, [Q, k]."""
-  _, rows = _exact_top_rows(tf.constant(queries), tf.constant(items), k)
-  return _identifiers(searcher, items.shape[0])[rows.numpy()]
+  items_t = tf.constant(items)
+  rows = _in_chunks(
+    lambda q: _exact_top_rows(q, items_t, k)[1], queries, items.shape[0]
+  )
+  return _identifiers(searcher, items.shape[0])[rows]
 
 
 def recall_against(found: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
@@ -87,8 +112,9 @@ def audit_recall(
   items = np.asarray(item_embeddings, np.float32)
   k = min(k, items.shape[0])
   exact = exact_ids(searcher, queries, items, k)
-  _, found = _search(searcher, tf.constant(queries), k)
-  recall = recall_against(found.numpy(), exact, k)
+  # In chunks too: an exact index (a TFRS BruteForce) scores every item.
+  found = _in_chunks(lambda q: _search(searcher, q, k)[1], queries, len(items))
+  recall = recall_against(found, exact, k)
   _log.info("Index recall@%d against exact search: %.4f", k, recall)
   return recall
 
@@ -103,6 +129,9 @@ def benchmark_search(
 ) -> dict[str, float]:
   """Queries per second of the index and of exact search, batched.
 
+  Batches hold `batch_size` queries, fewer for a corpus so large that an
+  exact search's score matrix would exceed `_SCORES_PER_CALL`.
+
   Both run as `tf.function`s over the same query batches, in alternating
   passes so that both see the same machine load; the best of `repeats`
   passes counts (after one warm-up pass that traces). Wall-clock rates
@@ -111,11 +140,13 @@ def benchmark_search(
 
   Returns:
     `index_qps`, `exact_qps`, `speedup` (index over exact, wall clock) and
-    `index_cpu_qps`, `exact_cpu_qps`, `cpu_speedup` (per CPU-second).
+    `index_cpu_qps`, `exact_cpu_qps`, `cpu_speedup` (per CPU-second), and
+    the `batch_size` used.
   """
   queries = np.asarray(query_embeddings, np.float32)
   items = tf.constant(np.asarray(item_embeddings, np.float32))
   k = min(k, int(items.shape[0]))
+  batch_size = queries_per_call(int(items.shape[0]), batch_size)
   batches = [
     tf.constant(queries[i : i + batch_size])
     for i in range(0, queries.shape[0], batch_size)
@@ -142,6 +173,7 @@ def benchmark_search(
     "index_cpu_qps": rate["index", "c"],
     "exact_cpu_qps": rate["exact", "c"],
     "cpu_speedup": rate["index", "c"] / rate["exact", "c"],
+    "batch_size": batch_size,
   }
 
 
