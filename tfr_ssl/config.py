@@ -241,9 +241,10 @@ class TrainConfig:
     learning_rate: Learning rate of the optimizer.
     optimizer: `adam` (default: on the synthetic data Adam at 0.003 reached
       twice the validation recall of the paper's Adagrad after one epoch,
-      bench/results/ablation.md; embedding rows are updated lazily, only
-      when in the batch, see optimizers.py), `adam_dense` (Keras's Adam,
-      whose step costs a pass over every table) or `adagrad` (the paper).
+      bench/results/ablation.md; embedding rows are updated when in the
+      batch, catching up the updates they sat out, see optimizers.py),
+      `adam_dense` (Keras's Adam, whose step costs passes over every
+      table) or `adagrad` (the paper).
     epochs: Passes over the training split.
     steps_per_epoch: Cap on steps per epoch (0 = one full pass).
     schedule: `joint` (the paper) or `pretrain` (SSL-only pretraining of the
