@@ -28,6 +28,13 @@ _COMPARE = flags.DEFINE_list(
 _SPLIT = flags.DEFINE_enum(
   "split", None, ["validation", "test"], "Split (default: the run's)."
 )
+_MAX_PAIRS = flags.DEFINE_integer(
+  "max_pairs",
+  0,
+  "Score a seeded uniform sample of this many held-out pairs (0 = all); "
+  "every item stays a candidate.",
+  lower_bound=0,
+)
 flags.mark_flag_as_required("workdir")
 
 
@@ -40,6 +47,7 @@ def main(argv):
     use_index=_USE_INDEX.value,
     compare=_COMPARE.value,
     split=_SPLIT.value,
+    max_pairs=_MAX_PAIRS.value,
   )
   print(run_report.format_metrics(metrics))
   print(f"Written to {_WORKDIR.value}/eval/")

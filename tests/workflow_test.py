@@ -376,3 +376,18 @@ def test_pretrain_schedule_runs_ssl_steps_before_the_epochs(tmp_path):
   # The last logged step was a joint one: both losses were computed.
   assert summary["final_logs"]["main_loss"] > 0
   assert summary["final_logs"]["ssl_loss"] > 0
+
+
+def test_evaluation_on_a_seeded_sample_of_pairs(run):
+  full = run["metrics"]
+  half = full["num_pairs"] // 2
+  sampled = workflow.evaluate_run(run["workdir"], max_pairs=half)
+  assert sampled["num_pairs"] == half and sampled["max_pairs"] == half
+  assert full["max_pairs"] == 0
+  # Seeded by train.seed: the same sample, so the same figures.
+  again = workflow.evaluate_run(run["workdir"], max_pairs=half)
+  assert again["recall@10"] == sampled["recall@10"]
+  with pytest.raises(ValueError, match="max_pairs"):
+    workflow.evaluate_run(run["workdir"], max_pairs=-1)
+  # Leave the run's eval/metrics.json as the fixture wrote it.
+  workflow.evaluate_run(run["workdir"])

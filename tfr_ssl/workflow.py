@@ -261,6 +261,7 @@ def evaluate_run(
   use_index: bool = False,
   compare: Sequence[str] = (),
   split: str | None = None,
+  max_pairs: int = 0,
 ) -> dict:
   """Full-corpus metrics of a run and of a baseline, written to WORKDIR/eval/.
 
@@ -275,6 +276,10 @@ def evaluate_run(
     use_index: Retrieve through the saved index instead of exact search.
     compare: Other workdirs whose eval/metrics.json the plot overlays.
     split: Overrides the config's evaluation split.
+    max_pairs: Score a uniform sample of this many held-out pairs (0 = all;
+      seeded by `train.seed`). Every item stays a candidate; the cost of
+      scoring all pairs grows with queries x items, which is quadratic in
+      the corpus when the users grow with it.
 
   Returns:
     The metrics.
@@ -297,10 +302,10 @@ def evaluate_run(
     except json.JSONDecodeError as e:
       raise train.WorkdirError(f"--compare={other}: {path}: {e}") from None
   with workdir_lib.lock(workdir) as workdir:
-    return _evaluate_run(workdir, use_index, compared, split)
+    return _evaluate_run(workdir, use_index, compared, split, max_pairs)
 
 
-def _evaluate_run(workdir, use_index, compared, split) -> dict:
+def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
   if use_index:
     # The saved index embeds the queries itself: no model to rebuild.
     config = train.read_config(workdir)
@@ -309,7 +314,11 @@ def _evaluate_run(workdir, use_index, compared, split) -> dict:
     model, prepared, config = train.load_trained_model(workdir)
   split = split or config.eval.split
   started = time.perf_counter()
-  pairs = eval_pairs.select_pairs(prepared, split, config.model.task)
+  if max_pairs < 0:
+    raise ValueError(f"max_pairs must be >= 0, got {max_pairs}.")
+  pairs = eval_pairs.select_pairs(
+    prepared, split, config.model.task, max_pairs, config.train.seed
+  )
   if use_index:
     metrics = _evaluate_through_index(workdir, prepared, config, pairs)
   else:
@@ -324,6 +333,7 @@ def _evaluate_run(workdir, use_index, compared, split) -> dict:
   metrics["seconds"] = time.perf_counter() - started
   metrics["split"] = split
   metrics["search"] = "index" if use_index else "exact"
+  metrics["max_pairs"] = max_pairs
   metrics["baseline"] = {
     "most_popular": most_popular_baseline(
       prepared, pairs, metrics["ks"], config.eval.head_fraction
