@@ -213,20 +213,18 @@ def _build_index_run(workdir, index_overrides, add_items) -> dict:
   workdir_lib.check_config(config)
   inputs = index_inputs(workdir, config, add_items)
   export_manifest = inputs.export_manifest
-  item_keys, item_raw = inputs.item_keys, inputs.item_raw
   item_embeddings = inputs.item_embeddings
-  query_embeddings = inputs.audit_queries
   searcher = index.build_searcher(
     item_embeddings,
-    np.array(item_keys),
+    np.array(inputs.item_keys),
     config.index,
     tune_queries=inputs.tune_queries,
   )
   audit = index_audit.audit_recall(
-    searcher, query_embeddings, item_embeddings, k=config.index.k
+    searcher, inputs.audit_queries, item_embeddings, k=config.index.k
   )
   speed = index_audit.benchmark_search(
-    searcher, query_embeddings, item_embeddings
+    searcher, inputs.audit_queries, item_embeddings
   )
   manifest = {
     "model_id": export_manifest["model_id"],
@@ -246,9 +244,7 @@ def _build_index_run(workdir, index_overrides, add_items) -> dict:
   return new_items.write_with_items(
     os.path.join(workdir, INDEX_DIR),
     new_items.items_jsonl(
-      item_keys,
-      item_raw,
-      inputs.item_feature_names,
+      inputs.item_keys, inputs.item_raw, inputs.item_feature_names
     ),
     lambda path: serving.save_retrieval_model(
       inputs.query_tower, searcher, path, manifest, k=config.index.k
