@@ -124,6 +124,13 @@ class ModelConfig:
       the item tower also learns to embed an item from its content alone,
       as it must for an item with no training interactions. 0.1 by
       default (validation grid {0, 0.1, 0.2}, bench/results/tune.md).
+    value_dropout: Rate at which each content (non-key) item feature of a
+      training example is replaced by its unknown-value embedding in the
+      main task, so that embedding (which an empty bag, a value never seen
+      in training and a masked feature all read) is trained.
+    query_id_dropout: Rate at which a training example's query id (the
+      user id) is replaced by its unknown-value embedding, the one a user
+      with no training interactions reads (the query-side cold rule).
   """
 
   task: str = _field(
@@ -178,6 +185,12 @@ class ModelConfig:
   )
   id_dropout: float = _field(
     0.1, "Main task: rate of replacing the item id by its default."
+  )
+  value_dropout: float = _field(
+    0.0, "Main task: rate of replacing an item content feature by unknown."
+  )
+  query_id_dropout: float = _field(
+    0.0, "Main task: rate of replacing the query id by its unknown row."
   )
 
 

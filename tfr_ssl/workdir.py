@@ -495,6 +495,8 @@ _RATES = {
   "data.test_fraction": (0.0, 1.0, False),
   "model.feature_dropout": (0.0, 1.0, False),
   "model.id_dropout": (0.0, 1.0, False),
+  "model.value_dropout": (0.0, 1.0, False),
+  "model.query_id_dropout": (0.0, 1.0, False),
   "ssl.mask_rate": (0.0, 1.0, True),
   "ssl.dropout_rate": (0.0, 1.0, False),
   "eval.head_fraction": (0.0, 1.0, False),
