@@ -4,7 +4,9 @@ Training runs on integer ids; users and servers have strings. The exported
 towers own the vocabularies as lookup tables, so a serving request carries
 raw values: a string per categorical feature and a `|`-joined string per
 multi-valued feature (`"Action|Comedy"`), exactly as in the data files.
-Unknown values map to the out-of-vocabulary bucket, an empty bag to padding.
+Unknown values map to the out-of-vocabulary bucket and an empty bag to
+padding; the encoder reads both as the feature's unknown embedding, as it
+does in training (see features.py).
 
 Layout (WORKDIR/export/):
   query/          SavedModel: {feature: string [B]} -> float32 [B, D]

@@ -2,10 +2,25 @@
 
 A `FeatureEncoder` turns a dict of integer feature ids into one embedding per
 feature: a table lookup for a categorical feature, a masked mean over the bag
-for a multi-valued one. Every feature also owns a learned *default* embedding
-that stands in for the feature when it is masked (the SSL augmentations and
-the feature-dropout baseline) or missing (an empty bag, a negative id). A
-`Tower` is an encoder followed by an MLP and L2 normalisation.
+for a multi-valued one. A `Tower` is an encoder followed by an MLP and L2
+normalisation.
+
+One rule for values the model knows nothing about. Every feature owns one
+learned *unknown* embedding (`FeatureEncoder.defaults`). It stands for the
+feature whenever the value carries no trained information:
+  - a missing value: an empty string, an empty bag, padding;
+  - a value never seen when the vocabulary was built (the OOV id 0), in
+    training data, in an exported tower's string lookup, or at serving time;
+    in a bag, unknown values drop out of the mean, and a bag of unknown
+    values only is the unknown embedding;
+  - an id with no training interactions (`trained_values`: the cold rule for
+    items and for queries);
+  - a masked feature (SSL views, value dropout, id dropout).
+The rule lives in the encoder, so training, export, the index, evaluation
+and the service apply the same one. The OOV rows of the tables are never
+read. Dropout to the unknown embedding in the main task
+(`model.value_dropout`, `model.id_dropout`, `model.query_id_dropout`) is
+what trains it.
 
 The item encoder is one object shared by the item tower, the SSL task and, in
 `item_to_item` mode, the query tower, so all of them train the same tables.
@@ -13,6 +28,7 @@ The item encoder is one object shared by the item tower, the SSL task and, in
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,28 +69,53 @@ def feature_specs(
 
 
 def trained_values(
-  dataset: contract.PreparedDataset, names: Sequence[str]
+  dataset: contract.PreparedDataset,
+  names: Sequence[str],
+  role: str = contract.ITEM,
 ) -> dict[str, np.ndarray]:
-  """The cold-item rule: which ids of each key feature were trained.
+  """The cold rule: which ids of each key feature were trained.
 
-  For each named (single-valued) item feature, a bool `[vocabulary_size]`
-  vector, true for the ids carried by at least one item with training
-  interactions. Every other id (an item never seen in training, an id added
-  after training, the out-of-vocabulary bucket) has an embedding row that
-  the main task never trained; the encoder replaces it by the feature's
-  default embedding, which every item with a dropped or masked id trains
-  (id dropout, the SSL views). The rule lives in the item encoder, so
-  training, export, the index and evaluation all apply it.
+  For each named (single-valued) feature of `role`, a bool
+  `[vocabulary_size]` vector, true for the ids carried by at least one row
+  with training interactions: items with a training count
+  (`item_train_count`), or queries with an interaction in the training
+  split. Every other id (an item or user never seen in
+  training, an id added after training, the out-of-vocabulary bucket) has
+  an embedding row that the main task never trained; the encoder replaces
+  it by the feature's unknown embedding, which id dropout trains. The rule
+  lives in the encoder, so training, export, the index, evaluation and the
+  service all apply it.
   """
-  seen = np.asarray(dataset.item_train_count) > 0
+  if role == contract.ITEM:
+    seen = np.asarray(dataset.item_train_count) > 0
+    table = dataset.items
+  elif role == contract.QUERY:
+    rows = np.asarray(dataset.splits["train"].query_index)
+    seen = np.bincount(rows[rows >= 0], minlength=dataset.num_queries) > 0
+    table = dataset.queries
+  else:
+    raise ValueError(f"role must be one of {list(contract.ROLES)}: {role!r}.")
   out = {}
   for name in names:
-    ids = np.asarray(dataset.items[name])
+    ids = np.asarray(table[name])
     known = np.zeros(dataset.vocabulary_size(name), bool)
     known[ids[seen]] = True
     known[contract.OOV] = False
     out[name] = known
   return out
+
+
+def _pack_known(known: np.ndarray) -> dict[str, Any]:
+  # A layer config is JSON; a million bools as a list would be megabytes.
+  return {
+    "size": int(known.shape[0]),
+    "bits": base64.b64encode(np.packbits(known)).decode("ascii"),
+  }
+
+
+def _unpack_known(packed: Mapping[str, Any]) -> np.ndarray:
+  bits = np.frombuffer(base64.b64decode(packed["bits"]), np.uint8)
+  return np.unpackbits(bits, count=int(packed["size"])).astype(bool)
 
 
 def _variable_name(feature: str) -> str:
@@ -94,22 +135,25 @@ def _lookup(table, ids: tf.Tensor) -> tf.Tensor:
 
 @tf_keras.saving.register_keras_serializable(package=_SERIALIZABLE)
 class FeatureEncoder(tf_keras.layers.Layer):
-  """Embeds a dict of categorical feature ids, with per-feature defaults.
+  """Embeds a dict of categorical feature ids, with per-feature unknowns.
 
-  Single-valued features are int ids `[B]`; a negative id counts as missing.
-  Multi-valued features are `[B, L]` ids padded with `PAD = -1`; the feature
-  embedding is the mean of the non-padding values' embeddings. A feature is
-  replaced by its learned default embedding when it is masked
-  (`feature_mask[b, f]` true), missing, or an all-padding bag, so "no
-  information" has one learned representation per feature.
+  Single-valued features are int ids `[B]`; an id <= 0 (OOV or missing)
+  is unknown. Multi-valued features are `[B, L]` ids padded with
+  `PAD = -1`; the feature embedding is the mean of the known values'
+  embeddings (ids > 0). A feature is replaced by its learned unknown
+  (default) embedding when it is masked (`feature_mask[b, f]` true),
+  unknown, untrained (`known_values`), or a bag without a known value, so
+  "no information" has one learned representation per feature (see the
+  module doc).
 
   Args:
     features: Specs in a fixed order, each a dict with `name`,
       `vocabulary_size` (rows of the table; id 0 is OOV) and `multi`.
     embedding_dim: Width D of every embedding.
     known_values: Optional feature name -> bool `[vocabulary_size]`: ids
-      marked false count as missing (see `trained_values`). Data-derived
-      constants, not weights: rebuilt from the dataset with the model.
+      marked false are unknown (see `trained_values`). Data-derived
+      constants, not weights: rebuilt from the dataset with the model, and
+      kept by `get_config` (packed bits).
     **kwargs: Passed to `tf_keras.layers.Layer`.
 
   Example:
@@ -221,14 +265,15 @@ class FeatureEncoder(tf_keras.layers.Layer):
       ids = self._ids(features, spec)
       safe = tf.maximum(ids, 0)
       if spec["multi"]:
-        valid = tf.cast(ids >= 0, tf.float32)[..., tf.newaxis]
+        # OOV (0) and padding (-1) drop out of the mean.
+        valid = tf.cast(ids > contract.OOV, tf.float32)[..., tf.newaxis]
         count = tf.reduce_sum(valid, axis=1)
         total = tf.reduce_sum(_lookup(table, safe) * valid, axis=1)
         embedding = total / tf.maximum(count, 1.0)
         missing = count[:, 0] == 0
       else:
         embedding = _lookup(table, safe)
-        missing = ids < 0
+        missing = ids <= contract.OOV
         if spec["name"] in self._known:
           known = tf.constant(self._known[spec["name"]])
           missing |= ~tf.gather(known, safe)
@@ -274,9 +319,25 @@ class FeatureEncoder(tf_keras.layers.Layer):
       {
         "features": [dict(s) for s in self._specs],
         "embedding_dim": self.embedding_dim,
+        "known_values": {
+          name: _pack_known(known) for name, known in self._known.items()
+        },
       }
     )
     return config
+
+  @classmethod
+  def from_config(cls, config: dict[str, Any]) -> FeatureEncoder:
+    config = dict(config)
+    config["known_values"] = {
+      name: _unpack_known(packed)
+      for name, packed in (config.get("known_values") or {}).items()
+    }
+    return cls(**config)
+
+  def known_values(self) -> dict[str, np.ndarray]:
+    """The cold rule: feature name -> bool `[vocabulary_size]` (a copy)."""
+    return {name: known.copy() for name, known in self._known.items()}
 
 
 @tf_keras.saving.register_keras_serializable(package=_SERIALIZABLE)

@@ -46,6 +46,7 @@ PHASES = ("joint", "ssl_only", "main_only")
 
 # Streams folded into the step seed, one per random draw of a step.
 _SSL_STREAM, _DROPOUT_STREAM, _UNIGRAM_STREAM = 1, 2, 3
+_VALUE_STREAM, _QUERY_STREAM = 4, 5
 # Seed step of evaluation-time SSL views: fixed, so evaluations compare.
 _EVAL_STEP = (1 << 62) - 1
 
@@ -173,6 +174,9 @@ class TwoTowerModel(tfrs.Model):
       query_encoder = features.FeatureEncoder(
         features.feature_specs(dataset, contract.QUERY),
         dim,
+        known_values=features.trained_values(
+          dataset, [dataset.schema.query_id], role=contract.QUERY
+        ),
         name="query_encoder",
       )
     self.query_tower = features.Tower(
@@ -212,6 +216,15 @@ class TwoTowerModel(tfrs.Model):
     )
     self._key_columns = np.array(
       [name in self.key_features for name in self.item_encoder.feature_names]
+    )
+    # The query's own id: the user id, or the query item's key features.
+    query_id = (
+      self.key_features
+      if self.query_side.is_item
+      else [dataset.schema.query_id]
+    )
+    self._query_key_columns = np.array(
+      [name in query_id for name in query_encoder.feature_names]
     )
     self.ssl_head = None
     if s.projection_dim:
@@ -407,7 +420,11 @@ class TwoTowerModel(tfrs.Model):
     m = self.config.model
     item_index = tf.cast(inputs["item_index"], tf.int32)
     rows = tf.shape(item_index)[0]
-    query = self.query_tower(inputs["query"], training=training)
+    query = self.query_tower(
+      inputs["query"],
+      feature_mask=self._query_mask(rows, training, seed),
+      training=training,
+    )
     if items is None:
       mask = self._dropout_mask(rows, training, seed)
       items = self.item_tower(
@@ -462,24 +479,48 @@ class TwoTowerModel(tfrs.Model):
     return loss
 
   def _dropout_mask(self, batch_size, training, seed) -> tf.Tensor | None:
-    """`[B, F]` item features replaced by defaults in the main task, or None.
+    """`[B, F]` item features replaced by unknowns in the main task, or None.
 
     Feature dropout (DropoutNet-style baseline) drops any feature; id
     dropout drops the key features together (the item id and key-like
-    features), so the tower also learns to embed an item by its content.
+    features), so the tower also learns to embed an item by its content;
+    value dropout drops each content feature alone, which trains the
+    unknown embedding that an empty bag or a new value reads.
     """
     m = self.config.model
-    if not training or (m.feature_dropout <= 0 and m.id_dropout <= 0):
+    rates = (m.feature_dropout, m.id_dropout, m.value_dropout)
+    if not training or max(rates) <= 0:
       return None
-    replicas, _ = distribute.replica()
-    draws = tf.random.stateless_uniform(
-      [batch_size * replicas, self.item_encoder.num_features + 1],
-      seed=tf.random.experimental.stateless_fold_in(seed, _DROPOUT_STREAM),
-    )
-    draws = distribute.local_rows(draws, batch_size)
+    num_features = self.item_encoder.num_features
+    draws = _draws(batch_size, num_features + 1, seed, _DROPOUT_STREAM)
     mask = draws[:, :-1] < m.feature_dropout
     drop_keys = draws[:, -1:] < m.id_dropout
-    return tf.logical_or(mask, tf.logical_and(drop_keys, self._key_columns))
+    mask = tf.logical_or(mask, tf.logical_and(drop_keys, self._key_columns))
+    if m.value_dropout > 0:
+      # A stream of its own: the other draws stay what they were without it.
+      values = _draws(batch_size, num_features, seed, _VALUE_STREAM)
+      drop = tf.logical_and(values < m.value_dropout, ~self._key_columns)
+      mask = tf.logical_or(mask, drop)
+    return mask
+
+  def _query_mask(self, batch_size, training, seed) -> tf.Tensor | None:
+    """`[B, Fq]` query features replaced by unknowns, or None.
+
+    Query id dropout trains the unknown query id, the embedding a user with
+    no training interactions reads (the query-side cold rule); value
+    dropout drops each other query feature alone, as on the item side.
+    """
+    m = self.config.model
+    if not training or max(m.query_id_dropout, m.value_dropout) <= 0:
+      return None
+    columns = len(self._query_key_columns)
+    draws = _draws(batch_size, columns + 1, seed, _QUERY_STREAM)
+    drop_id = draws[:, -1:] < m.query_id_dropout
+    mask = tf.logical_and(drop_id, self._query_key_columns)
+    drop = tf.logical_and(
+      draws[:, :-1] < m.value_dropout, ~self._query_key_columns
+    )
+    return tf.logical_or(mask, drop)
 
   def _ssl_views(self, inputs, seed):
     """This replica's two views stacked `[2N, ...]`, and their masks."""
@@ -515,6 +556,20 @@ class TwoTowerModel(tfrs.Model):
       ids = tf.cast(ids, tf.int32)
       ids = distribute.local_first(distribute.gather(ids), rows)
     return self.ssl_task(z1, z2, item_ids=ids)
+
+
+def _draws(batch_size, columns: int, seed, stream: int) -> tf.Tensor:
+  """This replica's rows of `[global batch, columns]` uniform draws.
+
+  Drawn for the global batch with a replica-independent seed and sliced, so
+  a cluster draws what one process draws.
+  """
+  replicas, _ = distribute.replica()
+  draws = tf.random.stateless_uniform(
+    [batch_size * replicas, columns],
+    seed=tf.random.experimental.stateless_fold_in(seed, stream),
+  )
+  return distribute.local_rows(draws, batch_size)
 
 
 def _concat_rows(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
