@@ -30,7 +30,8 @@ The report gives, per dataset and fraction, the test split sizes, mean ±
 sample sd (ddof=1) over seeds of Recall@10/@100 overall and on the head,
 tail and cold slices, with a most-popular row (same pairs, same
 exclusions), the relative change of the means of each SSL / id-dropout
-variant vs `logq` and of `logq` vs `plain`, the best epochs, and at the end
+variant vs `logq`, of the SSL variants vs `iddrop` (the SSL task alone:
+both carry id dropout), and of `logq` vs `plain`, the best epochs, and at the end
 the study's targets computed from these numbers. A change is marked `~`
 when it is within seed noise (the seeds overlap: not every seed of one
 variant beats every seed of the other), `*` when it is beyond it (every
@@ -96,6 +97,9 @@ COMPARISONS = (
   ("cfm", "logq"),
   ("cfm_proj", "logq"),
   ("iddrop", "logq"),
+  # The SSL task alone: rfm and cfm carry id dropout, logq does not.
+  ("rfm", "iddrop"),
+  ("cfm", "iddrop"),
 )
 # (slice, K) columns of the tables; "overall" is the whole test split.
 COLUMNS = tuple(
