@@ -31,8 +31,8 @@ sample sd (ddof=1) over seeds of Recall@10/@100 overall and on the head,
 tail and cold slices, with a most-popular row (same pairs, same
 exclusions), the relative change of the means of each SSL / id-dropout
 variant vs `logq`, of the SSL variants vs `iddrop` (the SSL task alone:
-both carry id dropout), and of `logq` vs `plain`, the best epochs, and at the end
-the study's targets computed from these numbers. A change is marked `~`
+both carry id dropout), and of `logq` vs `plain`, the best epochs, and at
+the end the study's targets computed from these numbers. A change is marked `~`
 when it is within seed noise (the seeds overlap: not every seed of one
 variant beats every seed of the other), `*` when it is beyond it (every
 seed of one beats every seed of the other) and `?` when a side has fewer
