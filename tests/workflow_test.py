@@ -6,6 +6,7 @@ pipelines_test.py.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -139,6 +140,26 @@ def test_chain_writes_the_workdir_contract(run):
     on_disk = json.load(f)["baseline"]["most_popular"]
   assert on_disk["recall@10"] == baseline["recall@10"]
   assert "most popular  recall@10" in run_report.report(workdir)
+  # The model scored is the best validation epoch's, and metrics.json and
+  # the report say which; every test pair was scored, none dropped.
+  _, best = train.best_checkpoint(workdir)
+  evaluated = metrics["evaluated"]
+  assert evaluated["checkpoint"] == os.path.join("best", "model")
+  assert (evaluated["epoch"], evaluated["step"]) == (
+    best["epoch"],
+    best["step"],
+  )
+  assert evaluated["validation_recall@10"] == best["recall@10"]
+  assert (
+    f"evaluated: epoch {best['epoch']} (step {best['step']:,}; best "
+    "validation recall@10), test split, exact search"
+  ) in run_report.report(workdir)
+  protocol = metrics["protocol"]
+  assert protocol["sampling"]["unit"] == "all"
+  assert protocol["sampling"]["num_pairs"] == metrics["num_pairs"]
+  assert protocol["known_pairs"] == "scored"
+  assert protocol["known_pairs_dropped"] == 0
+  assert protocol["cold"] == "items in no training interactions"
   # 300 items is below exact_below: the index is exact, so its audit is 1.
   with open(os.path.join(workdir, "index", "manifest.json")) as f:
     written = json.load(f)
@@ -279,6 +300,9 @@ def test_exact_evaluation_and_index_evaluation_agree(run):
   through_index = workflow.evaluate_run(run["workdir"], use_index=True)
   exact = run["metrics"]
   assert through_index["excluded"] == exact["excluded"]
+  # The index holds the export of the best epoch: the same model.
+  assert through_index["evaluated"] == exact["evaluated"]
+  assert through_index["protocol"] == exact["protocol"]
   assert through_index["num_pairs"] == exact["num_pairs"]
   assert (
     through_index["num_pairs_target_in_train"]
@@ -378,12 +402,19 @@ def test_pretrain_schedule_runs_ssl_steps_before_the_epochs(tmp_path):
   assert summary["final_logs"]["ssl_loss"] > 0
 
 
-def test_evaluation_on_a_seeded_sample_of_pairs(run):
+def test_evaluation_on_a_seeded_sample_of_queries(run):
   full = run["metrics"]
   half = full["num_pairs"] // 2
   sampled = workflow.evaluate_run(run["workdir"], max_pairs=half)
-  assert sampled["num_pairs"] == half and sampled["max_pairs"] == half
-  assert full["max_pairs"] == 0
+  assert sampled["max_pairs"] == half and full["max_pairs"] == 0
+  # Whole queries: as many as hold `half` pairs at the average pairs per
+  # query, each with all its pairs (eval_pairs_test checks the draw).
+  sampling = sampled["protocol"]["sampling"]
+  expected = math.floor(half * full["num_queries"] / full["num_pairs"] + 0.5)
+  assert sampling["unit"] == "query"
+  assert sampled["num_queries"] == sampling["num_queries"] == expected
+  assert sampled["num_pairs"] == sampling["num_pairs"]
+  assert sampling["of_pairs"] == full["num_pairs"]
   # Seeded by train.seed: the same sample, so the same figures.
   again = workflow.evaluate_run(run["workdir"], max_pairs=half)
   assert again["recall@10"] == sampled["recall@10"]
