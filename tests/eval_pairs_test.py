@@ -71,14 +71,15 @@ def item_to_item_dataset():
   )
 
 
-def _item_tower(features):
+def item_tower(features):
   # i0..i4 score 5, 4, 3, 2, 1 for a positive query: ranked in row order.
   table = tf.constant([[5.0], [4.0], [3.0], [2.0], [1.0]])
   return tf.gather(table, features["item_id"] - 1)
 
 
-def _positive_query(features):
-  return tf.ones([tf.shape(features["item_id"])[0], 1])
+def positive_query(features):
+  # [1] for every query, user or seed item: every ranking is i0, i1, ...
+  return tf.ones([tf.shape(next(iter(features.values())))[0], 1])
 
 
 def test_item_to_item_drops_test_pairs_that_are_earlier_pairs():
@@ -104,8 +105,8 @@ def test_item_to_item_drops_test_pairs_that_are_earlier_pairs():
 def test_item_to_item_metrics_neither_rank_nor_score_known_pairs():
   prepared = item_to_item_dataset()
   metrics = embed.evaluate_model(
-    _positive_query,
-    _item_tower,
+    positive_query,
+    item_tower,
     prepared,
     "test",
     config_lib.EvalConfig(ks=(1, 2), head_fraction=0.5),
