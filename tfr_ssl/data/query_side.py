@@ -40,10 +40,11 @@ class QuerySide:
     scores_known_pairs: A held-out pair that repeats a (query, item) pair of
       an earlier split is still scored (user-to-item: the user chose the
       item again, and the model is asked to rank it). Item-to-item drops it
-      from the evaluation instead: pairs are formed by adjacency, so a
-      popular transition recurs across splits (hundreds of the test pairs
-      of a small catalogue) and scoring it would measure recall of the
-      training transitions (see `eval_pairs.select_pairs`).
+      from the evaluation instead: its pairs are formed by adjacency, so
+      a popular transition recurs across splits (on MovieLens-1M, random
+      split, 20,121 of the 43,570 distinct test pairs are training or
+      validation pairs) and scoring them would measure how well the
+      training transitions are remembered (see `eval_pairs.select_pairs`).
     trained_rows: What the rows this task trains on are, in words, for the
       reports (the definition of "seen in training" and of cold items).
   """
