@@ -11,7 +11,7 @@ import tensorflow as tf
 import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
 from tfr_ssl import embed, eval_pairs, evaluate
-from tfr_ssl.data import contract, query_side, stats
+from tfr_ssl.data import contract, stats
 
 
 def _interactions(query_index, item_index, prev_item_index=None):
@@ -130,17 +130,6 @@ def test_item_to_item_metrics_neither_rank_nor_score_known_pairs():
   cold = metrics["slices"]["cold"]
   assert (cold["num_items"], cold["num_held_out_items"]) == (3, 1)
   assert cold["num_pairs"] == 1 and cold["recall@2"] == 1.0
-
-
-def test_training_counts_follow_the_rows_the_task_trains_on():
-  prepared = item_to_item_dataset()
-  # Every training row: i0 once, i1 twice, i2 once, i3 once, i4 never.
-  users = query_side.query_side("user_to_item").item_train_count(prepared)
-  np.testing.assert_array_equal(users, [1, 2, 1, 1, 0])
-  assert users is prepared.item_train_count
-  # Rows with a query item only: (i0 -> i1) twice and (i1 -> i2).
-  seeds = query_side.query_side("item_to_item").item_train_count(prepared)
-  np.testing.assert_array_equal(seeds, [0, 2, 1, 0, 0])
 
 
 def test_repeated_pairs_are_scored_once():

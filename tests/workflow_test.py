@@ -20,6 +20,7 @@ import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
 from tfr_ssl import data as data_lib
 from tfr_ssl import eval_pairs, export, run_report, serving, train, workflow
+from tfr_ssl.data import query_side
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -422,3 +423,36 @@ def test_evaluation_on_a_seeded_sample_of_queries(run):
     workflow.evaluate_run(run["workdir"], max_pairs=-1)
   # Leave the run's eval/metrics.json as the fixture wrote it.
   workflow.evaluate_run(run["workdir"])
+
+
+def test_item_to_item_evaluation_reports_the_known_pairs_it_drops(tmp_path):
+  config = tiny_config(
+    str(tmp_path / "cache"),
+    **{"model.task": "item_to_item", "train.epochs": 1},
+  )
+  workdir = str(tmp_path / "work")
+  train.train_and_evaluate(config, workdir)
+  metrics = workflow.evaluate_run(workdir)
+  _, prepared, _ = train.load_trained_model(workdir)
+  pairs = eval_pairs.select_pairs(prepared, "test", "item_to_item")
+  # The synthetic histories repeat transitions: some test pairs are
+  # training or validation pairs, dropped and counted.
+  dropped = pairs.selection["known_pairs_dropped"]
+  assert dropped > 0
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk["protocol"]["known_pairs_dropped"] == dropped
+  assert on_disk["protocol"] == metrics["protocol"]
+  assert on_disk["num_pairs"] == len(pairs)
+  assert on_disk["evaluated"]["epoch"] == 1
+  # The slices count the rows item-to-item trains on.
+  counts = query_side.query_side("item_to_item").item_train_count(prepared)
+  assert on_disk["slices"]["cold"]["num_items"] == int((counts == 0).sum())
+  assert on_disk["baseline"]["most_popular"]["slices"]["cold"][
+    "num_items"
+  ] == int((counts == 0).sum())
+  text = run_report.report(workdir)
+  assert f"{dropped:,} pairs equal to a train or validation pair dropped" in (
+    text
+  )
+  assert "slices by training interactions that have a query item" in text

@@ -286,6 +286,7 @@ def evaluate_run(
   Raises:
     WorkdirError: a `compare` run has no eval/metrics.json (checked before
       evaluating), or the workdir cannot be used.
+    ValueError: a negative `max_pairs`.
   """
   compared = {}
   for other in compare:
