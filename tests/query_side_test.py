@@ -48,3 +48,9 @@ def test_training_counts_follow_the_rows_the_task_trains_on():
   # Rows with a query item only: (i0 -> i1) twice and (i1 -> i2).
   seeds = query_side.query_side("item_to_item").item_train_count(prepared)
   np.testing.assert_array_equal(seeds, [0, 2, 1, 0, 0])
+  # The dataset a model of each task would be built from carries its counts.
+  assert query_side.query_side("user_to_item").trained_on(prepared) is prepared
+  view = query_side.query_side("item_to_item").trained_on(prepared)
+  np.testing.assert_array_equal(view.item_train_count, seeds)
+  assert view.splits is prepared.splits
+  np.testing.assert_array_equal(prepared.item_train_count, users)

@@ -25,7 +25,8 @@ Conventions:
     (`eval_csr.exclusion_without_targets`). Excluding it would make such a
     pair an automatic miss that says nothing about the model. The result
     reports how often this happened (`num_pairs_target_in_train`, "train"
-    standing for every excluded split).
+    standing for every excluded split). Item-to-item pairs never get here
+    that way: `eval_pairs.select_pairs` drops them first.
   * Recall@K is per pair (a query with three held-out items counts three
     times; `eval_pairs.select_pairs` gives each (query, item) pair once).
     MAP@K is per distinct query: average precision over its distinct

@@ -91,6 +91,20 @@ class QuerySide:
       return np.asarray(prepared.item_train_count)
     return stats.item_train_count(train.item_index[rows], prepared.num_items)
 
+  def trained_on(
+    self, prepared: contract.PreparedDataset
+  ) -> contract.PreparedDataset:
+    """`prepared` with `item_train_count` counting the rows this task trains
+    on (`item_train_count` above); the same object when nothing changes.
+
+    A model built from it gets the same counts for static logQ, unigram
+    negatives and the cold-item rule as the evaluation's slices.
+    """
+    count = self.item_train_count(prepared)
+    if count is prepared.item_train_count:
+      return prepared
+    return dataclasses.replace(prepared, item_train_count=count)
+
 
 _SIDES = {
   USER_TO_ITEM: QuerySide(
