@@ -2,12 +2,15 @@ r"""Full-corpus evaluation of a run: Recall@K and MAP@K, overall and by slice.
 
 Each query's known positives of the earlier splits are excluded from its
 ranking (training items on validation, training and validation items on
-test). A most-popular recommender is scored on the same pairs with the same
-exclusions and printed beside the model.
+test); each (query, item) pair is scored once; item-to-item drops the test
+pairs that equal an earlier pair. A most-popular recommender is scored on
+the same pairs with the same exclusions and printed beside the model.
 
 Writes WORKDIR/eval/metrics.json (the baseline under
-`baseline.most_popular`) and recall_by_decile.png (overlaying the runs given
-with --compare, and the baseline).
+`baseline.most_popular`, the selection rules and their counts under
+`protocol`, the checkpoint and epoch scored under `evaluated`) and
+recall_by_decile.png (overlaying the runs given with --compare, and the
+baseline).
 
 Example:
   python -m pipelines.evaluate --workdir=runs/cfm --compare=runs/baseline
@@ -31,8 +34,9 @@ _SPLIT = flags.DEFINE_enum(
 _MAX_PAIRS = flags.DEFINE_integer(
   "max_pairs",
   0,
-  "Score a seeded uniform sample of this many held-out pairs (0 = all); "
-  "every item stays a candidate.",
+  "Score a seeded uniform sample of whole queries holding about this many "
+  "held-out pairs, each query with all its pairs (0 = all); every item "
+  "stays a candidate.",
   lower_bound=0,
 )
 flags.mark_flag_as_required("workdir")

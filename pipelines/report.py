@@ -1,5 +1,8 @@
 r"""Summarises a run: where its artifacts are and what it measured.
 
+With eval/metrics.json it also names the model evaluated (the checkpoint,
+its epoch and step), the pairs scored and what each slice counts.
+
 Example:
   python -m pipelines.report --workdir=runs/cfm
 """

@@ -3,7 +3,10 @@
 import numpy as np
 import pytest
 
-from tfr_ssl.data import stats
+from tests import eval_pairs_test
+from tfr_ssl import config as config_lib
+from tfr_ssl import embed
+from tfr_ssl.data import report, stats
 from tfr_ssl.data.contract import PAD
 
 
@@ -119,3 +122,43 @@ def test_gini_and_top_share():
   # top 10% of 4 items = 1 item (ceil): 3 of 5.
   assert stats.top_share(np.array([1, 1, 3, 0]), 0.1) == pytest.approx(0.6)
   assert stats.top_share(np.zeros(3), 0.1) == 0.0
+
+
+def test_describe_counts_cold_items_as_the_evaluation_does():
+  # Training counts (every row) [1, 2, 1, 1, 0]; of the rows with a query
+  # item [0, 2, 1, 0, 0]. Test items i1, i2, i2, i3, i4.
+  prepared = eval_pairs_test.item_to_item_dataset()
+  described = stats.describe(prepared)
+  assert described["cold_items"] == 1  # i4
+  assert described["cold_test_items"] == 1  # i4, in 1 of 5 test rows
+  assert described["cold_test_interactions"] == 1
+  assert described["cold_test_share"] == pytest.approx(0.2)
+  assert described["item_to_item_train"] == 3
+  assert described["item_to_item_cold_items"] == 3  # i0, i3, i4
+  text = report.format_description(described)
+  assert (
+    "1 corpus items are in no training interaction; 1 of them are test "
+    "items, in 1 test interactions (20.00%)"
+  ) in text
+  assert "3 corpus items are in none of them" in text
+  # The evaluation's cold slice is the same set: its corpus items, and the
+  # held-out ones among them when every test pair is scored.
+  eval_config = config_lib.EvalConfig(ks=(1,), head_fraction=0.5)
+  users = embed.evaluate_model(
+    eval_pairs_test.positive_query,
+    eval_pairs_test.item_tower,
+    prepared,
+    "test",
+    eval_config,
+  )["slices"]["cold"]
+  assert users["num_items"] == described["cold_items"]
+  assert users["num_held_out_items"] == described["cold_test_items"]
+  seeds = embed.evaluate_model(
+    eval_pairs_test.positive_query,
+    eval_pairs_test.item_tower,
+    prepared,
+    "test",
+    eval_config,
+    task="item_to_item",
+  )["slices"]["cold"]
+  assert seeds["num_items"] == described["item_to_item_cold_items"]

@@ -91,13 +91,14 @@ def test_select_pairs_excludes_the_positives_of_the_earlier_splits():
   np.testing.assert_array_equal(validation.exclude[0], [0, 1, 2])
   np.testing.assert_array_equal(validation.exclude[1], [0, 0])
   # Item-to-item: u1's test pair has no previous item; u0's seed i1 excludes
-  # itself only.
+  # itself only (no earlier row has a query item, so nothing followed it).
   seeds = eval_pairs.select_pairs(prepared, "test", "item_to_item")
-  assert seeds.excluded == ("seed_item",)
+  assert seeds.excluded == ("seed_item", "train", "validation")
   np.testing.assert_array_equal(seeds.pair_rows, [0])
   np.testing.assert_array_equal(seeds.queries, [1])
   np.testing.assert_array_equal(seeds.exclude[1], [1])
-  # A seeded sample of the pairs, the same every time.
+  # A seeded sample of whole queries, the same every time: two queries of
+  # one pair each and a budget of one pair -> round(1 * 2 / 2) = 1 query.
   sample = eval_pairs.select_pairs(prepared, "test", max_pairs=1, seed=3)
   again = eval_pairs.select_pairs(prepared, "test", max_pairs=1, seed=3)
   assert len(sample) == 1
@@ -150,4 +151,4 @@ def test_item_to_item_excludes_the_seed_item():
   # Seed i1 ([3]) ranks i0, i1, i2, i3; without i1 the target i2 is at 1.
   assert metrics["num_pairs"] == 1
   assert (metrics["recall@1"], metrics["recall@2"]) == (0.0, 1.0)
-  assert metrics["excluded"] == ["seed_item"]
+  assert metrics["excluded"] == ["seed_item", "train", "validation"]

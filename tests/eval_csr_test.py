@@ -46,3 +46,15 @@ def test_sorted_distinct_matches_np_unique():
     eval_csr.sorted_distinct(values), np.unique(values)
   )
   assert eval_csr.sorted_distinct(np.array([3])).tolist() == [3]
+
+
+def test_contains_and_from_entries():
+  # Entries (row, col): (1, 4), (0, 7), (1, 4) again, (0, 2).
+  csr = eval_csr.from_entries(np.array([1, 0, 1, 0]), np.array([4, 7, 4, 2]), 3)
+  # Row 0: 2, 7; row 1: 4 (once); row 2: empty.
+  np.testing.assert_array_equal(csr[0], [0, 2, 3, 3])
+  np.testing.assert_array_equal(csr[1], [2, 7, 4])
+  np.testing.assert_array_equal(
+    eval_csr.contains(csr, [0, 0, 1, 2], [7, 4, 4, 4]),
+    [True, False, True, False],
+  )

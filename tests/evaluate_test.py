@@ -196,6 +196,10 @@ def test_slice_metrics_count_pairs_by_item():
   assert (tail["recall@1"], tail["recall@2"]) == (0.0, 1.0)
   assert (cold["num_items"], cold["num_pairs"]) == (1, 0)
   assert cold["recall@1"] is None
+  # Distinct held-out items per slice: i0 (head); i1, twice (tail); none.
+  assert [
+    metrics["slices"][s]["num_held_out_items"] for s in ("head", "tail", "cold")
+  ] == [1, 1, 0]
   # Three items over ten deciles: rows 2 (count 0), 1 (1), 0 (5) take
   # deciles 0, 3 and 6 (rank * 10 // 3).
   by_decile = {row["decile"]: row for row in metrics["deciles"]}

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tests import model_fakes
+from tests import eval_pairs_test, model_fakes
 from tfr_ssl.data import query_side
 
 
@@ -37,3 +37,20 @@ def test_item_to_item_queries_are_items_of_interactions_that_have_one():
 def test_an_unknown_task_is_refused_by_name():
   with pytest.raises(ValueError, match="'session'"):
     query_side.query_side("session")
+
+
+def test_training_counts_follow_the_rows_the_task_trains_on():
+  prepared = eval_pairs_test.item_to_item_dataset()
+  # Every training row: i0 once, i1 twice, i2 once, i3 once, i4 never.
+  users = query_side.query_side("user_to_item").item_train_count(prepared)
+  np.testing.assert_array_equal(users, [1, 2, 1, 1, 0])
+  assert users is prepared.item_train_count
+  # Rows with a query item only: (i0 -> i1) twice and (i1 -> i2).
+  seeds = query_side.query_side("item_to_item").item_train_count(prepared)
+  np.testing.assert_array_equal(seeds, [0, 2, 1, 0, 0])
+  # The dataset a model of each task would be built from carries its counts.
+  assert query_side.query_side("user_to_item").trained_on(prepared) is prepared
+  view = query_side.query_side("item_to_item").trained_on(prepared)
+  np.testing.assert_array_equal(view.item_train_count, seeds)
+  assert view.splits is prepared.splits
+  np.testing.assert_array_equal(prepared.item_train_count, users)

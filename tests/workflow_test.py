@@ -6,6 +6,7 @@ pipelines_test.py.
 """
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
 from tfr_ssl import data as data_lib
 from tfr_ssl import eval_pairs, export, run_report, serving, train, workflow
+from tfr_ssl.data import query_side
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,6 +141,26 @@ def test_chain_writes_the_workdir_contract(run):
     on_disk = json.load(f)["baseline"]["most_popular"]
   assert on_disk["recall@10"] == baseline["recall@10"]
   assert "most popular  recall@10" in run_report.report(workdir)
+  # The model scored is the best validation epoch's, and metrics.json and
+  # the report say which; every test pair was scored, none dropped.
+  _, best = train.best_checkpoint(workdir)
+  evaluated = metrics["evaluated"]
+  assert evaluated["checkpoint"] == os.path.join("best", "model")
+  assert (evaluated["epoch"], evaluated["step"]) == (
+    best["epoch"],
+    best["step"],
+  )
+  assert evaluated["validation_recall@10"] == best["recall@10"]
+  assert (
+    f"evaluated: epoch {best['epoch']} (step {best['step']:,}; best "
+    "validation recall@10), test split, exact search"
+  ) in run_report.report(workdir)
+  protocol = metrics["protocol"]
+  assert protocol["sampling"]["unit"] == "all"
+  assert protocol["sampling"]["num_pairs"] == metrics["num_pairs"]
+  assert protocol["known_pairs"] == "scored"
+  assert protocol["known_pairs_dropped"] == 0
+  assert protocol["cold"] == "items in no training interactions"
   # 300 items is below exact_below: the index is exact, so its audit is 1.
   with open(os.path.join(workdir, "index", "manifest.json")) as f:
     written = json.load(f)
@@ -279,6 +301,9 @@ def test_exact_evaluation_and_index_evaluation_agree(run):
   through_index = workflow.evaluate_run(run["workdir"], use_index=True)
   exact = run["metrics"]
   assert through_index["excluded"] == exact["excluded"]
+  # The index holds the export of the best epoch: the same model.
+  assert through_index["evaluated"] == exact["evaluated"]
+  assert through_index["protocol"] == exact["protocol"]
   assert through_index["num_pairs"] == exact["num_pairs"]
   assert (
     through_index["num_pairs_target_in_train"]
@@ -378,12 +403,19 @@ def test_pretrain_schedule_runs_ssl_steps_before_the_epochs(tmp_path):
   assert summary["final_logs"]["ssl_loss"] > 0
 
 
-def test_evaluation_on_a_seeded_sample_of_pairs(run):
+def test_evaluation_on_a_seeded_sample_of_queries(run):
   full = run["metrics"]
   half = full["num_pairs"] // 2
   sampled = workflow.evaluate_run(run["workdir"], max_pairs=half)
-  assert sampled["num_pairs"] == half and sampled["max_pairs"] == half
-  assert full["max_pairs"] == 0
+  assert sampled["max_pairs"] == half and full["max_pairs"] == 0
+  # Whole queries: as many as hold `half` pairs at the average pairs per
+  # query, each with all its pairs (eval_pairs_test checks the draw).
+  sampling = sampled["protocol"]["sampling"]
+  expected = math.floor(half * full["num_queries"] / full["num_pairs"] + 0.5)
+  assert sampling["unit"] == "query"
+  assert sampled["num_queries"] == sampling["num_queries"] == expected
+  assert sampled["num_pairs"] == sampling["num_pairs"]
+  assert sampling["of_pairs"] == full["num_pairs"]
   # Seeded by train.seed: the same sample, so the same figures.
   again = workflow.evaluate_run(run["workdir"], max_pairs=half)
   assert again["recall@10"] == sampled["recall@10"]
@@ -391,3 +423,36 @@ def test_evaluation_on_a_seeded_sample_of_pairs(run):
     workflow.evaluate_run(run["workdir"], max_pairs=-1)
   # Leave the run's eval/metrics.json as the fixture wrote it.
   workflow.evaluate_run(run["workdir"])
+
+
+def test_item_to_item_evaluation_reports_the_known_pairs_it_drops(tmp_path):
+  config = tiny_config(
+    str(tmp_path / "cache"),
+    **{"model.task": "item_to_item", "train.epochs": 1},
+  )
+  workdir = str(tmp_path / "work")
+  train.train_and_evaluate(config, workdir)
+  metrics = workflow.evaluate_run(workdir)
+  _, prepared, _ = train.load_trained_model(workdir)
+  pairs = eval_pairs.select_pairs(prepared, "test", "item_to_item")
+  # The synthetic histories repeat transitions: some test pairs are
+  # training or validation pairs, dropped and counted.
+  dropped = pairs.selection["known_pairs_dropped"]
+  assert dropped > 0
+  with open(os.path.join(workdir, "eval", "metrics.json")) as f:
+    on_disk = json.load(f)
+  assert on_disk["protocol"]["known_pairs_dropped"] == dropped
+  assert on_disk["protocol"] == metrics["protocol"]
+  assert on_disk["num_pairs"] == len(pairs)
+  assert on_disk["evaluated"]["epoch"] == 1
+  # The slices count the rows item-to-item trains on.
+  counts = query_side.query_side("item_to_item").item_train_count(prepared)
+  assert on_disk["slices"]["cold"]["num_items"] == int((counts == 0).sum())
+  assert on_disk["baseline"]["most_popular"]["slices"]["cold"][
+    "num_items"
+  ] == int((counts == 0).sum())
+  text = run_report.report(workdir)
+  assert f"{dropped:,} pairs equal to a train or validation pair dropped" in (
+    text
+  )
+  assert "slices by training interactions that have a query item" in text

@@ -89,32 +89,41 @@ def evaluate_model(
     eval_config: Cut-offs, head share and batch size.
     task: `user_to_item` (queries are users) or `item_to_item` (the query is
       the previous item).
-    max_pairs: Score a uniform sample of this many held-out pairs (0 = all).
+    max_pairs: Score a seeded sample of whole queries holding about this
+      many held-out pairs (0 = all; see eval_pairs.py).
     seed: Seed of that sample.
     item_embeddings: Precomputed corpus embeddings (else computed here).
     pairs: Pairs already selected (e.g. to score a baseline on the same
       ones); replaces split, task, max_pairs and seed.
 
+  The slices count the training rows the task trains on
+  (`QuerySide.item_train_count`).
+
   Returns:
     The metrics dict of `evaluate.evaluate_embeddings`, plus `excluded`
-    (what the rankings excluded, e.g. `["train", "validation"]`).
+    (what the rankings excluded, e.g. `["train", "validation"]`) and
+    `protocol` (`eval_pairs.protocol`: the selection rules and counts, and
+    the definition of the training counts and of cold items).
   """
   if pairs is None:
     pairs = eval_pairs.select_pairs(prepared, split, task, max_pairs, seed)
   if item_embeddings is None:
     item_embeddings = embed_rows(item_tower, prepared.items)
-  query_table = query_side.query_side(pairs.task).table(prepared)
-  query_embeddings = embed_rows(query_tower, query_table, pairs.queries)
+  side = query_side.query_side(pairs.task)
+  query_embeddings = embed_rows(
+    query_tower, side.table(prepared), pairs.queries
+  )
   metrics = evaluate.evaluate_embeddings(
     query_embeddings,
     item_embeddings,
     pairs_query=pairs.query_of_pair,
     pairs_item=pairs.targets,
     exclude=pairs.exclude,
-    item_train_count=prepared.item_train_count,
+    item_train_count=side.item_train_count(prepared),
     ks=eval_config.ks,
     head_fraction=eval_config.head_fraction,
     batch_size=eval_config.batch_size,
   )
   metrics["excluded"] = list(pairs.excluded)
+  metrics["protocol"] = eval_pairs.protocol(pairs)
   return metrics

@@ -81,13 +81,9 @@ def exclusion_without_targets(
   """
   indptr = np.asarray(exclude[0]).astype(np.int64, copy=False)
   indices = np.asarray(exclude[1])
-  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
-  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
   num_queries = indptr.shape[0] - 1
-  width = int(max(indices.max(initial=-1), pairs_item.max(initial=-1))) + 1
+  excluded_keys, pair_keys = _keys(exclude, pairs_query, pairs_item)
   rows = np.repeat(np.arange(num_queries, dtype=np.int64), np.diff(indptr))
-  excluded_keys = rows * width + indices
-  pair_keys = pairs_query * width + pairs_item
   is_target = _is_in(excluded_keys, pair_keys)
   target_excluded = int(_is_in(pair_keys, excluded_keys).sum())
   new_indptr = np.zeros(num_queries + 1, np.int64)
@@ -95,6 +91,54 @@ def exclusion_without_targets(
     np.bincount(rows[~is_target], minlength=num_queries), out=new_indptr[1:]
   )
   return (new_indptr, indices[~is_target]), target_excluded
+
+
+def contains(
+  csr: Csr, pairs_query: np.ndarray, pairs_item: np.ndarray
+) -> np.ndarray:
+  """bool [P]: whether each pair's item is in its query's CSR row.
+
+  Example:
+    >>> contains((np.array([0, 2, 3]), np.array([4, 7, 7])), [0, 1], [7, 5])
+    array([ True, False])
+  """
+  entry_keys, pair_keys = _keys(csr, pairs_query, pairs_item)
+  return _is_in(pair_keys, entry_keys)
+
+
+def from_entries(rows: np.ndarray, cols: np.ndarray, num_rows: int) -> Csr:
+  """The CSR of (row, col) entries: each row's distinct cols, ascending.
+
+  Args:
+    rows: int [E], row of each entry, in [0, num_rows).
+    cols: int [E], non-negative column of each entry.
+    num_rows: Rows of the result.
+
+  Returns:
+    (indptr int64 [num_rows + 1], indices int32 [nnz]).
+  """
+  rows = np.asarray(rows).astype(np.int64, copy=False)
+  cols = np.asarray(cols).astype(np.int64, copy=False)
+  width = max(int(cols.max(initial=-1)) + 1, 1)
+  codes = sorted_distinct(rows * width + cols)
+  indptr = np.zeros(num_rows + 1, np.int64)
+  np.cumsum(np.bincount(codes // width, minlength=num_rows), out=indptr[1:])
+  return indptr, (codes % width).astype(np.int32)
+
+
+def _keys(
+  csr: Csr, pairs_query: np.ndarray, pairs_item: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+  """One int64 key per CSR entry and per pair, row * width + column."""
+  indptr = np.asarray(csr[0]).astype(np.int64, copy=False)
+  indices = np.asarray(csr[1]).astype(np.int64, copy=False)
+  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
+  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
+  width = int(max(indices.max(initial=-1), pairs_item.max(initial=-1))) + 1
+  rows = np.repeat(
+    np.arange(indptr.shape[0] - 1, dtype=np.int64), np.diff(indptr)
+  )
+  return rows * width + indices, pairs_query * width + pairs_item
 
 
 def sorted_distinct(values: np.ndarray) -> np.ndarray:

@@ -25,12 +25,17 @@ Conventions:
     (`eval_csr.exclusion_without_targets`). Excluding it would make such a
     pair an automatic miss that says nothing about the model. The result
     reports how often this happened (`num_pairs_target_in_train`, "train"
-    standing for every excluded split).
+    standing for every excluded split). Item-to-item pairs never get here
+    that way: `eval_pairs.select_pairs` drops them first.
   * Recall@K is per pair (a query with three held-out items counts three
-    times). MAP@K is per distinct query: average precision over its distinct
+    times; `eval_pairs.select_pairs` gives each (query, item) pair once).
+    MAP@K is per distinct query: average precision over its distinct
     held-out items, normalised by `min(K, number of its held-out items)`.
   * Slices (head / tail / cold, popularity deciles) are those of
-    eval_slices.py; recall is reported for each.
+    eval_slices.py over the training counts given (the rows the task trains
+    on: `QuerySide.item_train_count`); recall is reported for each, with
+    the slice's corpus items (`num_items`), the distinct items of its
+    pairs (`num_held_out_items`) and its pairs.
   * The most-popular baseline (`evaluate_most_popular`) ranks every item by
     training count (ties to the lower row), the same fixed ranking for
     every query, with the same exclusions.
@@ -121,9 +126,9 @@ def evaluate_embeddings(
     A JSON-ready dict: `recall@K` and `map@K` for every K, counts
     (`num_pairs`, `num_queries`, `num_items`, `num_pairs_target_in_train`),
     and with `item_train_count` also `slices` (head / tail / cold: number of
-    items, number of pairs, `recall@K`) and `deciles` (a list of 10 such
-    rows plus the decile's train-count range). Recall of an empty slice is
-    None.
+    corpus items, of held-out items, of pairs, `recall@K`) and `deciles` (a
+    list of 10 such rows plus the decile's train-count range). Recall of an
+    empty slice is None.
 
   Raises:
     EvaluationInputError: shapes, ranges or values that do not fit together.
@@ -540,6 +545,9 @@ def _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks):
     in_slice = item_mask[pairs_item]
     row = {
       "num_items": int(item_mask.sum()),
+      "num_held_out_items": int(
+        eval_csr.sorted_distinct(pairs_item[in_slice]).shape[0]
+      ),
       "num_pairs": int(in_slice.sum()),
     }
     for k in ks:

@@ -71,17 +71,25 @@ def report(workdir: str) -> str:
 
 
 def format_metrics(metrics: Mapping[str, Any]) -> str:
-  """A few human-readable lines: overall, by slice and by decile.
+  """A few human-readable lines: what was scored, overall, slices, deciles.
 
   With a baseline (`metrics["baseline"]["most_popular"]`, as written by
   `workflow.evaluate_run`) its figures are printed beside the model's.
+  With `metrics["evaluated"]` and `metrics["protocol"]` (also written by
+  `workflow.evaluate_run`) the checkpoint evaluated and the selection rules
+  and their counts are named, and every slice figure says what it counts.
 
   Example:
     >>> print(format_metrics(metrics))
     12,000 pairs, 950 queries (excluded: train, validation)
+    evaluated: epoch 3 (step 1,200; best validation recall@10), test split,
+      exact search
+    pairs: every test pair with a query; 2 repeated pairs scored once
     model         recall@10 0.1200  recall@50 0.3100  map@10 0.0610 ...
     most popular  recall@10 0.0400  recall@50 0.1100  map@10 0.0150 ...
-    head (371 items, 8,100 pairs): recall@10 0.1500 ... | most popular: ...
+    slices by training interactions: head = the 10% most frequent of the
+      items in them, tail = the other items in them, cold = items in none
+    head (371 corpus items, 300 held out, 8,100 pairs): recall@10 ...
   """
   ks = metrics.get("ks", [])
   baseline = metrics.get("baseline", {}).get("most_popular")
@@ -92,6 +100,10 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
   if metrics.get("excluded"):
     header += f" (excluded: {', '.join(metrics['excluded'])})"
   lines = [header]
+  if metrics.get("evaluated"):
+    lines.append(_describe_evaluated(metrics))
+  if metrics.get("protocol"):
+    lines.append(_describe_selection(metrics["protocol"]))
 
   def overall(values):
     return "  ".join(
@@ -108,10 +120,23 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
   else:
     lines.append(f"{'model':13s} {overall(metrics)}")
     lines.append(f"{'most popular':13s} {overall(baseline)}")
+  if metrics.get("slices"):
+    trained_rows = metrics.get("protocol", {}).get(
+      "train_counts", "training interactions"
+    )
+    share = metrics.get("head_fraction")
+    top = f"the {share:.0%} most frequent" if share is not None else "the most"
+    lines.append(
+      f"slices by {trained_rows}: head = {top} of the items in them, "
+      "tail = the other items in them, cold = items in none"
+    )
   for name, row in metrics.get("slices", {}).items():
+    held_out = ""
+    if "num_held_out_items" in row:
+      held_out = f"{row['num_held_out_items']:,} held out, "
     line = (
-      f"{name} ({row['num_items']:,} items, {row['num_pairs']:,} pairs): "
-      f"{recalls(row)}"
+      f"{name} ({row['num_items']:,} corpus items, {held_out}"
+      f"{row['num_pairs']:,} pairs): {recalls(row)}"
     )
     if baseline is not None and name in baseline.get("slices", {}):
       line += f" | most popular: {recalls(baseline['slices'][name])}"
@@ -127,6 +152,53 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
       )
       lines.append(f"{label}recall@{k} by decile (rarest first): {by_decile}")
   return "\n".join(lines)
+
+
+def _describe_evaluated(metrics: Mapping[str, Any]) -> str:
+  """`evaluated: epoch 3 (step 1,200; best validation recall@10), ...`."""
+  evaluated = metrics["evaluated"]
+  if evaluated.get("epoch") is not None:
+    model = f"epoch {evaluated['epoch']}"
+    if evaluated.get("step") is not None:
+      model += f" (step {evaluated['step']:,}; {evaluated['selected_by']})"
+    else:
+      model += f" ({evaluated['selected_by']})"
+  elif evaluated.get("step") is not None:
+    model = f"step {evaluated['step']:,} ({evaluated['selected_by']})"
+  else:
+    model = f"{evaluated['checkpoint']} ({evaluated['selected_by']})"
+  line = f"evaluated: {model}"
+  if metrics.get("split"):
+    line += f", {metrics['split']} split"
+  if metrics.get("search"):
+    line += f", {metrics['search']} search"
+  return line
+
+
+def _describe_selection(protocol: Mapping[str, Any]) -> str:
+  """`pairs: ...`: the sample, duplicates and known pairs dropped."""
+  split = protocol.get("split", "held-out")
+  sampling = protocol.get("sampling", {})
+  if sampling.get("unit") == "query":
+    parts = [
+      f"a sample of {sampling['num_queries']:,} of "
+      f"{sampling['of_queries']:,} queries with all their pairs "
+      f"({sampling['num_pairs']:,} of {sampling['of_pairs']:,} pairs; "
+      f"--max_pairs={sampling['max_pairs']:,}, seed {sampling['seed']})"
+    ]
+  else:
+    parts = [f"every {split} pair with a query"]
+  duplicates = protocol.get("duplicates_removed", 0)
+  if duplicates:
+    parts.append(f"{duplicates:,} repeated pairs scored once")
+  dropped = protocol.get("known_pairs_dropped", 0)
+  if protocol.get("known_pairs") == "dropped":
+    earlier = [e for e in protocol.get("excluded", []) if e != "seed_item"]
+    parts.append(
+      f"{dropped:,} pairs equal to a {' or '.join(earlier)} pair dropped "
+      "(neither ranked nor scored)"
+    )
+  return "pairs: " + "; ".join(parts)
 
 
 def _number(value, digits=4):

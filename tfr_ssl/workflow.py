@@ -272,17 +272,21 @@ def evaluate_run(
     use_index: Retrieve through the saved index instead of exact search.
     compare: Other workdirs whose eval/metrics.json the plot overlays.
     split: Overrides the config's evaluation split.
-    max_pairs: Score a uniform sample of this many held-out pairs (0 = all;
-      seeded by `train.seed`). Every item stays a candidate; the cost of
-      scoring all pairs grows with queries x items, which is quadratic in
-      the corpus when the users grow with it.
+    max_pairs: Score a uniform sample of whole queries holding about this
+      many held-out pairs (0 = all; seeded by `train.seed`; see
+      eval_pairs.py). Every item stays a candidate; the cost of scoring all
+      pairs grows with queries x items, which is quadratic in the corpus
+      when the users grow with it.
 
   Returns:
-    The metrics.
+    The metrics, with `protocol` (the selection rules and their counts, the
+    definition of cold; `eval_pairs.protocol`) and `evaluated` (the
+    checkpoint and epoch scored; `evaluated_checkpoint`).
 
   Raises:
     WorkdirError: a `compare` run has no eval/metrics.json (checked before
       evaluating), or the workdir cannot be used.
+    ValueError: a negative `max_pairs`.
   """
   compared = {}
   for other in compare:
@@ -310,14 +314,17 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
     model, prepared, config = train.load_trained_model(workdir)
   split = split or config.eval.split
   started = time.perf_counter()
-  if max_pairs < 0:
-    raise ValueError(f"max_pairs must be >= 0, got {max_pairs}.")
   pairs = eval_pairs.select_pairs(
     prepared, split, config.model.task, max_pairs, config.train.seed
   )
   if use_index:
     metrics = _evaluate_through_index(workdir, prepared, config, pairs)
+    checkpoint = os.path.join(
+      workdir,
+      export.read_manifest(os.path.join(workdir, EXPORT_DIR))["checkpoint"],
+    )
   else:
+    checkpoint = train.trained_checkpoint(workdir)
     metrics = embed.evaluate_model(
       model.query_tower,
       model.item_tower,
@@ -330,6 +337,9 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
   metrics["split"] = split
   metrics["search"] = "index" if use_index else "exact"
   metrics["max_pairs"] = max_pairs
+  metrics["evaluated"] = evaluated_checkpoint(
+    workdir, checkpoint, prepared.version, use_index
+  )
   metrics["baseline"] = {
     "most_popular": most_popular_baseline(
       prepared, pairs, metrics["ks"], config.eval.head_fraction
@@ -348,6 +358,53 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
   return metrics
 
 
+def evaluated_checkpoint(
+  workdir: str, checkpoint: str, dataset_version: str, use_index: bool
+) -> dict:
+  """Which trained model an evaluation scored, for metrics.json.
+
+  Args:
+    workdir: The run.
+    checkpoint: Prefix of the checkpoint the scored model came from: the
+      one restored (exact search), or the one the export was made from
+      (through the index).
+    dataset_version: The run's dataset version (part of the export's id).
+    use_index: The model is the export's: its epoch is that of WORKDIR/best/
+      only if best/ still holds the exported checkpoint.
+
+  Returns:
+    `checkpoint` (relative to the workdir), `selected_by`, and `epoch`,
+    `step` and the validation figure of the best epoch when the checkpoint
+    is WORKDIR/best/ (else `epoch` None and the step of the checkpoint's
+    name, `ckpt-<step>`).
+  """
+  record = {
+    "checkpoint": os.path.relpath(checkpoint, workdir),
+    "selected_by": "latest checkpoint; the run never validated",
+    "epoch": None,
+    "step": None,
+  }
+  best = train.best_checkpoint(workdir)
+  if best is not None and os.path.abspath(best[0]) == os.path.abspath(
+    checkpoint
+  ):
+    path, entry = best
+    if use_index:
+      exported = export.read_manifest(os.path.join(workdir, EXPORT_DIR))
+      if model_id(path, dataset_version) != exported["model_id"]:
+        record["selected_by"] = "best validation epoch when exported"
+        return record
+    record["selected_by"] = f"best validation {train.SELECT_BY}"
+    record["epoch"] = entry.get("epoch")
+    record["step"] = entry.get("step")
+    record[f"validation_{train.SELECT_BY}"] = entry.get(train.SELECT_BY)
+    return record
+  name = os.path.basename(checkpoint)
+  if name.startswith("ckpt-") and name[5:].isdigit():
+    record["step"] = int(name[5:])
+  return record
+
+
 def most_popular_baseline(
   prepared: contract.PreparedDataset,
   pairs: eval_pairs.EvalPairs,
@@ -356,12 +413,13 @@ def most_popular_baseline(
 ) -> dict:
   """Metrics of ranking every item by training count, on `pairs`.
 
-  The same pairs and exclusions as the model's evaluation; see
+  The same pairs and exclusions as the model's evaluation, and the same
+  training counts (those of the rows the task trains on); see
   `evaluate.evaluate_most_popular`.
   """
   started = time.perf_counter()
   metrics = evaluate.evaluate_most_popular(
-    prepared.item_train_count,
+    query_side.query_side(pairs.task).item_train_count(prepared),
     pairs.query_of_pair,
     pairs.targets,
     exclude=pairs.exclude,
@@ -609,12 +667,15 @@ def _evaluate_through_index(workdir, prepared, config, pairs) -> dict:
     np.concatenate(topk)[:, : ks[-1]],
     pairs_query=query_of_pair,
     pairs_item=pairs.targets,
-    item_train_count=prepared.item_train_count,
+    item_train_count=query_side.query_side(pairs.task).item_train_count(
+      prepared
+    ),
     ks=ks,
     head_fraction=config.eval.head_fraction,
   )
   metrics["num_pairs_target_in_train"] = target_in_train
   metrics["excluded"] = list(pairs.excluded)
+  metrics["protocol"] = eval_pairs.protocol(pairs)
   return metrics
 
 

@@ -38,10 +38,13 @@ def format_description(stats: dict) -> str:
     + f"  (timestamps: {'yes' if stats['has_timestamps'] else 'no'})",
     f"popularity    top 10% of items hold {stats['top10_share']:.1%} of "
     f"training interactions; gini {stats['gini']:.3f}",
-    f"cold items    {stats['cold_test_items']:,} test items never seen in "
-    f"training ({stats['cold_test_share']:.2%} of test interactions)",
+    f"cold items    {stats['cold_items']:,} corpus items are in no training "
+    f"interaction; {stats['cold_test_items']:,} of them are test items, in "
+    f"{stats['cold_test_interactions']:,} test interactions "
+    f"({stats['cold_test_share']:.2%})",
     f"item-to-item  {stats['item_to_item_train']:,} training interactions "
-    "have a previous item",
+    "have a query item (the rows that task trains on); "
+    f"{stats['item_to_item_cold_items']:,} corpus items are in none of them",
     "",
     "features",
   ]

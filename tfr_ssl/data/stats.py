@@ -263,13 +263,22 @@ def describe(prepared: PreparedDataset) -> dict:
   has_timestamps, features (name, kind, role, vocabulary_size, max_len),
   train_items_seen, top10_share (share of training interactions held by the
   10% most frequent items), gini (of training counts over the corpus),
-  cold_test_items / cold_test_share (test items never seen in training, and
-  the share of test interactions they take), item_to_item_train (training
-  rows that have a previous item), mutual_information ({features, matrix}).
+  cold_items (corpus items in no training interaction: the cold slice of a
+  user-to-item evaluation), cold_test_items / cold_test_interactions /
+  cold_test_share (the distinct test items among them, the test
+  interactions with one, and their share of the test split),
+  item_to_item_train (training rows that have a query item, the rows the
+  item-to-item task trains on), item_to_item_cold_items (corpus items in
+  none of those: the cold slice of an item-to-item evaluation),
+  mutual_information ({features, matrix}).
   """
+  # Here, not at the top: query_side imports this module for its counts.
+  from tfr_ssl.data import query_side
+
   counts = prepared.item_train_count
   test_items = prepared.splits["test"].item_index
   cold = counts[test_items] == 0
+  item_to_item = query_side.query_side(query_side.ITEM_TO_ITEM)
   features = []
   for feature in prepared.schema.features:
     table = prepared.items if feature.role == "item" else prepared.queries
@@ -293,10 +302,15 @@ def describe(prepared: PreparedDataset) -> dict:
     "train_items_seen": int((counts > 0).sum()),
     "top10_share": top_share(counts, 0.1),
     "gini": gini(counts),
+    "cold_items": int((counts == 0).sum()),
     "cold_test_items": int(np.unique(test_items[cold]).shape[0]),
+    "cold_test_interactions": int(cold.sum()),
     "cold_test_share": float(cold.mean()) if cold.shape[0] else 0.0,
     "item_to_item_train": int(
-      (prepared.splits["train"].prev_item_index >= 0).sum()
+      item_to_item.usable(prepared.splits["train"]).shape[0]
+    ),
+    "item_to_item_cold_items": int(
+      (item_to_item.item_train_count(prepared) == 0).sum()
     ),
     "mutual_information": {
       "features": [f.name for f in prepared.schema.item_features],
