@@ -302,3 +302,30 @@ def test_the_unknown_embeddings_were_trained(run):
       np.testing.assert_array_equal(table.numpy()[OOV], initial.numpy()[OOV])
     moved = np.abs(encoder.defaults.numpy() - start.defaults.numpy())
     assert (moved.max(axis=1) > 1e-4).all(), moved.max(axis=1)
+
+
+def test_item_to_item_cold_rule_counts_the_rows_it_trains_on():
+  dataset = model_fakes.tiny_dataset()
+  split = dataset.splits["train"]
+  # Item row 5 is a positive only in rows without a query item: the
+  # item-to-item task never trains on them, so its id is cold there.
+  prev = split.prev_item_index.copy()
+  prev[split.item_index == 5] = PAD
+  dataset.splits["train"] = contract.Interactions(
+    query_index=split.query_index,
+    item_index=split.item_index,
+    weight=split.weight,
+    timestamp=None,
+    prev_item_index=prev,
+  )
+  assert dataset.item_train_count[5] > 0
+  known = {}
+  for task in ("user_to_item", "item_to_item"):
+    config = config_lib.Config().override({"model.task": task})
+    two_tower = model.TwoTowerModel(config, dataset)
+    known[task] = two_tower.item_encoder.known_values()["item_id"]
+  # Row 5 has id 6 (id 0 is OOV).
+  assert known["user_to_item"][6] and not known["item_to_item"][6]
+  np.testing.assert_array_equal(
+    np.delete(known["user_to_item"], 6), np.delete(known["item_to_item"], 6)
+  )

@@ -153,6 +153,11 @@ class TwoTowerModel(tfrs.Model):
     super().__init__(name=name)
     _validate(config, dataset)
     self.config = config
+    self.query_side = query_side.query_side(config.model.task)
+    # The training counts of the rows this task trains on: static logQ,
+    # unigram negatives and the cold rule read the counts the evaluation's
+    # slices read.
+    dataset = self.query_side.trained_on(dataset)
     m, s = config.model, config.ssl
     self.num_items = dataset.num_items
     dim = m.embedding_dim
@@ -167,7 +172,6 @@ class TwoTowerModel(tfrs.Model):
     self.item_tower = features.Tower(
       self.item_encoder, m.item_layers, m.output_dim, name="item_tower"
     )
-    self.query_side = query_side.query_side(m.task)
     if self.query_side.is_item:
       query_encoder = self.item_encoder  # shared: the query is an item
     else:
