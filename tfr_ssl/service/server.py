@@ -595,6 +595,18 @@ def serve_forever(
   asyncio.run(main())
 
 
+async def _cancel_remaining_tasks() -> None:
+  """Cancels and awaits the loop's other tasks, as `asyncio.run` does.
+
+  A connection still open at stop (e.g. one reading the rest of a body it
+  refused) has a task that must end before its loop stops.
+  """
+  tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+  for task in tasks:
+    task.cancel()
+  await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class BackgroundServer:
   """A Server on its own event loop thread (tests, benchmarks, notebooks).
 
@@ -652,6 +664,7 @@ class BackgroundServer:
     try:
       if self._thread.is_alive():
         self.call(self.server.stop(), timeout)
+        self.call(_cancel_remaining_tasks(), timeout)
     finally:
       self._loop.call_soon_threadsafe(self._loop.stop)
       self._thread.join(timeout)
