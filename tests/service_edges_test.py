@@ -32,9 +32,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def server(run):
-  background = BackgroundServer(
-    run["workdir"], options(samples=False, body_timeout_seconds=0.5)
-  )
+  background = BackgroundServer(run["workdir"], options(samples=False))
   background.start(timeout=TIMEOUT)
   try:
     yield background
@@ -96,13 +94,19 @@ def test_idle_and_half_sent_connections_are_closed(run):
     background.stop(timeout=TIMEOUT)
 
 
-def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(
-  server,
-):
-  head = (
-    f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
-  ).encode()
-  status, headers, body = _parse(_exchange(server.url, head + b'{"inst'))
+def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(run):
+  background = BackgroundServer(
+    run["workdir"], options(samples=False, body_timeout_seconds=0.5)
+  )
+  background.start(timeout=TIMEOUT)
+  try:
+    head = (
+      f"POST {PREDICT} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    reply = _exchange(background.url, head + b'{"inst')
+  finally:
+    background.stop(timeout=TIMEOUT)
+  status, headers, body = _parse(reply)
   assert status == 408
   assert headers["connection"] == "close"
   assert json.loads(body) == {
