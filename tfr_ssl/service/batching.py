@@ -35,6 +35,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfr_ssl.service import versions
 from tfr_ssl.service.protocol import Query, RequestError
 
 log = logging.getLogger(__name__)
@@ -77,10 +78,9 @@ def _alone_error(error: Exception) -> Exception:
   if isinstance(error, RequestError):
     return error
   if isinstance(error, INPUT_ERRORS):
-    first = (str(error).strip().splitlines() or [""])[0][:300]
     return RequestError(
       f"instances: the model cannot take this request's values "
-      f"({type(error).__name__}: {first})"
+      f"({versions.one_line(error)})"
     )
   return error
 
@@ -244,10 +244,9 @@ class MicroBatcher:
         self._fail(live[0], version, e)
       else:
         log.warning(
-          "A batch of %d requests failed (%s: %s); running each alone.",
+          "A batch of %d requests failed (%s); running each alone.",
           len(live),
-          type(e).__name__,
-          (str(e).strip().splitlines() or [""])[0][:200],
+          versions.one_line(e),
         )
         self.stats.failed_batches += 1
         for p in live:

@@ -211,7 +211,7 @@ class _Connection(web_protocol.RequestHandler):
     exc: BaseException | None = None,
     message: str | None = None,
   ) -> web.StreamResponse:
-    if status == 500:
+    if status >= 500:  # An exception (500) or a timeout (504) in a handler.
       log.error(
         "Unexpected error answering a request from %s",
         request.remote,

@@ -401,7 +401,7 @@ class VersionManager:
     """Remembers a candidate that failed, and logs why (one line)."""
     current = self.current
     number = self._number_for(candidate)
-    message = _one_line(error)
+    message = one_line(error)
     log.warning(
       "Refused index version %d at %s (%s): %s",
       number,
@@ -520,7 +520,8 @@ def _probe(model: serving.RetrievalModel, names: list[str]) -> None:
       raise ValueError(f"the probe query returned {ids.shape[0]} rows, not 1")
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+  """`Type: first line of the message`, at most 500 characters."""
   text = str(error).strip().splitlines()
   first = text[0] if text else ""
   return f"{type(error).__name__}: {first}"[:500]
