@@ -2,11 +2,14 @@ r"""Serves a run's retrieval index over HTTP (TF Serving's REST API).
 
 Loads WORKDIR/index (checked against WORKDIR/export), binds --host:--port
 (loopback by default) and answers until SIGINT or SIGTERM, finishing the
-requests in flight. A newer index (a rebuilt WORKDIR/index, or a higher
+requests in flight. Idle connections, slow request heads and slow bodies are
+cut off (--idle_timeout_seconds, --header_timeout_seconds,
+--body_timeout_seconds). A newer index (a rebuilt WORKDIR/index, or a higher
 numbered directory in TF Serving's layout under --index_dir) is picked up
 every --poll_seconds, or at once on SIGHUP, without dropping a request; one
 that fails to load or was built for another export is refused and the old
-one keeps serving. A page for people is at /. See tfr_ssl/service/ and the
+one keeps serving. Deleting the serving numbered directory falls back to the
+highest one left. A page for people is at /. See tfr_ssl/service/ and the
 README's "Serving" section.
 
 Example:
@@ -53,6 +56,18 @@ _HELP = {
     "run's cached dataset, if it is there)."
   ),
   "access_log": "Log every request.",
+  "idle_timeout_seconds": (
+    "Close a connection with no request in progress after this long."
+  ),
+  "header_timeout_seconds": (
+    "A request's line and headers must arrive within this long of its first "
+    "byte, else the connection is closed (0: only the idle timeout bounds "
+    "it)."
+  ),
+  "body_timeout_seconds": (
+    "A predict body must arrive within this long of its headers, else 408 "
+    "(0: no limit)."
+  ),
 }
 # (lower, upper) of the numeric flags, checked by absl while parsing: a
 # duration may be 0 (never / no wait), a size or count must be >= 1.
@@ -65,6 +80,9 @@ _BOUNDS = {
   "max_body_bytes": (1, None),
   "max_instances": (1, None),
   "max_exclude": (1, None),
+  "idle_timeout_seconds": (0.001, None),
+  "header_timeout_seconds": (0, None),
+  "body_timeout_seconds": (0, None),
 }
 
 

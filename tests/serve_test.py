@@ -111,7 +111,10 @@ def test_predict_status_and_metadata(server, run):
       "status": {"error_code": "OK", "error_message": ""},
     }
   ]
-  assert value["serving"]["num_items"] == 300
+  # TF Serving's keys only; the service's own facts are at /ui/model.
+  assert list(value) == ["model_version_status"]
+  _, _, model = call(server.url, path="/ui/model")
+  assert model["serving"]["num_items"] == 300
 
   status, _, meta = call(server.url, path=f"/v1/models/{MODEL}/metadata")
   assert status == 200
@@ -122,8 +125,8 @@ def test_predict_status_and_metadata(server, run):
   assert signatures["serving_default"]["inputs"][names[0]]["dtype"] == (
     "DT_STRING"
   )
-  assert [f["name"] for f in meta["metadata"]["query_features"]] == names
-  assert meta["metadata"]["top_k"] == {"default": 50, "max": 50}
+  assert [f["name"] for f in model["query_features"]] == names
+  assert model["top_k"] == {"default": 50, "max": 50}
 
   # Row format: the same top 5 as the library's retrieve, in one request.
   queries = raw_queries(run["prepared"], [0, 1, 2])
@@ -533,9 +536,10 @@ def test_refresh_under_load_fails_no_request(run, tmp_path):
     assert load.versions.get("1", 0) > 0 and load.versions.get("2", 0) > 0
 
     _, _, value = call(background.url, path=f"/v1/models/{MODEL}")
-    assert value["serving"]["version"] == "2"
-    assert value["serving"]["num_items"] == 310
-    assert value["serving"]["added_items"] == 10
+    _, _, model = call(background.url, path="/ui/model")
+    assert model["serving"]["version"] == "2"
+    assert model["serving"]["num_items"] == 310
+    assert model["serving"]["added_items"] == 10
     states = {s["version"]: s["state"] for s in value["model_version_status"]}
     assert states == {"2": "AVAILABLE", "1": "END"}
     # The new items are served: leave out every old one and only they remain.
@@ -560,7 +564,8 @@ def test_refresh_under_load_fails_no_request(run, tmp_path):
 
     wait_for(refused, "the refusal")
     _, _, value = call(background.url, path=f"/v1/models/{MODEL}")
-    assert value["serving"]["version"] == "2"
+    _, _, model = call(background.url, path="/ui/model")
+    assert model["serving"]["version"] == "2"
     errors = [r for r in value["model_version_status"] if r["state"] == "END"]
     assert any("model_id" in r["status"]["error_message"] for r in errors)
     headers, _ = predict(background.url, {"instances": queries[:1]})
@@ -601,7 +606,8 @@ def test_numbered_versions_a_broken_one_is_refused(run, tmp_path):
       background.url, path=f"/v1/models/{MODEL}/versions/3"
     )
     assert value["model_version_status"][0]["state"] == "AVAILABLE"
-    assert value["serving"]["index"] == "scann"
+    _, _, model = call(background.url, path="/ui/model")
+    assert model["serving"]["index"] == "scann"
     queries = raw_queries(run["prepared"], [0])
     headers, value = predict(
       background.url,

@@ -15,6 +15,12 @@ swaps versions mid-batch does not touch it (see `versions`).
 
 The queue is bounded (`max_queue` queries): beyond it requests are refused
 with 503 at once rather than waiting without bound.
+
+One request must not fail its neighbours. Requests are validated completely
+before they join a batch (`protocol`), so a batch should not fail; if one
+still does, each of its requests is run again alone, and only a request that
+fails alone gets an error: 400 if the model refused its values (an input the
+validation missed), 500 for anything else (a fault of the server).
 """
 
 from __future__ import annotations
@@ -27,7 +33,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 import numpy as np
+import tensorflow as tf
 
+from tfr_ssl.service import versions
 from tfr_ssl.service.protocol import Query, RequestError
 
 log = logging.getLogger(__name__)
@@ -47,6 +55,8 @@ class Stats:
   queries: int = 0
   requests: int = 0
   largest_batch: int = 0
+  failed_batches: int = 0
+  failed_requests: int = 0
 
   def as_dict(self) -> dict:
     return {
@@ -55,6 +65,24 @@ class Stats:
       if self.batches
       else 0.0,
     }
+
+
+# What a model call raises for values it cannot take (a string it cannot
+# encode, a tensor op refusing its input): the request's fault, not the
+# server's.
+INPUT_ERRORS = (ValueError, UnicodeError, tf.errors.InvalidArgumentError)
+
+
+def _alone_error(error: Exception) -> Exception:
+  """The error a request that failed alone gets (400 for bad input)."""
+  if isinstance(error, RequestError):
+    return error
+  if isinstance(error, INPUT_ERRORS):
+    return RequestError(
+      f"instances: the model cannot take this request's values "
+      f"({versions.one_line(error)})"
+    )
+  return error
 
 
 def run_batch(version, queries: Sequence[Query]) -> list[tuple[list, list]]:
@@ -212,18 +240,64 @@ class MicroBatcher:
         self._executor, self._run, version, queries
       )
     except Exception as e:
-      log.exception("A batch of %d queries failed.", len(queries))
-      for p in live:
-        if not p.future.done():
-          p.future.set_exception(e)
+      if len(live) == 1:
+        self._fail(live[0], version, e)
+      else:
+        log.warning(
+          "A batch of %d requests failed (%s); running each alone.",
+          len(live),
+          versions.one_line(e),
+        )
+        self.stats.failed_batches += 1
+        for p in live:
+          await self._answer_alone(loop, version, p)
       return
-    self.stats.batches += 1
-    self.stats.queries += len(queries)
-    self.stats.requests += len(live)
-    self.stats.largest_batch = max(self.stats.largest_batch, len(queries))
+    self._count(live, len(queries))
     start = 0
     for p in live:
       end = start + len(p.queries)
       if not p.future.done():
         p.future.set_result((version, results[start:end]))
       start = end
+
+  async def _answer_alone(self, loop, version, pending: _Pending) -> None:
+    """Runs one request of a failed batch by itself (same version)."""
+    if pending.future.done():
+      return
+    try:
+      results = await loop.run_in_executor(
+        self._executor, self._run, version, pending.queries
+      )
+    except Exception as e:
+      self._fail(pending, version, e)
+      return
+    self._count([pending], len(pending.queries))
+    if not pending.future.done():
+      pending.future.set_result((version, results))
+
+  def _fail(self, pending: _Pending, version, error: Exception) -> None:
+    """Answers a request that failed on its own with its error."""
+    self.stats.failed_requests += 1
+    refused = _alone_error(error)
+    if isinstance(refused, RequestError):
+      log.info("A request was refused by the model: %s", refused.message)
+      error = refused
+    else:
+      log.error(
+        "A request of %d queries failed on version %s.",
+        len(pending.queries),
+        getattr(version, "number", version),
+        exc_info=error,
+      )
+      error = RequestError(
+        "internal error: the model call failed; the server log has the details",
+        status=500,
+      )
+    if not pending.future.done():
+      pending.future.set_exception(error)
+
+  def _count(self, answered: list[_Pending], queries: int) -> None:
+    self.stats.batches += 1
+    self.stats.queries += queries
+    self.stats.requests += len(answered)
+    self.stats.largest_batch = max(self.stats.largest_batch, queries)

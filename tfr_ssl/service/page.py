@@ -1,10 +1,12 @@
 """The page at `/`: type a query (or pick a sample), see the top items.
 
 One self-contained HTML document (no external scripts, styles or fonts: the
-service must work without internet). Its script uses the public API only
-(`metadata` for the form, `:predict` for the results) plus two page helpers,
-`/ui/samples` and `/ui/history`. Data is put into the page with
-`textContent`, never as HTML, so item features cannot inject markup.
+service must work without internet). Its script uses the public `:predict`
+for the results plus three page helpers, `/ui/model` (the form's features
+and bounds), `/ui/samples` and `/ui/history`. Data is put into the page with
+`textContent`, never as HTML, so item features cannot inject markup; the
+server also sends a Content-Security-Policy that lets only the page's own
+script and style block run (no inline `style=` attributes, no handlers).
 
 Query-string parameters fill the form and run it at once, which makes a
 result linkable (and lets a headless browser test the page): any query
@@ -59,6 +61,7 @@ _PAGE = """<!doctype html>
   .feat b { color: #1d2433; font-weight: 500; }
   .feat b.shared { background: #fff1b8; border-radius: 3px; padding: 0 2px; }
   .muted { color: #8a93a6; }
+  #fields { display: contents; }
 </style>
 </head>
 <body>
@@ -67,7 +70,7 @@ _PAGE = """<!doctype html>
   <form id="query" autocomplete="off">
     <label>Sample query<select id="sample">
       <option value="">(type below)</option></select></label>
-    <span id="fields" style="display:contents"></span>
+    <span id="fields"></span>
     <label>Top k<input type="number" id="top_k" min="1" value="10"></label>
     <label class="check"><input type="checkbox" id="exclude_history" checked>
       leave out the user's own items</label>
@@ -151,9 +154,9 @@ async function getJSON(url, options) {
 }
 
 async function setup() {
-  const [meta] = await getJSON(base + "/metadata");
-  features = meta.metadata.query_features;
-  maxK = meta.metadata.top_k.max;
+  const [meta] = await getJSON("/ui/model");
+  features = meta.query_features;
+  maxK = meta.top_k.max;
   $("top_k").max = maxK;
   const fields = $("fields");
   for (const f of features) {

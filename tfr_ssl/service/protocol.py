@@ -13,13 +13,21 @@ Beyond TF Serving, each query may carry `exclude` (item ids never to
 return) and `top_k` (1..the index's k; a body-level `top_k` applies to every
 query), and `"item_features": true` adds the features of each returned item.
 
+As in TF Serving, any string value may be sent base64-encoded as
+`{"b64": "..."}`; it is decoded before use.
+
 Every problem is a `RequestError` whose message starts with the field it is
 about (`instances[2].user_id: ...`), so a client can fix its request without
-reading server logs.
+reading server logs. Validation is complete: a request that passes it holds
+only values the model takes (every string valid UTF-8), so it cannot fail the
+batch it joins. Unknown feature values are not refused: the model maps them
+to its out-of-vocabulary embedding.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 import json
 from collections.abc import Sequence
@@ -29,7 +37,9 @@ from tfr_ssl import export, serving
 
 # Top-level keys of a predict body.
 BODY_KEYS = ("signature_name", "instances", "inputs", "top_k", "item_features")
-SIGNATURES = ("serving_default", serving.EXCLUDE_SIGNATURE)
+DEFAULT_SIGNATURE = "serving_default"
+SIGNATURES = (DEFAULT_SIGNATURE, serving.EXCLUDE_SIGNATURE)
+B64 = "b64"
 TOP_K = "top_k"
 EXCLUDE = serving.EXCLUDE_KEY
 
@@ -39,7 +49,8 @@ class RequestError(Exception):
 
   Args:
     message: What is wrong, starting with the field it is about.
-    status: The HTTP status (4xx; 503 when the service is overloaded).
+    status: The HTTP status (4xx; 503 when the service is overloaded; 500
+      for a model call that failed, already logged).
   """
 
   def __init__(self, message: str, status: int = 400):
@@ -131,6 +142,10 @@ def parse_json(body: bytes) -> Any:
     ) from None
   except RecursionError:
     raise RequestError("body: JSON nested too deeply") from None
+  except ValueError as e:
+    # Python refuses to parse integers of more than 4300 digits
+    # (sys.get_int_max_str_digits): no count or bound needs one.
+    raise RequestError(f"body: a number is too long ({e})") from None
 
 
 def _top_k(value: Any, where: str, max_k: int) -> int:
@@ -139,10 +154,52 @@ def _top_k(value: Any, where: str, max_k: int) -> int:
       f"{where}: must be an integer from 1 to {max_k}, got {_type_name(value)}"
     )
   if not 1 <= value <= max_k:
+    shown = str(value) if -(10**12) < value < 10**12 else "a larger number"
     raise RequestError(
       f"{where}: must be from 1 to {max_k} (the index returns {max_k} "
-      f"items), got {value}"
+      f"items), got {shown}"
     )
+  return value
+
+
+def _string(value: Any, where: str) -> str | None:
+  """`value` as a string the model takes, or None if it is not a string.
+
+  A string is a JSON string or, as TF Serving accepts for every string
+  input, `{"b64": "<base64>"}` whose bytes are decoded. Either way it must
+  be valid Unicode text: JSON lets a body carry a lone surrogate
+  (`"\\ud800"`), which no UTF-8 encoder (and so no string tensor) takes.
+
+  Raises:
+    RequestError: a b64 object that does not decode, or text that is not
+      valid Unicode.
+  """
+  if isinstance(value, dict) and set(value) == {B64}:
+    encoded = value[B64]
+    where = f"{where}.{B64}"
+    if not isinstance(encoded, str):
+      raise RequestError(
+        f"{where}: expected a base64 string, got {_type_name(encoded)}"
+      )
+    try:
+      raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError) as e:
+      raise RequestError(f"{where}: not valid base64 ({e})") from None
+    try:
+      return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+      raise RequestError(
+        f"{where}: the decoded bytes are not UTF-8 text (byte {e.start})"
+      ) from None
+  if not isinstance(value, str):
+    return None
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError as e:
+    raise RequestError(
+      f"{where}: not valid Unicode text (a lone surrogate "
+      f"\\u{ord(value[e.start]):04x} at character {e.start})"
+    ) from None
   return value
 
 
@@ -155,25 +212,33 @@ def _exclude(value: Any, where: str, limits: Limits) -> tuple[str, ...]:
     raise RequestError(
       f"{where}: at most {limits.max_exclude} item ids, got {len(value)}"
     )
+  ids = []
   for i, item in enumerate(value):
-    if not isinstance(item, str):
+    text = _string(item, f"{where}[{i}]")
+    if text is None:
       raise RequestError(
         f"{where}[{i}]: item ids are strings, got {_type_name(item)}"
       )
-  return tuple(value)
+    ids.append(text)
+  return tuple(ids)
 
 
 def _value(value: Any, where: str, feature, limits: Limits) -> str:
   """A raw feature value as the tower takes it (multi: `|`-joined)."""
   if feature.multi and isinstance(value, list):
+    parts = []
     for i, part in enumerate(value):
-      if not isinstance(part, str):
+      text = _string(part, f"{where}[{i}]")
+      if text is None:
         raise RequestError(
           f"{where}[{i}]: values of a multi-valued feature are strings, got "
           f"{_type_name(part)}"
         )
-    value = export.MULTI_SEPARATOR.join(value)
-  elif not isinstance(value, str):
+      parts.append(text)
+    value = export.MULTI_SEPARATOR.join(parts)
+  elif (text := _string(value, where)) is not None:
+    value = text
+  else:
     expected = (
       'a string, or a list of strings (e.g. "a|b" or ["a", "b"])'
       if feature.multi
@@ -226,7 +291,10 @@ def parse_predict(
       raise RequestError(
         f"{key}: unknown field; a predict body has {list(BODY_KEYS)}"
       )
-  signature = body.get("signature_name", "serving_default")
+  # TF Serving reads a missing or null signature_name as the default.
+  signature = body.get("signature_name")
+  if signature is None:
+    signature = DEFAULT_SIGNATURE
   if signature not in SIGNATURES:
     raise RequestError(
       f"signature_name: unknown signature {signature!r}; this model has "
@@ -372,39 +440,3 @@ def predict_response(
   if not predict.columnar:
     return {"predictions": rows}
   return {"outputs": {key: [row[key] for row in rows] for key in rows[0]}}
-
-
-def signature_metadata(features: Sequence, k: int) -> dict:
-  """TF Serving's `signature_def` map of the retrieval model."""
-
-  def tensor(name: str, dtype: str, dims: list[int]) -> dict:
-    return {
-      "dtype": dtype,
-      "tensor_shape": {
-        "dim": [{"size": str(d), "name": ""} for d in dims],
-        "unknown_rank": False,
-      },
-      "name": name,
-    }
-
-  inputs = {
-    f.name: tensor(f"serving_default_{f.name}:0", "DT_STRING", [-1])
-    for f in features
-  }
-  outputs = {
-    "ids": tensor("StatefulPartitionedCall:0", "DT_STRING", [-1, k]),
-    "scores": tensor("StatefulPartitionedCall:1", "DT_FLOAT", [-1, k]),
-  }
-  exclude = tensor(f"{EXCLUDE}_{EXCLUDE}:0", "DT_STRING", [-1, -1])
-  return {
-    "serving_default": {
-      "inputs": inputs,
-      "outputs": outputs,
-      "method_name": "tensorflow/serving/predict",
-    },
-    serving.EXCLUDE_SIGNATURE: {
-      "inputs": {**inputs, EXCLUDE: exclude},
-      "outputs": outputs,
-      "method_name": "tensorflow/serving/predict",
-    },
-  }

@@ -1,17 +1,27 @@
 """The aiohttp application: routes, errors, lifecycle, background runner.
 
-Routes (NAME is `Options.model_name`):
-  GET  /v1/models/NAME[/versions/N]             status (TF Serving format)
-  GET  /v1/models/NAME[/versions/N]/metadata    signatures and query features
-  POST /v1/models/NAME[/versions/N]:predict     top-k ids and scores
-  GET  /                                        the page for people
+Routes (NAME is `Options.model_name`; V is `/versions/N` or `/labels/L`):
+  GET  /v1/models/NAME[V]             status (TF Serving's keys)
+  GET  /v1/models/NAME[V]/metadata    signatures (TF Serving's keys)
+  POST /v1/models/NAME[V]:predict     top-k ids and scores
+  GET  /                              the page for people
+  GET  /ui/model                      the page's form and the serving facts
   GET  /ui/samples, /ui/history?query_id=ID     the page's data
 
 Every error is JSON, `{"error": "field: what is wrong"}`, with a 4xx status
-for the client's mistakes (404 for unknown models, versions and paths, 405
-for a wrong method, 413 for a body over `max_body_bytes`) and 503 when
-overloaded or stopping. An unexpected exception is logged with its trace and
-answered with a 500 that says only that: no trace reaches a client.
+for the client's mistakes (400 for a malformed request, also one the HTTP
+parser refuses, e.g. a request line or header over 8 KB; 404 for unknown
+models, versions and paths; 405 for a wrong method; 408 for a body that does
+not arrive in time; 413 for a body over `max_body_bytes`) and 503 when
+overloaded or stopping. An unexpected exception is logged with its
+trace and answered with a 500 that says only that: no trace reaches a
+client. The Server header names the service, not the library or versions.
+
+Timeouts bound what a client can hold: a connection with no request in
+progress closes after `idle_timeout_seconds`; once a request's first byte
+arrives its head must be complete within `header_timeout_seconds` (else the
+connection closes); a predict body must arrive in full within
+`body_timeout_seconds` (else 408 and the connection closes).
 
 The server loads its first version before it binds its port, so an open
 port means it can answer. A poll every `poll_seconds` (and SIGHUP in
@@ -21,16 +31,19 @@ port means it can answer. A poll every `poll_seconds` (and SIGHUP in
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import http_exceptions, web, web_protocol
 
 from tfr_ssl.service import batching, page, protocol, samples, versions
 from tfr_ssl.service.protocol import RequestError
@@ -61,6 +74,12 @@ class Options:
     max_exclude: Excluded item ids per query.
     samples: Load sample queries and histories for the page.
     access_log: Log every request.
+    idle_timeout_seconds: Close a connection with no request in progress
+      after this long.
+    header_timeout_seconds: A request's head (line and headers) must arrive
+      within this long of its first byte (0: no limit beyond the idle one).
+    body_timeout_seconds: A predict body must arrive within this long of
+      its head (408 otherwise).
   """
 
   host: str = "127.0.0.1"
@@ -76,10 +95,16 @@ class Options:
   max_exclude: int = 1000
   samples: bool = True
   access_log: bool = False
+  idle_timeout_seconds: float = 75.0
+  header_timeout_seconds: float = 10.0
+  body_timeout_seconds: float = 30.0
 
 
 def _error(status: int, message: str) -> web.Response:
-  return web.json_response({"error": message}, status=status)
+  response = web.json_response({"error": message}, status=status)
+  if status == 408:
+    response.force_close()  # The rest of the body may never come.
+  return response
 
 
 @web.middleware
@@ -103,6 +128,17 @@ async def _errors(request: web.Request, handler):
     return _error(e.status, message)
   except asyncio.CancelledError:
     raise
+  except ConnectionError as e:
+    # The client went away (e.g. mid-body): nobody to answer, nothing wrong
+    # with the server. The reply cannot be written; aiohttp drops it.
+    log.info(
+      "%s %s from %s: the client closed the connection (%s).",
+      request.method,
+      request.path,
+      request.remote,
+      e or type(e).__name__,
+    )
+    return _error(400, "the connection was closed")
   except Exception:
     log.exception(
       "Unexpected error answering %s %s", request.method, request.path
@@ -112,6 +148,142 @@ async def _errors(request: web.Request, handler):
 
 async def _server_header(request, response) -> None:
   response.headers["Server"] = SERVER_HEADER
+
+
+def _parser_error(exc: BaseException | None, message: str | None):
+  """(status, message) for a request aiohttp's HTTP parser refused."""
+  text = " ".join((message or str(exc or "")).split())
+  if isinstance(exc, http_exceptions.LineTooLong):
+    # The request line or a header over aiohttp's limit; its message
+    # quotes the start of the line, which is not worth echoing.
+    limit = re.search(r"more than (\d+) bytes", text)
+    bound = f" ({limit.group(1)} bytes)" if limit else ""
+    return 400, f"request: the request line or a header is too long{bound}"
+  if isinstance(exc, http_exceptions.BadHttpMethod):
+    return 400, f"method: not a valid HTTP method ({text[:100]})"
+  return 400, f"request: not valid HTTP ({text[:200] or 'malformed'})"
+
+
+class _Connection(web_protocol.RequestHandler):
+  """aiohttp's connection handler with a header deadline and JSON errors.
+
+  aiohttp answers requests its parser refuses (a bad method, a request line
+  or header over 8 KB) itself, in plain text with its own Server header;
+  `handle_error` answers them as every other error. aiohttp bounds an idle
+  connection (`keepalive_timeout`, which also runs while a request head is
+  incomplete) but not the time a head may take once it has started; the
+  header deadline does. It reads aiohttp's connection state (`_waiter` is
+  pending while no complete request is queued), so it is tied to the
+  aiohttp release `setup.py` pins.
+
+  Args:
+    manager: The aiohttp server the connection belongs to.
+    header_timeout: Seconds a request head may take (0: unbounded).
+    **kwargs: aiohttp's RequestHandler arguments.
+  """
+
+  def __init__(self, manager, *, header_timeout: float, **kwargs):
+    super().__init__(manager, **kwargs)
+    self._header_timeout = header_timeout
+    self._head_waiter = None
+
+  def data_received(self, data: bytes) -> None:
+    super().data_received(data)
+    waiter = self._waiter
+    if self._header_timeout <= 0 or waiter is None or waiter.done():
+      return  # A complete request is queued or being answered.
+    if self._head_waiter is not waiter:  # The first bytes of a new head.
+      self._head_waiter = waiter
+      self._loop.call_later(self._header_timeout, self._head_expired, waiter)
+
+  def _head_expired(self, waiter) -> None:
+    if waiter is self._waiter and not waiter.done():
+      log.info(
+        "Closed a connection whose request head took over %g s.",
+        self._header_timeout,
+      )
+      self.force_close()
+
+  def handle_error(
+    self,
+    request,
+    status: int = 500,
+    exc: BaseException | None = None,
+    message: str | None = None,
+  ) -> web.StreamResponse:
+    if status >= 500:  # An exception (500) or a timeout (504) in a handler.
+      log.error(
+        "Unexpected error answering a request from %s",
+        request.remote,
+        exc_info=exc,
+      )
+      text = "internal error; the server log has the details"
+    else:
+      status, text = _parser_error(exc, message)
+      log.info("Refused a request from %s: %s", request.remote, text)
+    response = web.json_response({"error": text}, status=status)
+    response.headers["Server"] = SERVER_HEADER
+    response.force_close()
+    return response
+
+
+class _WebServer(web.Server):
+  """aiohttp's server, making `_Connection`s."""
+
+  def __init__(self, *args, header_timeout: float, **kwargs):
+    super().__init__(*args, **kwargs)
+    self._header_timeout = header_timeout
+
+  def __call__(self) -> _Connection:
+    return _Connection(
+      self,
+      loop=self._loop,
+      header_timeout=self._header_timeout,
+      **self._kwargs,
+    )
+
+
+class _Runner(web.AppRunner):
+  """An AppRunner whose server makes `_Connection`s."""
+
+  def __init__(self, app: web.Application, *, header_timeout: float, **kw):
+    super().__init__(app, **kw)
+    self._header_timeout = header_timeout
+
+  async def _make_server(self) -> web.Server:
+    server = await super()._make_server()  # Starts and freezes the app.
+    return _WebServer(
+      server.request_handler,
+      request_factory=server.request_factory,
+      handler_cancellation=server.handler_cancellation,
+      header_timeout=self._header_timeout,
+      **server._kwargs,
+    )
+
+
+def _csp(html: str) -> str:
+  """A Content-Security-Policy allowing only the page's own inline code.
+
+  The page's one script and one style block are allowed by their SHA-256
+  hashes; nothing else may run or load except requests to this origin.
+  """
+
+  def hashes(tag: str) -> str:
+    found = []
+    rest = html
+    while f"<{tag}>" in rest:
+      body = rest.split(f"<{tag}>", 1)[1].split(f"</{tag}>", 1)[0]
+      digest = hashlib.sha256(body.encode()).digest()
+      found.append(f"'sha256-{base64.b64encode(digest).decode()}'")
+      rest = rest.split(f"</{tag}>", 1)[1]
+    return " ".join(found)
+
+  return (
+    f"default-src 'none'; script-src {hashes('script')}; "
+    f"style-src {hashes('style')}; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'"
+  )
 
 
 class Server:
@@ -169,11 +341,17 @@ class Server:
     app.on_response_prepare.append(_server_header)
     model = r"{name:[^/:]+}"
     version = r"/versions/{version:[^/:]+}"
-    for prefix in (f"/v1/models/{model}", f"/v1/models/{model}{version}"):
+    label = r"/labels/{label:[^/:]+}"
+    for prefix in (
+      f"/v1/models/{model}",
+      f"/v1/models/{model}{version}",
+      f"/v1/models/{model}{label}",
+    ):
       app.router.add_get(prefix, self._status)
       app.router.add_get(prefix + "/metadata", self._metadata)
       app.router.add_post(prefix + r":{method:[A-Za-z]+}", self._method)
     app.router.add_get("/", self._page)
+    app.router.add_get("/ui/model", self._model)
     app.router.add_get("/ui/samples", self._samples)
     app.router.add_get("/ui/history", self._history)
     return app
@@ -190,13 +368,15 @@ class Server:
       max_queue=options.max_queue,
     )
     self.batcher.start()
-    self._runner = web.AppRunner(
+    self._runner = _Runner(
       self.app(),
       access_log=logging.getLogger("aiohttp.access")
       if options.access_log
       else None,
       handle_signals=False,
       shutdown_timeout=10.0,
+      keepalive_timeout=options.idle_timeout_seconds,
+      header_timeout=options.header_timeout_seconds,
     )
     await self._runner.setup()
     site = web.TCPSite(self._runner, options.host, options.port)
@@ -253,6 +433,11 @@ class Server:
         status=404,
       )
     current = self.versions.current
+    label = request.match_info.get("label")
+    if label is not None:
+      # TF Serving's answer for a label its model config does not define;
+      # this service defines none.
+      raise RequestError(f"Unrecognized servable version label: {label}")
     wanted = request.match_info.get("version")
     if wanted is not None and wanted != str(current.number):
       raise RequestError(
@@ -265,12 +450,9 @@ class Server:
   async def _status(self, request: web.Request) -> web.Response:
     self._check_model(request)
     number = request.match_info.get("version")
-    status = self.versions.status(int(number) if number else None)
-    if self.batcher is not None:
-      status.setdefault("serving", {})["batching"] = (
-        self.batcher.stats.as_dict()
-      )
-    return web.json_response(status)
+    return web.json_response(
+      self.versions.status(int(number) if number else None)
+    )
 
   async def _metadata(self, request: web.Request) -> web.Response:
     current = self._check_model(request)
@@ -282,19 +464,27 @@ class Server:
           "version": str(current.number),
         },
         "metadata": {
-          "signature_def": {
-            "signature_def": protocol.signature_metadata(
-              current.features, current.k
-            )
-          },
-          "query_features": [
-            {"name": f.name, "kind": f.kind} for f in current.features
-          ],
-          "multi_separator": "|",
-          "top_k": {"default": current.k, "max": current.k},
-          "max_exclude": self.options.max_exclude,
-          "max_instances": self.options.max_instances,
+          "signature_def": {"signature_def": current.signature_defs}
         },
+      }
+    )
+
+  async def _model(self, request: web.Request) -> web.Response:
+    """What TF Serving's replies have no keys for: the form, the facts."""
+    current = self.versions.current
+    return web.json_response(
+      {
+        "model_name": self.options.model_name,
+        "query_features": [
+          {"name": f.name, "kind": f.kind} for f in current.features
+        ],
+        "multi_separator": "|",
+        "top_k": {"default": current.k, "max": current.k},
+        "max_exclude": self.options.max_exclude,
+        "max_instances": self.options.max_instances,
+        "serving": current.summary(),
+        "refused": self.versions.refused(),
+        "batching": self.batcher.stats.as_dict() if self.batcher else {},
       }
     )
 
@@ -306,12 +496,18 @@ class Server:
         f":{method}: not supported; a retrieval model answers :predict",
         status=404,
       )
+    timeout = self.options.body_timeout_seconds
     try:
-      body = await request.read()
+      async with asyncio.timeout(timeout if timeout > 0 else None):
+        body = await request.read()
     except web.HTTPRequestEntityTooLarge:
       raise RequestError(
         f"body: larger than {self.options.max_body_bytes} bytes",
         status=413,
+      ) from None
+    except TimeoutError:
+      raise RequestError(
+        f"body: not received in full within {timeout:g} s", status=408
       ) from None
     current = self.versions.current
     predict = protocol.parse_predict(
@@ -324,8 +520,14 @@ class Server:
     )
 
   async def _page(self, request: web.Request) -> web.Response:
+    text = page.render(self.options.model_name)
     return web.Response(
-      text=page.render(self.options.model_name), content_type="text/html"
+      text=text,
+      content_type="text/html",
+      headers={
+        "Content-Security-Policy": _csp(text),
+        "X-Content-Type-Options": "nosniff",
+      },
     )
 
   async def _samples(self, request: web.Request) -> web.Response:
@@ -393,6 +595,18 @@ def serve_forever(
   asyncio.run(main())
 
 
+async def _cancel_remaining_tasks() -> None:
+  """Cancels and awaits the loop's other tasks, as `asyncio.run` does.
+
+  A connection still open at stop (e.g. one reading the rest of a body it
+  refused) has a task that must end before its loop stops.
+  """
+  tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+  for task in tasks:
+    task.cancel()
+  await asyncio.gather(*tasks, return_exceptions=True)
+
+
 class BackgroundServer:
   """A Server on its own event loop thread (tests, benchmarks, notebooks).
 
@@ -450,6 +664,7 @@ class BackgroundServer:
     try:
       if self._thread.is_alive():
         self.call(self.server.stop(), timeout)
+        self.call(_cancel_remaining_tasks(), timeout)
     finally:
       self._loop.call_soon_threadsafe(self._loop.stop)
       self._thread.join(timeout)

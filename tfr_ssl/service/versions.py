@@ -6,7 +6,11 @@ Two layouts of the index directory are understood:
     (`atomic.atomic_dir`). The service numbers the distinct directories it
     loads there 1, 2, ... in the order it sees them.
   * TF Serving's layout: numbered subdirectories (INDEX_DIR/1/, INDEX_DIR/2/,
-    ...), each an index; the highest number is served and is the version.
+    ...), each an index. As TF Serving's default policy does, the highest
+    number that loads is served and is the version: a higher number that
+    appears replaces it, and deleting the serving directory (a rollback)
+    falls back to the highest one left. A number that was refused is passed
+    over until its directory changes.
 
 A refresh loads the newest candidate *beside* the serving version, checks
 its manifest against the run's export (the same keys as
@@ -16,7 +20,9 @@ it serves), and only then replaces the serving reference in one assignment.
 A batch takes the reference when it starts, so batches that started on the
 old version finish on it; the old version is freed when the last one ends.
 A candidate that fails any step is refused and remembered (it is not retried
-until it changes on disk), and the serving version keeps serving.
+until it changes on disk), and the serving version keeps serving. A serving
+version whose directory is deleted with nothing to fall back to keeps
+serving from memory (it was loaded whole), with a warning in the log.
 
 A directory is identified by its (device, inode) and its manifest's mtime: a
 directory renamed into place has a new inode. If the identity changes while
@@ -32,10 +38,12 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import numpy as np
+from google.protobuf import json_format
+from tensorflow.core.protobuf import saved_model_pb2
 
 from tfr_ssl import export, serving
 from tfr_ssl.data import contract
@@ -84,6 +92,7 @@ class Version:
     features: Its raw query features, in signature order.
     items: item id -> raw item features (for display).
     identity: The directory identity it was loaded from.
+    signature_defs: Its SignatureDefs as TF Serving's metadata shows them.
     loaded_at: Unix time it started serving.
     load_seconds: Load, check and probe time.
   """
@@ -95,6 +104,7 @@ class Version:
   features: list[QueryFeature]
   items: dict[str, dict]
   identity: tuple
+  signature_defs: dict = dataclasses.field(default_factory=dict)
   loaded_at: float = 0.0
   load_seconds: float = 0.0
 
@@ -115,11 +125,25 @@ class Version:
       f"{int(self.manifest.get('num_items', 0)):,} items, k={self.k}"
     )
 
+  def on_disk(self) -> bool:
+    """Whether its directory still holds what was loaded from it."""
+    try:
+      return _identity(self.path) == self.identity
+    except OSError:
+      return False
+
   def summary(self) -> dict[str, Any]:
-    """The facts the status reports about the serving version."""
+    """The facts about the serving version (the service's own status).
+
+    `path` is the directory it was loaded from; `on_disk` says whether that
+    directory still holds it. A rebuilt index renamed into the same path
+    replaces the files while the loaded version serves on from memory: if
+    that build was refused, the path holds the refused one, not this.
+    """
     return {
       "version": str(self.number),
       "path": self.path,
+      "on_disk": self.on_disk(),
       "model_id": self.manifest.get("model_id"),
       "index": self.manifest.get("index", {}).get("kind"),
       "num_items": self.manifest.get("num_items"),
@@ -137,25 +161,70 @@ def _identity(path: str) -> tuple:
   return (info.st_dev, info.st_ino, manifest.st_mtime_ns, manifest.st_size)
 
 
-def find_candidate(index_dir: str) -> Candidate | None:
-  """The newest index in `index_dir` (either layout), or None."""
+def find_candidates(index_dir: str) -> list[Candidate]:
+  """The indexes in `index_dir` (either layout), highest number first."""
   try:
     if os.path.exists(os.path.join(index_dir, serving.MANIFEST)):
-      return Candidate(index_dir, _identity(index_dir), None)
-    numbered = []
-    for name in os.listdir(index_dir):
-      path = os.path.join(index_dir, name)
-      if name.isdigit() and os.path.exists(
-        os.path.join(path, serving.MANIFEST)
-      ):
-        numbered.append((int(name), path))
-    if not numbered:
-      return None
-    number, path = max(numbered)
-    return Candidate(path, _identity(path), number)
+      return [Candidate(index_dir, _identity(index_dir), None)]
+    names = os.listdir(index_dir)
   except FileNotFoundError:
-    # Replaced between listing and stat: the next poll sees the new one.
-    return None
+    # Replaced between the check and the stat: the next poll sees it.
+    return []
+  numbered = sorted(
+    ((int(n), os.path.join(index_dir, n)) for n in names if n.isdigit()),
+    reverse=True,
+  )
+  found = []
+  for number, path in numbered:
+    try:
+      found.append(Candidate(path, _identity(path), number))
+    except FileNotFoundError:  # No manifest (yet), or removed meanwhile.
+      continue
+  return found
+
+
+def find_candidate(
+  index_dir: str, passed_over: Collection[tuple] = ()
+) -> Candidate | None:
+  """The index to serve: the highest one whose identity is not passed over.
+
+  Args:
+    index_dir: The index directory (either layout).
+    passed_over: Identities not to choose (refused versions).
+  """
+  for candidate in find_candidates(index_dir):
+    if candidate.identity not in passed_over:
+      return candidate
+  return None
+
+
+def read_signature_defs(path: str, features: list[str]) -> dict[str, Any]:
+  """The SignatureDefs of the SavedModel at `path`, as TF Serving shows them.
+
+  Read from saved_model.pb itself, so tensor names, dtypes and shapes are
+  the model's own. Inputs are listed in signature order (features, then
+  `exclude`); the proto's maps have no order of their own.
+  """
+  saved = saved_model_pb2.SavedModel()
+  with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    saved.ParseFromString(f.read())
+  order = {name: i for i, name in enumerate([*features, serving.EXCLUDE_KEY])}
+  out = {}
+  for name, signature in sorted(saved.meta_graphs[0].signature_def.items()):
+    value = json_format.MessageToDict(
+      signature,
+      preserving_proto_field_name=True,
+      always_print_fields_with_no_presence=True,
+    )
+    for key in ("inputs", "outputs"):
+      value[key] = dict(
+        sorted(
+          value.get(key, {}).items(),
+          key=lambda item: (order.get(item[0], len(order)), item[0]),
+        )
+      )
+    out[name] = value
+  return out
 
 
 def query_features(manifest: Mapping[str, Any]) -> list[QueryFeature]:
@@ -228,29 +297,43 @@ class VersionManager:
     self._refused: dict[tuple, dict] = {}
     self._retired: list[dict] = []
     self._next_number = 1
+    self._gone_warned: tuple | None = None
     self._lock = threading.Lock()
 
   def load_initial(self) -> Version:
     """Loads the first version, or raises why it cannot serve.
+
+    In TF Serving's layout the highest number that loads serves; the ones
+    above it are refused (logged, and listed in the status).
 
     Raises:
       NoIndexError: no index in the directory.
       serving.IndexMismatchError: its manifest does not match the export.
       Exception: whatever loading the SavedModel raised.
     """
-    candidate = find_candidate(self.index_dir)
-    if candidate is None:
+    candidates = find_candidates(self.index_dir)
+    if not candidates:
       raise NoIndexError(
         f"{self.index_dir} holds no index (no manifest.json, and no numbered "
         "version directory with one): run pipelines.build_index first."
       )
     with self._lock:
-      version = self._load_version(candidate)
-      self._swap(version)
-    return version
+      first_error = None
+      for candidate in candidates:
+        try:
+          version = self._load_version(candidate)
+        except Exception as e:
+          if candidate is candidates[-1] and first_error is None:
+            raise
+          first_error = first_error or e
+          self._refuse(candidate, e)
+          continue
+        self._swap(version)
+        return version
+      raise first_error
 
   def refresh(self) -> str:
-    """Loads and swaps in a newer version if there is one.
+    """Serves the highest version that loads, if it is not the serving one.
 
     Safe to call from any thread; a call while another runs waits for it.
 
@@ -259,21 +342,29 @@ class VersionManager:
       while it loaded).
     """
     with self._lock:
-      candidate = find_candidate(self.index_dir)
-      if candidate is None:
-        return "unchanged"
       current = self.current
-      if current is not None and candidate.identity == current.identity:
+      candidate = find_candidate(self.index_dir, self._refused)
+      if candidate is None:
+        if current is not None and not current.on_disk():
+          self._warn_gone(current)
         return "unchanged"
-      if candidate.identity in self._refused:
+      if current is not None and candidate.identity == current.identity:
         return "unchanged"
       if (
         current is not None
         and candidate.number is not None
-        and candidate.number < current.number
+        and current.number > candidate.number
       ):
-        # Numbered layout: never go back to an older number by itself.
-        return "unchanged"
+        if os.path.exists(current.path):
+          # Its directory was rewritten with a build that was refused: the
+          # loaded copy is still the newest version that works.
+          return "unchanged"
+        log.warning(
+          "Version %d is gone from %s: falling back to version %d.",
+          current.number,
+          self.index_dir,
+          candidate.number,
+        )
       self.loading = candidate
       try:
         version = self._load_version(candidate)
@@ -281,25 +372,7 @@ class VersionManager:
         log.info("%s changed while loading; retrying.", candidate.path)
         return "retry"
       except Exception as e:
-        number = self._number_for(candidate)
-        message = _one_line(e)
-        log.warning(
-          "Refused index version %d at %s (the serving version %s keeps "
-          "serving): %s",
-          number,
-          candidate.path,
-          current.number if current else None,
-          message,
-          exc_info=not isinstance(e, serving.IndexMismatchError),
-        )
-        self._refused[candidate.identity] = {
-          "version": number,
-          "path": candidate.path,
-          "error": message,
-          "at": time.time(),
-        }
-        while len(self._refused) > HISTORY:
-          self._refused.pop(next(iter(self._refused)))
+        self._refuse(candidate, e)
         return "refused"
       finally:
         self.loading = None
@@ -310,6 +383,41 @@ class VersionManager:
         version.load_seconds,
       )
       return "loaded"
+
+  def _warn_gone(self, current: Version) -> None:
+    """Logs once that the serving version's directory is gone."""
+    if self._gone_warned == current.identity:
+      return
+    self._gone_warned = current.identity
+    log.warning(
+      "The directory of serving version %d (%s) no longer holds it, and no "
+      "other version in %s loads: serving it from memory.",
+      current.number,
+      current.path,
+      self.index_dir,
+    )
+
+  def _refuse(self, candidate: Candidate, error: Exception) -> None:
+    """Remembers a candidate that failed, and logs why (one line)."""
+    current = self.current
+    number = self._number_for(candidate)
+    message = one_line(error)
+    log.warning(
+      "Refused index version %d at %s (%s): %s",
+      number,
+      candidate.path,
+      f"version {current.number} keeps serving" if current else "not serving",
+      message,
+      exc_info=not isinstance(error, serving.IndexMismatchError | OSError),
+    )
+    self._refused[candidate.identity] = {
+      "version": number,
+      "path": candidate.path,
+      "error": message,
+      "at": time.time(),
+    }
+    while len(self._refused) > HISTORY:
+      self._refused.pop(next(iter(self._refused)))
 
   def _number_for(self, candidate: Candidate) -> int:
     if candidate.number is not None:
@@ -327,7 +435,9 @@ class VersionManager:
     if not os.path.exists(items_path):
       items_path = os.path.join(self.export_dir, ITEMS_FILE)
     items = read_items(items_path)
-    _probe(model, [f.name for f in features])
+    names = [f.name for f in features]
+    signature_defs = read_signature_defs(candidate.path, names)
+    _probe(model, names)
     try:
       changed = _identity(candidate.path) != candidate.identity
     except FileNotFoundError:
@@ -342,6 +452,7 @@ class VersionManager:
       features=features,
       items=items,
       identity=candidate.identity,
+      signature_defs=signature_defs,
       load_seconds=time.perf_counter() - started,
     )
 
@@ -354,7 +465,11 @@ class VersionManager:
       del self._retired[HISTORY:]
 
   def status(self, number: int | None = None) -> dict[str, Any]:
-    """TF Serving's GetModelStatus response, plus the serving version's facts.
+    """TF Serving's GetModelStatus response (its keys only).
+
+    One row per version number, the most telling first: the serving one
+    (AVAILABLE), one loading, refused ones (END with the reason), retired
+    ones (END). A number served again after a fallback is listed once.
 
     Args:
       number: Report this version only (None: all known).
@@ -372,20 +487,24 @@ class VersionManager:
       )
     for retired in self._retired:
       rows.append((retired["version"], "END", "OK", ""))
-    out = {
-      "model_version_status": [
+    seen = set()
+    listed = []
+    for v, state, code, message in rows:
+      if v in seen or (number is not None and v != number):
+        continue
+      seen.add(v)
+      listed.append(
         {
           "version": str(v),
           "state": state,
           "status": {"error_code": code, "error_message": message},
         }
-        for v, state, code, message in rows
-        if number is None or v == number
-      ]
-    }
-    if current is not None:
-      out["serving"] = current.summary()
-    return out
+      )
+    return {"model_version_status": listed}
+
+  def refused(self) -> list[dict[str, Any]]:
+    """The refused versions, newest first: version, path, error, at."""
+    return [dict(r) for r in reversed(list(self._refused.values()))]
 
 
 class _ChangedError(Exception):
@@ -401,7 +520,8 @@ def _probe(model: serving.RetrievalModel, names: list[str]) -> None:
       raise ValueError(f"the probe query returned {ids.shape[0]} rows, not 1")
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
+  """`Type: first line of the message`, at most 500 characters."""
   text = str(error).strip().splitlines()
   first = text[0] if text else ""
   return f"{type(error).__name__}: {first}"[:500]
