@@ -214,10 +214,12 @@ async def http_load(
 
 
 def status(url: str) -> dict:
+  """The service's own facts: what serves (`serving`) and `batching`."""
+
   async def get():
     async with (
       aiohttp.ClientSession() as session,
-      session.get(f"{url}/v1/models/{MODEL}") as response,
+      session.get(f"{url}/ui/model") as response,
     ):
       return await response.json()
 
@@ -265,13 +267,13 @@ def bench_variant(name, workdir, queries, args, log_dir) -> dict:
   try:
     asyncio.run(http_load(service.url, queries, 4, 1.0, 10**6))  # warm-up
     for clients in LEVELS:
-      before = status(service.url)["serving"]["batching"]
+      before = status(service.url)["batching"]
       result, _, _ = asyncio.run(
         http_load(
           service.url, queries, clients, args.seconds, args.max_requests
         )
       )
-      after = status(service.url)["serving"]["batching"]
+      after = status(service.url)["batching"]
       batches = after["batches"] - before["batches"]
       result["mean_batch"] = (
         (after["queries"] - before["queries"]) / batches if batches else 0.0
