@@ -45,8 +45,9 @@ class Samples:
     self._starts = self._items = None
     side = query_side.query_side(task)
     if side.is_item:
-      # Queries are items: offer popular items, which have no "history".
-      count = prepared.item_train_count
+      # Queries are items: offer popular items, which have no "history",
+      # counted over the rows the task trains on.
+      count = side.item_train_count(prepared)
       self.samples = _samples(
         prepared,
         side.table(prepared),
