@@ -9,9 +9,14 @@ line override the base config, which is `Config()` or `--config=FILE`.
 by section (`data settings`, `model settings`, ...); `--helpfull` adds the
 flags of the libraries underneath (TensorFlow's, absl's).
 
-Errors a user can fix (bad data, a busy or foreign workdir, a full disk, a
-read-only directory, a setting out of range) end in one line on stderr and
-exit status 1 (`run_or_fail`); anything else is a bug and keeps its trace.
+A numeric flag refuses a value out of its field's range (`config.Bounds`)
+when the command line is parsed. A bad command line (a value out of range
+or of the wrong type, an unknown flag, a stray argument) is one `error:`
+line naming the flag, with a pointer to --help (`run`), not the help
+itself. Errors a user can fix later on (bad data, a busy or foreign
+workdir, a full disk, a read-only directory, a setting out of range in a
+--config file) end in one line on stderr and exit status 1 (`run_or_fail`);
+anything else is a bug and keeps its trace.
 """
 
 from __future__ import annotations
@@ -97,7 +102,8 @@ class _InRange(flags.ArgumentParser):
     try:
       config_lib.check_value(self._path, value)
     except config_lib.ConfigError as e:
-      raise ValueError(e.reason) from None
+      # absl makes it "flag --name=value: <this>".
+      raise ValueError(f"{self._path} {e.reason}") from None
     return value
 
   def flag_type(self) -> str:

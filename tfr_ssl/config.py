@@ -3,7 +3,11 @@
 One default `Config()` describes the embedded demo; experiments override single
 fields (`config.override({"ssl.alpha": 0.3})`) rather than repeating literals.
 Every field carries its help text in `metadata["help"]`, which the binaries turn
-into absl flags, so a field documented here is a flag there.
+into absl flags, so a field documented here is a flag there. A numeric field
+also carries its range (`metadata["bounds"]`, a `Bounds`; every float must
+be finite). That declaration is the only copy of the rule: the config check
+(`check`), the flags (which refuse a value out of range when parsed) and the
+layers that take a value (`check_value`) all read it.
 """
 
 from __future__ import annotations
