@@ -299,11 +299,7 @@ def parse_flags(
   try:
     return flag_values(argv)
   except flags.Error as e:
-    # absl words a bad value as "flag --name=value: why".
-    message = str(e)
-    usage_error(
-      message[len("flag ") :] if message.startswith("flag --") else message
-    )
+    usage_error(str(e))
 
 
 def usage_error(message: str) -> typing.NoReturn:

@@ -90,7 +90,7 @@ def test_a_flag_out_of_range_is_one_line_at_parse_time(path, value, capsys):
   err = capsys.readouterr().err
   lines = err.splitlines()
   assert len(lines) == 1, err
-  prefix = f"error: --{name}={as_flag(value)}: {path} "
+  prefix = f"error: flag --{name}={as_flag(value)}: {path} "
   assert lines[0].startswith(prefix), err
   assert "must" in lines[0] or "needs" in lines[0], err
   assert "--help" in lines[0], err
