@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import json
 import logging
+import math
 import os
 import sys
 import typing
@@ -108,6 +109,22 @@ class _InRange(flags.ArgumentParser):
 
   def flag_type(self) -> str:
     return self._base.flag_type()
+
+
+class FiniteFloatParser(flags.FloatParser):
+  """absl's float parser, refusing inf and nan (nan passes its bounds, inf
+  its lower bound).
+
+  For a binary's own float flags (the config's are finite by their range):
+  `flags.DEFINE(common.FiniteFloatParser(0, None), name, default, help)`,
+  called in the binary so --help lists the flag with the binary's own.
+  """
+
+  def parse(self, argument):
+    value = super().parse(argument)
+    if not math.isfinite(value):
+      raise ValueError(f"{value} is not a finite number")
+    return value
 
 
 def define_config_flags(flag_values: flags.FlagValues = FLAGS) -> None:

@@ -255,3 +255,22 @@ def test_train_refuses_a_nan_from_a_config_file_in_one_line(tmp_path):
     result, "--ssl_temperature (ssl.temperature): must be a finite number"
   )
   assert_untouched(run)
+
+
+def test_every_float_flag_of_a_binary_refuses_non_finite_values():
+  # A binary's own float flag goes through FiniteFloatParser (a config
+  # flag through its field's range): absl's DEFINE_float takes nan within
+  # any bounds, and inf above a lower one.
+  folder = os.path.join(REPO, "pipelines")
+  for name in os.listdir(folder):
+    if name.endswith(".py") and name != "common.py":
+      with open(os.path.join(folder, name)) as f:
+        assert "DEFINE_float" not in f.read(), name
+  parser = common.FiniteFloatParser(0, None)
+  assert parser.parse("2.5") == 2.5
+  for text in ("inf", "nan"):
+    with pytest.raises(ValueError, match=r"^\w+ is not a finite number$"):
+      parser.parse(text)
+  # Below the lower bound: absl's own check, first.
+  with pytest.raises(ValueError, match="is not a non-negative number"):
+    parser.parse("-inf")
