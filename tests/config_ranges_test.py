@@ -4,9 +4,10 @@ The walk below finds the bounded fields from their declarations
 (`config.bounded_fields`), not from a list, so a new field with a range is
 tested the day it is added. Each out-of-range value goes through what a
 binary does before it touches its workdir: the flag parser
-(`common.parse_flags`) and the config check (`common.config_from_flags`,
-for values from --config=FILE). A few cases run `pipelines.train` as a real
-process on an empty workdir.
+(`common.parse_flags`), the config check (`common.config_from_flags`, for
+values from --config=FILE) and `train.train_and_evaluate` under
+`common.run_or_fail` on an empty workdir, which must stay empty and
+unlocked. A few cases run `pipelines.train` as a real process.
 """
 
 import json
@@ -14,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import typing
 
 import numpy as np
 import pytest
@@ -21,7 +23,7 @@ from absl import app, flags
 
 import tfr_ssl  # noqa: F401
 from pipelines import common
-from tfr_ssl import augment, eval_slices, workdir
+from tfr_ssl import augment, eval_slices, train, workdir
 from tfr_ssl import config as config_lib
 from tfr_ssl.data import splits
 
@@ -30,9 +32,8 @@ BOUNDED = config_lib.bounded_fields()
 
 
 def _item_kind(kind):
-  return (
-    kind.__args__[0] if getattr(kind, "__origin__", None) is tuple else kind
-  )
+  """int for tuple[int, ...], else the type itself."""
+  return typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else kind
 
 
 def out_of_range(bounds: config_lib.Bounds, kind) -> list:
@@ -64,6 +65,13 @@ def as_flag(value) -> str:
   if isinstance(value, tuple):
     return ",".join(str(v) for v in value)
   return str(value)
+
+
+def assert_untouched(path):
+  # Nothing created (no lock file, no config.json), and free to lock.
+  assert os.listdir(path) == []
+  with workdir.lock(str(path)):
+    pass
 
 
 def test_every_numeric_field_declares_a_range():
@@ -107,6 +115,24 @@ def test_a_config_file_value_out_of_range_is_refused_naming_its_flag(
   message = str(error.value)
   assert "\n" not in message
   assert message.startswith(f"--{common.flag_of(path)} ({path}): "), message
+
+
+@pytest.mark.parametrize("path, value", CASES)
+def test_training_refuses_it_in_one_line_leaving_the_workdir_untouched(
+  path, value, tmp_path, capsys
+):
+  # What pipelines.train does with the config: train_and_evaluate under
+  # run_or_fail. The range is checked before the workdir is locked.
+  run = tmp_path / "run"
+  run.mkdir()
+  config = config_lib.Config().override({path: value})
+  with pytest.raises(SystemExit) as exit_info:
+    common.run_or_fail(train.train_and_evaluate, config, str(run))
+  assert exit_info.value.code == 1
+  lines = capsys.readouterr().err.splitlines()
+  assert len(lines) == 1, lines
+  assert lines[0].startswith(f"error: --{common.flag_of(path)} ({path}): ")
+  assert_untouched(run)
 
 
 def test_the_flag_and_the_check_agree_on_every_end():
@@ -207,13 +233,6 @@ def assert_one_error_line(result, *fragments):
   assert "python -m pipelines.train --help" in lines[0], lines[0]
   for fragment in fragments:
     assert fragment in lines[0], lines[0]
-
-
-def assert_untouched(path):
-  # Nothing created (no lock file, no config.json), and free to lock.
-  assert os.listdir(path) == []
-  with workdir.lock(str(path)):
-    pass
 
 
 @pytest.mark.parametrize(
