@@ -9,9 +9,14 @@ line override the base config, which is `Config()` or `--config=FILE`.
 by section (`data settings`, `model settings`, ...); `--helpfull` adds the
 flags of the libraries underneath (TensorFlow's, absl's).
 
-Errors a user can fix (bad data, a busy or foreign workdir, a full disk, a
-read-only directory, a setting out of range) end in one line on stderr and
-exit status 1 (`run_or_fail`); anything else is a bug and keeps its trace.
+A numeric flag refuses a value out of its field's range (`config.Bounds`)
+when the command line is parsed. A bad command line (a value out of range
+or of the wrong type, an unknown flag, a stray argument) is one `error:`
+line naming the flag, with a pointer to --help (`run`), not the help
+itself. Errors a user can fix later on (bad data, a busy or foreign
+workdir, a full disk, a read-only directory, a setting out of range in a
+--config file) end in one line on stderr and exit status 1 (`run_or_fail`);
+anything else is a bug and keeps its trace.
 """
 
 from __future__ import annotations
@@ -21,8 +26,12 @@ import dataclasses
 import errno
 import json
 import logging
+import math
+import os
 import sys
 import typing
+from collections.abc import Callable
+from typing import Any
 
 from absl import flags
 
@@ -68,17 +77,74 @@ def _group(path: str) -> str:
   return f"{path.split('.')[0]} settings"
 
 
-def define_config_flags() -> None:
-  """Defines one flag per config field (idempotent), plus --config."""
-  if "config" in FLAGS:
+class _InRange(flags.ArgumentParser):
+  """Parses a flag with `base`, then refuses a value out of the field's
+  declared range (`config.check_value`), so absl rejects it at the flag."""
+
+  def __init__(self, base: flags.ArgumentParser, path: str, kind: object):
+    self._base = base
+    self._path = path
+    bounds, _ = config_lib.bounded_fields()[path]
+    if typing.get_origin(kind) is tuple:
+      self._item = typing.get_args(kind)[0]
+      noun = f"a comma-separated list of {self._item.__name__}s, each"
+      self.syntactic_help = f"{noun} {bounds.describe(self._item is float)}"
+    else:
+      self._item = None
+      what = bounds.describe(kind is float)
+      noun = "an integer" if kind is int else "a number"
+      # "a finite number > 0" names itself; "in [0, 1)" needs a noun.
+      self.syntactic_help = what if what.startswith("a ") else f"{noun} {what}"
+
+  def parse(self, argument):
+    value = self._base.parse(argument)
+    if self._item is not None:
+      value = [self._item(v) for v in value]
+    try:
+      config_lib.check_value(self._path, value)
+    except config_lib.ConfigError as e:
+      # absl makes it "flag --name=value: <this>".
+      raise ValueError(f"{self._path} {e.reason}") from None
+    return value
+
+  def flag_type(self) -> str:
+    return self._base.flag_type()
+
+
+class FiniteFloatParser(flags.FloatParser):
+  """absl's float parser, refusing inf and nan (nan passes its bounds, inf
+  its lower bound).
+
+  For a binary's own float flags (the config's are finite by their range):
+  `flags.DEFINE(common.FiniteFloatParser(0, None), name, default, help)`,
+  called in the binary so --help lists the flag with the binary's own.
+  """
+
+  def parse(self, argument):
+    value = super().parse(argument)
+    if not math.isfinite(value):
+      raise ValueError(f"{value} is not a finite number")
+    return value
+
+
+def define_config_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  """Defines one flag per config field (idempotent), plus --config.
+
+  A field with a range (every numeric one: see `config.Bounds`) gets a flag
+  that refuses a value out of it when the command line is parsed.
+  """
+  if "config" in flag_values:
     return
-  flags.DEFINE_string("config", None, "JSON config file used as the base.")
+  flags.DEFINE_string(
+    "config", None, "JSON config file used as the base.", flag_values
+  )
+  bounded = config_lib.bounded_fields()
   for name, (path, field, kind) in sorted(_flag_names().items()):
     if name in _ALIASES:
       help_text = f"Short for --{flag_of(path)}. [{path}]"
     else:
       help_text = f"{field.metadata.get('help', '')} [{path}]"
-    group = {"module_name": _group(path)}
+    group = {"flag_values": flag_values, "module_name": _group(path)}
     if field.default_factory is dataclasses.MISSING:
       default = field.default
     else:
@@ -88,6 +154,17 @@ def define_config_flags() -> None:
       flags.DEFINE_enum(name, default, list(choices), help_text, **group)
     elif kind is bool:
       flags.DEFINE_bool(name, default, help_text, **group)
+    elif path in bounded:
+      if typing.get_origin(kind) is tuple:
+        base, default = flags.ListParser(), [str(v) for v in default]
+        serializer = flags.CsvListSerializer(",")
+      else:
+        base = flags.IntegerParser() if kind is int else flags.FloatParser()
+        serializer = None
+      parser = _InRange(base, path, kind)
+      flags.DEFINE(
+        parser, name, default, help_text, serializer=serializer, **group
+      )
     elif kind is int:
       flags.DEFINE_integer(name, default, help_text, **group)
     elif kind is float:
@@ -207,6 +284,51 @@ def load_config(path: str) -> config_lib.Config:
     raise app.UsageError(f"Config file not found: {path}") from None
   except (ValueError, json.JSONDecodeError) as e:
     raise app.UsageError(f"{path}: {e}") from None
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """`app.run(main)`, with a bad command line as one line, not the help.
+
+  absl prints the whole --help (hundreds of lines: every config flag)
+  before the message of an `app.UsageError`, and two lines of its own for
+  a flag it cannot parse. Here both become one `error:` line naming the
+  flag, with a pointer to --help, and exit status 1.
+  """
+  from absl import app
+
+  def main_with_usage_errors(argv: list[str]) -> Any:
+    try:
+      return main(argv)
+    except app.UsageError as e:
+      usage_error(str(e))
+
+  app.run(main_with_usage_errors, flags_parser=parse_flags)
+
+
+def parse_flags(
+  argv: list[str], flag_values: flags.FlagValues = FLAGS
+) -> list[str]:
+  """Parses the command line; a bad or unknown flag is one `error:` line.
+
+  Returns:
+    The arguments left after the flags (argv[0] first).
+  """
+  try:
+    return flag_values(argv)
+  except flags.Error as e:
+    usage_error(str(e))
+
+
+def usage_error(message: str) -> typing.NoReturn:
+  """`fail` for a bad command line: the message and where help is."""
+  fail(f"{message} (see {_program()} --help)")
+
+
+def _program() -> str:
+  spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+  if getattr(spec, "name", None) and spec.name != "__main__":
+    return f"python -m {spec.name}"
+  return os.path.basename(sys.argv[0]) if sys.argv else "the binary"
 
 
 # An error line quotes at most this much (a 2-million-column header once

@@ -39,4 +39,4 @@ def main(argv: list[str]) -> None:
 if __name__ == "__main__":
   common.define_config_flags()
   common.grouped_help("data")
-  app.run(main)
+  common.run(main)

@@ -99,9 +99,9 @@ def _define_option_flags() -> None:
         name, default, help_text, lower_bound=low, upper_bound=high
       )
     elif isinstance(default, float):
-      flags.DEFINE_float(
-        name, default, help_text, lower_bound=low, upper_bound=high
-      )
+      parser = common.FiniteFloatParser(low, high)
+      serializer = flags.ArgumentSerializer()
+      flags.DEFINE(parser, name, default, help_text, serializer=serializer)
     else:  # str, or None for "derived from the workdir".
       flags.DEFINE_string(name, default, help_text)
 
@@ -153,4 +153,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

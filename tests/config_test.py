@@ -1,5 +1,7 @@
 """Tests of the typed config: JSON round trip, overrides, validation."""
 
+import math
+
 import pytest
 
 from tfr_ssl import config as config_lib
@@ -53,3 +55,48 @@ def test_every_field_has_help_text():
   # be an undocumented flag.
   for name, field, _ in config_lib.fields_of(config_lib.Config):
     assert field.metadata.get("help"), name
+
+
+@pytest.mark.parametrize(
+  "bounds, is_float, words, inside, outside",
+  [
+    (config_lib.AT_LEAST_1, False, ">= 1", [1, 10**30], [0, -1]),
+    (
+      config_lib.POSITIVE,
+      True,
+      "a finite number > 0",
+      [1e-30, 1e30],
+      [0.0, -1.0, math.inf, math.nan],
+    ),
+    (config_lib.RATE, True, "in [0, 1)", [0.0, 0.999], [1.0, -0.1, math.nan]),
+    (config_lib.SHARE, True, "in (0, 1]", [1.0, 1e-9], [0.0, 1.5, math.inf]),
+    (config_lib.FINITE, True, "a finite number", [-1e300, 0.0], [-math.inf]),
+  ],
+)
+def test_bounds_say_and_hold_their_ends(
+  bounds, is_float, words, inside, outside
+):
+  assert bounds.describe(is_float) == words
+  for value in inside:
+    assert bounds.contains(value), value
+  for value in outside:
+    assert not bounds.contains(value), value
+
+
+def test_check_value_names_the_field_its_range_and_the_value():
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.check_value("train.learning_rate", math.inf)
+  assert error.value.path == "train.learning_rate"
+  assert error.value.reason == "must be a finite number > 0, got inf"
+  with pytest.raises(config_lib.ConfigError, match=r"every value must be >= 1"):
+    config_lib.check_value("eval.ks", (10, 0))
+  with pytest.raises(config_lib.ConfigError, match=r"needs at least 1 value,"):
+    config_lib.check_value("eval.ks", ())
+  config_lib.check_value("model.query_layers", ())  # no hidden layer is fine
+
+
+def test_an_infinite_value_for_an_int_field_is_a_value_error():
+  # json reads Infinity; int(inf) raises OverflowError, which once escaped
+  # as a trace instead of naming the field.
+  with pytest.raises(ValueError, match=r"'train\.epochs' expects int"):
+    config_lib.Config.from_json('{"train": {"epochs": Infinity}}')

@@ -133,3 +133,20 @@ def test_bad_data_directory_names_the_path(tmp_path):
   assert result.returncode == 1
   assert str(tmp_path / "missing") in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_every_binary_reports_a_bad_command_line_through_common_run():
+  # absl's own app.run prints the whole --help before a usage error;
+  # common.run makes it one line. A binary calling app.run would not.
+  folder = os.path.join(REPO, "pipelines")
+  binaries = [
+    name
+    for name in sorted(os.listdir(folder))
+    if name.endswith(".py") and name not in ("__init__.py", "common.py")
+  ]
+  assert len(binaries) >= 8
+  for name in binaries:
+    with open(os.path.join(folder, name)) as f:
+      source = f.read()
+    assert "app.run(" not in source, name
+    assert "common.run(main)" in source, name

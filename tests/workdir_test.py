@@ -154,9 +154,9 @@ def test_a_bad_flag_combination_is_refused_before_the_workdir_is_claimed(
 @pytest.mark.parametrize(
   "flag, message",
   [
-    ("--train_batch_size=0", "--train_batch_size (train.batch_size): must be"),
-    ("--dropout_rate=1.5", "--dropout_rate (ssl.dropout_rate): must be in"),
-    ("--epochs=-1", "--epochs (train.epochs): must be >= 1"),
+    ("--train_batch_size=0", "--train_batch_size=0: train.batch_size must"),
+    ("--dropout_rate=1.5", "--dropout_rate=1.5: ssl.dropout_rate must be in"),
+    ("--epochs=-1", "--epochs=-1: train.epochs must be >= 1"),
   ],
 )
 def test_a_flag_out_of_range_is_one_line_naming_it(tmp_path, flag, message):

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
+from tfr_ssl import config as config_lib
 from tfr_ssl.data.contract import PAD
 
 MASKINGS = ("none", "random", "rfm", "cfm")
@@ -254,12 +255,10 @@ class Augmenter:
       unknown = sorted(set(names) - set(feature_names))
       if unknown:
         raise ValueError(f"{label} not in the list: {unknown}.")
-    for name, rate in (
-      ("mask_rate", mask_rate),
-      ("dropout_rate", dropout_rate),
-    ):
-      if not 0.0 <= rate < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {rate}.")
+    # At rate 1 both views lose every content feature (or every value):
+    # nothing is left to contrast, so 1 is out of range (config.RATE).
+    config_lib.check_value("ssl.mask_rate", mask_rate)
+    config_lib.check_value("ssl.dropout_rate", dropout_rate)
     self.feature_names = list(feature_names)
     self.multi_feature_names = list(multi_feature_names)
     self.key_features = [n for n in self.feature_names if n in key_features]

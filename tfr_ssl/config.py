@@ -3,28 +3,113 @@
 One default `Config()` describes the embedded demo; experiments override single
 fields (`config.override({"ssl.alpha": 0.3})`) rather than repeating literals.
 Every field carries its help text in `metadata["help"]`, which the binaries turn
-into absl flags, so a field documented here is a flag there.
+into absl flags, so a field documented here is a flag there. A numeric field
+also carries its range (`metadata["bounds"]`, a `Bounds`; every float must
+be finite). That declaration is the only copy of the rule: the config check
+(`check`), the flags (which refuse a value out of range when parsed) and the
+layers that take a value (`check_value`) all read it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any
 
 
-def _field(default: Any, help_text: str, **kwargs: Any) -> Any:
-  """A dataclass field with help text (and an optional list of choices)."""
-  metadata = {"help": help_text}
-  if "choices" in kwargs:
-    metadata["choices"] = tuple(kwargs.pop("choices"))
+class ConfigError(ValueError):
+  """A setting out of its range; `path` is its dotted config name."""
+
+  def __init__(self, path: str, message: str):
+    self.path = path
+    self.reason = message
+    super().__init__(f"{path}: {message}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bounds:
+  """The range of a numeric config field (of each value, for a tuple field).
+
+  Declared once, in the field's metadata, and read by the config check, the
+  binaries' flags and the layers that take the value (`check_value`). A
+  float must also be finite, bounded or not: `inf` passes `> 0` and turns
+  every loss into NaN.
+
+  Attributes:
+    low: Lowest value (None: unbounded below).
+    high: Highest value (None: unbounded above).
+    low_open: `low` itself is excluded.
+    high_open: `high` itself is excluded.
+    min_items: A tuple field needs at least this many values.
+  """
+
+  low: float | None = None
+  high: float | None = None
+  low_open: bool = False
+  high_open: bool = False
+  min_items: int = 0
+
+  def describe(self, is_float: bool) -> str:
+    """The range in words: `in [0, 1)`, `>= 1`, `a finite number > 0`."""
+    if self.low is not None and self.high is not None:
+      left, right = "(["[not self.low_open], ")]"[not self.high_open]
+      return f"in {left}{self.low:g}, {self.high:g}{right}"
+    ends = []
+    if self.low is not None:
+      ends.append(f"{'>' if self.low_open else '>='} {self.low:g}")
+    if self.high is not None:
+      ends.append(f"{'<' if self.high_open else '<='} {self.high:g}")
+    if is_float:
+      ends.insert(0, "a finite number")
+    return " ".join(ends)
+
+  def contains(self, value: float) -> bool:
+    """Whether one value is in the range (finite, if a float)."""
+    # Any float type (numpy's too); a Python int is finite (and may be too
+    # large for a float).
+    if not isinstance(value, int) and not math.isfinite(value):
+      return False
+    if self.low is not None and not (
+      value > self.low if self.low_open else value >= self.low
+    ):
+      return False
+    return self.high is None or (
+      value < self.high if self.high_open else value <= self.high
+    )
+
+
+# The ranges the fields below share.
+AT_LEAST_0 = Bounds(low=0)
+AT_LEAST_1 = Bounds(low=1)
+POSITIVE = Bounds(low=0, low_open=True)
+# A probability of dropping or masking: 1 would leave nothing.
+RATE = Bounds(low=0, high=1, high_open=True)
+# A share that must keep something: 0 would keep nothing.
+SHARE = Bounds(low=0, high=1, low_open=True)
+# Every float field without a declared range: finite, nothing more.
+FINITE = Bounds()
+
+
+def _field(
+  default: Any,
+  help_text: str,
+  choices: typing.Iterable[str] | None = None,
+  bounds: Bounds | None = None,
+) -> Any:
+  """A dataclass field with help text, and its choices or its range."""
+  metadata: dict[str, Any] = {"help": help_text}
+  if choices is not None:
+    metadata["choices"] = tuple(choices)
+  if bounds is not None:
+    metadata["bounds"] = bounds
   if isinstance(default, (list, tuple)):
     return dataclasses.field(
-      default_factory=lambda: tuple(default), metadata=metadata, **kwargs
+      default_factory=lambda: tuple(default), metadata=metadata
     )
-  return dataclasses.field(default=default, metadata=metadata, **kwargs)
+  return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass
@@ -40,12 +125,22 @@ class SyntheticConfig:
     seed: Seed of the generator; the same seed gives the same files.
   """
 
-  num_items: int = _field(20_000, "Items in the synthetic corpus.")
-  num_users: int = _field(20_000, "Users in the synthetic data.")
-  num_interactions: int = _field(1_000_000, "Synthetic interactions to draw.")
-  zipf_exponent: float = _field(1.1, "Zipf exponent of item popularity.")
-  num_topics: int = _field(32, "Latent topics of the synthetic generator.")
-  seed: int = _field(0, "Seed of the synthetic generator.")
+  num_items: int = _field(
+    20_000, "Items in the synthetic corpus.", bounds=AT_LEAST_1
+  )
+  num_users: int = _field(
+    20_000, "Users in the synthetic data.", bounds=AT_LEAST_1
+  )
+  num_interactions: int = _field(
+    1_000_000, "Synthetic interactions to draw.", bounds=AT_LEAST_1
+  )
+  zipf_exponent: float = _field(
+    1.1, "Zipf exponent of item popularity.", bounds=POSITIVE
+  )
+  num_topics: int = _field(
+    32, "Latent topics of the synthetic generator.", bounds=AT_LEAST_1
+  )
+  seed: int = _field(0, "Seed of the synthetic generator.", bounds=AT_LEAST_0)
 
 
 @dataclasses.dataclass
@@ -76,13 +171,17 @@ class DataConfig:
     4.0, "MovieLens: ratings >= this value are positives."
   )
   split: str = _field("random", "Split kind.", choices=("random", "temporal"))
-  validation_fraction: float = _field(0.1, "Validation share.")
-  test_fraction: float = _field(0.1, "Test share.")
+  validation_fraction: float = _field(0.1, "Validation share.", bounds=RATE)
+  test_fraction: float = _field(0.1, "Test share.", bounds=RATE)
   train_fraction: float = _field(
-    1.0, "Keep this uniform share of the training split (sparsity study)."
+    1.0,
+    "Keep this uniform share of the training split (sparsity study).",
+    bounds=SHARE,
   )
   seed: int = _field(
-    0, "Seed of the split and the train_fraction subsample (not of training)."
+    0,
+    "Seed of the split and the train_fraction subsample (not of training).",
+    bounds=AT_LEAST_0,
   )
   synthetic: SyntheticConfig = dataclasses.field(
     default_factory=SyntheticConfig
@@ -136,38 +235,54 @@ class ModelConfig:
   task: str = _field(
     "user_to_item", "Main task.", choices=("user_to_item", "item_to_item")
   )
-  embedding_dim: int = _field(64, "Feature embedding width.")
-  query_layers: tuple[int, ...] = _field((256,), "Query MLP hidden widths.")
-  item_layers: tuple[int, ...] = _field((256,), "Item MLP hidden widths.")
-  output_dim: int = _field(64, "Tower output width.")
-  temperature: float = _field(0.05, "Main-task softmax temperature.")
+  embedding_dim: int = _field(64, "Feature embedding width.", bounds=AT_LEAST_1)
+  query_layers: tuple[int, ...] = _field(
+    (256,), "Query MLP hidden widths.", bounds=AT_LEAST_1
+  )
+  item_layers: tuple[int, ...] = _field(
+    (256,), "Item MLP hidden widths.", bounds=AT_LEAST_1
+  )
+  output_dim: int = _field(64, "Tower output width.", bounds=AT_LEAST_1)
+  temperature: float = _field(
+    0.05, "Main-task softmax temperature.", bounds=POSITIVE
+  )
   loss: str = _field(
     "softmax", "Main loss.", choices=("softmax", "pointwise", "pairwise")
   )
   pairwise_loss: str = _field(
     "logistic", "Pairwise loss form.", choices=("logistic", "hinge")
   )
-  margin: float = _field(0.1, "Hinge margin of the pairwise loss.")
+  margin: float = _field(
+    0.1, "Hinge margin of the pairwise loss.", bounds=AT_LEAST_0
+  )
   logq: str = _field(
     "streaming",
     "Sampling-bias correction.",
     choices=("none", "static", "streaming"),
   )
   estimator_buckets: int = _field(
-    1 << 18, "Hash buckets of the streaming frequency estimator."
+    1 << 18,
+    "Hash buckets of the streaming frequency estimator.",
+    bounds=AT_LEAST_1,
   )
   estimator_hashes: int = _field(
-    1, "Hash functions of the streaming estimator (>1: multi-hash)."
+    1,
+    "Hash functions of the streaming estimator (>1: multi-hash).",
+    bounds=AT_LEAST_1,
   )
-  estimator_lr: float = _field(0.01, "Learning rate of the estimator.")
+  estimator_lr: float = _field(
+    0.01, "Learning rate of the estimator.", bounds=SHARE
+  )
   remove_accidental_hits: bool = _field(
     True, "Remove in-batch negatives that share the positive's item id."
   )
   hard_negatives: int = _field(
-    0, "Keep only the k hardest negatives per row (0 = all)."
+    0, "Keep only the k hardest negatives per row (0 = all).", bounds=AT_LEAST_0
   )
   mixed_negatives: int = _field(
-    0, "Extra corpus negatives per batch (mixed negative sampling)."
+    0,
+    "Extra corpus negatives per batch (mixed negative sampling).",
+    bounds=AT_LEAST_0,
   )
   mixed_negative_sampling: str = _field(
     "uniform",
@@ -175,22 +290,28 @@ class ModelConfig:
     choices=("uniform", "unigram"),
   )
   mixed_negative_beta: float = _field(
-    0.75, "Exponent of count^beta for unigram mixed negatives."
+    0.75,
+    "Exponent of count^beta for unigram mixed negatives.",
+    bounds=AT_LEAST_0,
   )
   feature_dropout: float = _field(
-    0.0, "Baseline: item feature dropout rate (DropoutNet style)."
+    0.0, "Baseline: item feature dropout rate (DropoutNet style).", bounds=RATE
   )
   spread_out_weight: float = _field(
-    0.0, "Baseline: spread-out regulariser weight (0 = off)."
+    0.0, "Baseline: spread-out regulariser weight (0 = off).", bounds=AT_LEAST_0
   )
   id_dropout: float = _field(
-    0.1, "Main task: rate of replacing the item id by its default."
+    0.1, "Main task: rate of replacing the item id by its default.", bounds=RATE
   )
   value_dropout: float = _field(
-    0.0, "Main task: rate of replacing an item content feature by unknown."
+    0.0,
+    "Main task: rate of replacing an item content feature by unknown.",
+    bounds=RATE,
   )
   query_id_dropout: float = _field(
-    0.0, "Main task: rate of replacing the query id by its unknown row."
+    0.0,
+    "Main task: rate of replacing the query id by its unknown row.",
+    bounds=RATE,
   )
 
 
@@ -219,18 +340,24 @@ class SSLConfig:
       loss acts on the retrieval embedding itself.
   """
 
-  alpha: float = _field(0.3, "SSL loss weight (0 = main task only).")
+  alpha: float = _field(
+    0.3, "SSL loss weight (0 = main task only).", bounds=AT_LEAST_0
+  )
   masking: str = _field(
     "cfm",
     "Feature masking of the two views.",
     choices=("none", "random", "rfm", "cfm"),
   )
-  mask_rate: float = _field(0.5, "Per-feature rate of random masking.")
-  dropout_rate: float = _field(
-    0.3, "Dropout rate of values in multi-valued features."
+  mask_rate: float = _field(
+    0.5, "Per-feature rate of random masking.", bounds=RATE
   )
-  temperature: float = _field(0.1, "SSL softmax temperature.")
-  batch_size: int = _field(512, "Items per SSL batch (uniform over corpus).")
+  dropout_rate: float = _field(
+    0.3, "Dropout rate of values in multi-valued features.", bounds=RATE
+  )
+  temperature: float = _field(0.1, "SSL softmax temperature.", bounds=POSITIVE)
+  batch_size: int = _field(
+    512, "Items per SSL batch (uniform over corpus).", bounds=AT_LEAST_1
+  )
   key_mode: str = _field(
     "one_view",
     "Item id in the SSL views: visible in one view at random, or masked "
@@ -238,10 +365,12 @@ class SSLConfig:
     choices=("one_view", "both"),
   )
   key_share: float = _field(
-    0.5, "Distinct values per item from which a feature counts as a key."
+    0.5,
+    "Distinct values per item from which a feature counts as a key.",
+    bounds=SHARE,
   )
   projection_dim: int = _field(
-    0, "Width of the SSL projection head (0 = none)."
+    0, "Width of the SSL projection head (0 = none).", bounds=AT_LEAST_0
   )
 
 
@@ -278,37 +407,51 @@ class TrainConfig:
     seed: Seed of initialisation, shuffling and augmentation.
   """
 
-  batch_size: int = _field(1024, "Main-task batch size.")
-  learning_rate: float = _field(0.003, "Optimizer learning rate.")
+  batch_size: int = _field(1024, "Main-task batch size.", bounds=AT_LEAST_1)
+  learning_rate: float = _field(
+    0.003, "Optimizer learning rate.", bounds=POSITIVE
+  )
   optimizer: str = _field(
     "adam", "Optimizer.", choices=("adam", "adam_dense", "adagrad")
   )
-  epochs: int = _field(3, "Training epochs.")
-  steps_per_epoch: int = _field(0, "Steps per epoch cap (0 = full pass).")
+  epochs: int = _field(3, "Training epochs.", bounds=AT_LEAST_1)
+  steps_per_epoch: int = _field(
+    0, "Steps per epoch cap (0 = full pass).", bounds=AT_LEAST_0
+  )
   schedule: str = _field(
     "joint", "Training schedule.", choices=("joint", "pretrain")
   )
-  pretrain_steps: int = _field(0, "SSL-only pretraining steps.")
-  checkpoint_every: int = _field(200, "Steps between checkpoints.")
-  log_every: int = _field(50, "Steps between logs.")
+  pretrain_steps: int = _field(
+    0, "SSL-only pretraining steps.", bounds=AT_LEAST_0
+  )
+  checkpoint_every: int = _field(
+    200, "Steps between checkpoints.", bounds=AT_LEAST_1
+  )
+  log_every: int = _field(50, "Steps between logs.", bounds=AT_LEAST_1)
   steps_per_loop: int = _field(
     20,
     "Training steps per call of the compiled step function (fewer Python "
     "round trips; logs, checkpoints and epoch ends keep their steps).",
+    bounds=AT_LEAST_1,
   )
   validation_examples: int = _field(
-    20_000, "Validation pairs scored at epoch ends (0 = all)."
+    20_000,
+    "Validation pairs scored at epoch ends (0 = all).",
+    bounds=AT_LEAST_0,
   )
   warm_start_from: str = _field(
     "", "Workdir of an earlier run to warm-start from."
   )
   early_stopping_patience: int = _field(
-    0, "Stop after this many epochs without a better validation recall@10."
+    0,
+    "Stop after this many epochs without a better validation recall@10.",
+    bounds=AT_LEAST_0,
   )
   seed: int = _field(
     0,
     "Seed of the run: initialisation, shuffling, augmentation (not of "
     "the split).",
+    bounds=AT_LEAST_0,
   )
 
 
@@ -323,12 +466,18 @@ class EvalConfig:
     batch_size: Queries scored per matmul batch.
   """
 
-  ks: tuple[int, ...] = _field((10, 50, 100), "Recall/MAP cut-offs.")
-  head_fraction: float = _field(0.1, "Most frequent share called head.")
+  ks: tuple[int, ...] = _field(
+    (10, 50, 100), "Recall/MAP cut-offs.", bounds=Bounds(low=1, min_items=1)
+  )
+  head_fraction: float = _field(
+    0.1, "Most frequent share called head.", bounds=Bounds(low=0, high=1)
+  )
   split: str = _field(
     "test", "Split to evaluate.", choices=("validation", "test")
   )
-  batch_size: int = _field(1024, "Queries per scoring batch.")
+  batch_size: int = _field(
+    1024, "Queries per scoring batch.", bounds=AT_LEAST_1
+  )
 
 
 @dataclasses.dataclass
@@ -345,17 +494,25 @@ class IndexConfig:
     audit_queries: Sampled queries for the recall audit against exact.
   """
 
-  k: int = _field(100, "Neighbours returned by the index.")
+  k: int = _field(100, "Neighbours returned by the index.", bounds=AT_LEAST_1)
   exact_below: int = _field(
-    20_000, "Use exact search for corpora smaller than this."
+    20_000, "Use exact search for corpora smaller than this.", bounds=AT_LEAST_0
   )
-  num_leaves: int = _field(0, "ScaNN tree leaves (0 = ~sqrt(n)).")
-  leaves_to_search: int = _field(0, "ScaNN leaves searched (0 = auto).")
-  reorder: int = _field(10_000, "ScaNN exact re-scoring candidates.")
+  num_leaves: int = _field(
+    0, "ScaNN tree leaves (0 = ~sqrt(n)).", bounds=AT_LEAST_0
+  )
+  leaves_to_search: int = _field(
+    0, "ScaNN leaves searched (0 = auto).", bounds=AT_LEAST_0
+  )
+  reorder: int = _field(
+    10_000, "ScaNN exact re-scoring candidates.", bounds=AT_LEAST_0
+  )
   quantization_threshold: float = _field(
-    0.2, "ScaNN anisotropic quantization threshold."
+    0.2, "ScaNN anisotropic quantization threshold.", bounds=AT_LEAST_0
   )
-  audit_queries: int = _field(1000, "Queries sampled for the recall audit.")
+  audit_queries: int = _field(
+    1000, "Queries sampled for the recall audit.", bounds=AT_LEAST_1
+  )
 
 
 @dataclasses.dataclass
@@ -417,6 +574,104 @@ def fields_of(cls: type) -> list[tuple[str, dataclasses.Field, Any]]:
   return rows
 
 
+def bounded_fields() -> dict[str, tuple[Bounds, Any]]:
+  """Dotted name -> (range, type) of every field with a range.
+
+  That is every field that declares `bounds`, and every float field (which
+  must at least be finite).
+  """
+  found = {}
+  for path, field, kind in fields_of(Config):
+    bounds = field.metadata.get("bounds")
+    if bounds is None and kind is float:
+      bounds = FINITE
+    if bounds is not None:
+      found[path] = (bounds, kind)
+  return found
+
+
+def check_value(path: str, value: Any) -> None:
+  """Refuses a value outside the declared range of the field `path`.
+
+  The one rule for a field's range: the config check, the binaries' flags
+  and the layers that take the value all call this.
+
+  Raises:
+    ConfigError: out of range (names the field, the range and the value);
+      a KeyError for a field with no declared range.
+  """
+  bounds, kind = _BOUNDED[path]
+  if typing.get_origin(kind) is tuple:
+    item_kind = typing.get_args(kind)[0]
+    values = tuple(value)
+    if len(values) < bounds.min_items:
+      plural = "s" if bounds.min_items > 1 else ""
+      raise ConfigError(
+        path, f"needs at least {bounds.min_items} value{plural}, got {values}"
+      )
+    if not all(bounds.contains(v) for v in values):
+      what = bounds.describe(item_kind is float)
+      raise ConfigError(path, f"every value must be {what}, got {values}")
+    return
+  if not bounds.contains(value):
+    what = bounds.describe(kind is float)
+    raise ConfigError(path, f"must be {what}, got {value}")
+
+
+def check_split_fractions(
+  validation_fraction: float, test_fraction: float, train_fraction: float
+) -> None:
+  """Refuses split fractions that leave no training split.
+
+  Raises:
+    ConfigError: a fraction out of its range, or validation and test that
+      take everything.
+  """
+  check_value("data.validation_fraction", validation_fraction)
+  check_value("data.test_fraction", test_fraction)
+  check_value("data.train_fraction", train_fraction)
+  if validation_fraction + test_fraction >= 1.0:
+    raise ConfigError(
+      "data.test_fraction",
+      f"validation ({validation_fraction}) and test ({test_fraction}) "
+      "fractions leave nothing to train on",
+    )
+
+
+def check_batch_split(path: str, batch_size: int, replicas: int) -> None:
+  """Refuses a global batch that does not split evenly over the replicas.
+
+  Raises:
+    ConfigError: `batch_size` is not a multiple of `replicas`.
+  """
+  if batch_size % replicas:
+    raise ConfigError(
+      path,
+      f"{batch_size} does not split evenly over {replicas} replicas: use a "
+      f"multiple of {replicas}",
+    )
+
+
+def check(config: Config) -> None:
+  """Refuses a config with a setting out of its range.
+
+  Only what the config alone decides; what needs the data (e.g. enough
+  content features for CFM) is checked by the model when it is built.
+
+  Raises:
+    ConfigError: the first setting out of range (names it and its value).
+  """
+  for path in _BOUNDED:
+    value = config
+    for part in path.split("."):
+      value = getattr(value, part)
+    check_value(path, value)
+  data = config.data
+  check_split_fractions(
+    data.validation_fraction, data.test_fraction, data.train_fraction
+  )
+
+
 def _coerce(value: Any, kind: Any, path: str) -> Any:
   origin = typing.get_origin(kind)
   if origin is tuple:
@@ -434,7 +689,7 @@ def _coerce(value: Any, kind: Any, path: str) -> Any:
     if kind is int and isinstance(value, float) and not value.is_integer():
       raise ValueError(value)
     return kind(value)
-  except (TypeError, ValueError):
+  except (TypeError, ValueError, OverflowError):
     raise ValueError(
       f"Config field {path!r} expects {kind.__name__}, got {value!r}."
     ) from None
@@ -466,3 +721,7 @@ def _from_dict(cls: type, values: dict[str, Any], path: str) -> Any:
       )
     kwargs[field.name] = value
   return cls(**kwargs)
+
+
+# path -> (range, type), read by check_value.
+_BOUNDED = bounded_fields()

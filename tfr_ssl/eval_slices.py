@@ -22,6 +22,8 @@ import math
 
 import numpy as np
 
+from tfr_ssl import config as config_lib
+
 NUM_DECILES = 10
 SLICES = ("head", "tail", "cold")
 
@@ -59,8 +61,7 @@ def item_slices(
   # Signed, so that -count sorts the most frequent first.
   count = np.asarray(item_train_count).astype(np.int64)
   n = count.shape[0]
-  if not 0.0 <= head_fraction <= 1.0:
-    raise ValueError(f"head_fraction must be in [0, 1], got {head_fraction}.")
+  config_lib.check_value("eval.head_fraction", head_fraction)
   rows = np.arange(n)
   cold = count == 0
   num_seen = int(n - cold.sum())

@@ -42,6 +42,8 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
+from tfr_ssl import config as config_lib
+
 LOSSES = ("softmax", "pointwise", "pairwise")
 PAIRWISE = ("logistic", "hinge")
 # The logit of a masked-out candidate (accidental hits, excluded items): far
@@ -153,11 +155,9 @@ class RetrievalLoss(tf_keras.layers.Layer):
       raise ValueError(
         f"pairwise_loss must be one of {list(PAIRWISE)}, got {pairwise_loss!r}."
       )
-    if temperature <= 0 or num_hard_negatives < 0:
-      raise ValueError(
-        f"Need temperature > 0 and num_hard_negatives >= 0, got "
-        f"{temperature}, {num_hard_negatives}."
-      )
+    config_lib.check_value("model.temperature", temperature)
+    config_lib.check_value("model.hard_negatives", num_hard_negatives)
+    config_lib.check_value("model.margin", margin)
     self.loss = loss
     self.temperature = float(temperature)
     self.remove_accidental_hits = bool(remove_accidental_hits)

@@ -590,12 +590,18 @@ def _concat_rows(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
 
 
 def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
+  from tfr_ssl import config as config_lib
+
   m, s = config.model, config.ssl
   items = dataset.schema.item_features
   if m.task not in query_side.TASKS:
     raise ModelConfigError(f"model.task: unknown task {m.task!r}.")
-  if m.mixed_negatives < 0:
-    raise ModelConfigError("model.mixed_negatives must be >= 0.")
+  try:
+    # Every field's declared range (a model may be built from a config
+    # that never went through a binary's check).
+    config_lib.check(config)
+  except config_lib.ConfigError as e:
+    raise ModelConfigError(str(e)) from None
   if (
     m.mixed_negatives
     and m.mixed_negative_sampling == "uniform"
@@ -620,17 +626,3 @@ def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
       keys,
       error=ModelConfigError,
     )
-  for name, rate in (
-    ("model.feature_dropout", m.feature_dropout),
-    ("model.id_dropout", m.id_dropout),
-  ):
-    if not 0.0 <= rate < 1.0:
-      raise ModelConfigError(f"{name} must be in [0, 1), got {rate}.")
-  if not 0.0 < s.key_share <= 1.0:
-    raise ModelConfigError(
-      f"ssl.key_share must be in (0, 1], got {s.key_share}."
-    )
-  if s.projection_dim < 0:
-    raise ModelConfigError("ssl.projection_dim must be >= 0.")
-  if s.alpha < 0 or m.spread_out_weight < 0:
-    raise ModelConfigError("ssl.alpha and spread_out_weight must be >= 0.")

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
+from tfr_ssl import config as config_lib
 from tfr_ssl import distribute
 
 # Mersenne prime 2^31 - 1: products of a hash multiplier (< 2^31) with an item
@@ -217,11 +218,9 @@ class StreamingFrequencyEstimator(SamplingProbability):
     **kwargs: Any,
   ):
     super().__init__(**kwargs)
-    if num_buckets < 1 or num_hashes < 1 or not 0 < learning_rate <= 1:
-      raise ValueError(
-        "Need num_buckets >= 1, num_hashes >= 1 and 0 < learning_rate <= 1; "
-        f"got {num_buckets}, {num_hashes}, {learning_rate}."
-      )
+    config_lib.check_value("model.estimator_buckets", num_buckets)
+    config_lib.check_value("model.estimator_hashes", num_hashes)
+    config_lib.check_value("model.estimator_lr", learning_rate)
     self.num_buckets = int(num_buckets)
     self.num_hashes = int(num_hashes)
     self.learning_rate = float(learning_rate)

@@ -16,6 +16,7 @@ import tensorflow as tf
 import tensorflow_recommenders as tfrs
 import tf_keras
 
+from tfr_ssl import config as config_lib
 from tfr_ssl import losses
 
 
@@ -50,8 +51,7 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
 
   def __init__(self, temperature: float = 0.1, **kwargs: Any):
     super().__init__(**kwargs)
-    if temperature <= 0:
-      raise ValueError(f"temperature must be > 0, got {temperature}.")
+    config_lib.check_value("ssl.temperature", temperature)
     self.temperature = float(temperature)
     self.loss_tracker = tf_keras.metrics.Mean(name="ssl_loss")
     self.accuracy = tf_keras.metrics.Mean(name="ssl_accuracy")

@@ -79,12 +79,7 @@ def train_and_evaluate(
     ("train.batch_size", config.train.batch_size),
     ("ssl.batch_size", config.ssl.batch_size),
   ):
-    if size % role.replicas:
-      raise workdir_lib.ConfigError(
-        path,
-        f"{size} does not split evenly over the {role.replicas} replicas "
-        f"of --strategy: use a multiple of {role.replicas}.",
-      )
+    config_lib.check_batch_split(path, size, role.replicas)
   if not role.chief:
     workdir = os.path.abspath(os.path.expanduser(workdir))
     with tempfile.TemporaryDirectory(prefix="tfr_ssl_worker_") as scratch:

@@ -78,13 +78,8 @@ class WorkdirBusyError(WorkdirError):
   """Another process holds the workdir's lock."""
 
 
-class ConfigError(ValueError):
-  """A setting out of its range; `path` is its dotted config name."""
-
-  def __init__(self, path: str, message: str):
-    self.path = path
-    self.reason = message
-    super().__init__(f"{path}: {message}")
+# A setting out of its range (`path`, `reason`); raised by check_config.
+ConfigError = config_lib.ConfigError
 
 
 # workdir -> (open lock file, depth): the lock is reentrant in a process, so
@@ -445,106 +440,18 @@ def write_dataset_info(workdir: str, info: dict) -> None:
 
 # ------------------------------------------------------------------ ranges
 
-_AT_LEAST_1 = (
-  "data.synthetic.num_items",
-  "data.synthetic.num_users",
-  "data.synthetic.num_interactions",
-  "data.synthetic.num_topics",
-  "model.embedding_dim",
-  "model.output_dim",
-  "model.estimator_buckets",
-  "model.estimator_hashes",
-  "ssl.batch_size",
-  "train.batch_size",
-  "train.epochs",
-  "train.checkpoint_every",
-  "train.log_every",
-  "train.steps_per_loop",
-  "eval.batch_size",
-  "index.k",
-  "index.audit_queries",
-)
-_AT_LEAST_0 = (
-  "model.margin",
-  "model.hard_negatives",
-  "model.mixed_negatives",
-  "model.mixed_negative_beta",
-  "model.spread_out_weight",
-  "ssl.alpha",
-  "ssl.projection_dim",
-  "train.steps_per_epoch",
-  "train.pretrain_steps",
-  "train.validation_examples",
-  "train.early_stopping_patience",
-  "index.exact_below",
-  "index.num_leaves",
-  "index.leaves_to_search",
-  "index.reorder",
-  "index.quantization_threshold",
-)
-_POSITIVE = (
-  "data.synthetic.zipf_exponent",
-  "model.temperature",
-  "model.estimator_lr",
-  "ssl.temperature",
-  "train.learning_rate",
-)
-# name -> (low, high, high included)
-_RATES = {
-  "data.validation_fraction": (0.0, 1.0, False),
-  "data.test_fraction": (0.0, 1.0, False),
-  "model.feature_dropout": (0.0, 1.0, False),
-  "model.id_dropout": (0.0, 1.0, False),
-  "model.value_dropout": (0.0, 1.0, False),
-  "model.query_id_dropout": (0.0, 1.0, False),
-  "ssl.mask_rate": (0.0, 1.0, True),
-  "ssl.dropout_rate": (0.0, 1.0, False),
-  "eval.head_fraction": (0.0, 1.0, False),
-}
-
 
 def check_config(config: config_lib.Config) -> None:
   """Refuses settings outside their range, before anything is written.
 
-  What needs the data (e.g. enough content features for CFM) is checked by
-  the model when it is built, still before the workdir is claimed.
+  The ranges are declared with the fields (`config.Bounds`); what needs the
+  data (e.g. enough content features for CFM) is checked by the model when
+  it is built, still before the workdir is claimed.
 
   Raises:
     ConfigError: the first setting out of range (names it and its value).
   """
-  values = _flat(config.to_dict())
-  for name in _AT_LEAST_1:
-    if values[name] < 1:
-      raise ConfigError(name, f"must be >= 1, got {values[name]}")
-  for name in _AT_LEAST_0:
-    if values[name] < 0:
-      raise ConfigError(name, f"must be >= 0, got {values[name]}")
-  for name in _POSITIVE:
-    if not values[name] > 0:
-      raise ConfigError(name, f"must be > 0, got {values[name]}")
-  for name, (low, high, closed) in _RATES.items():
-    value = values[name]
-    if not (low <= value <= high if closed else low <= value < high):
-      bracket = "]" if closed else ")"
-      raise ConfigError(
-        name, f"must be in [{low:g}, {high:g}{bracket}, got {value}"
-      )
-  data = config.data
-  if not 0.0 < data.train_fraction <= 1.0:
-    raise ConfigError(
-      "data.train_fraction", f"must be in (0, 1], got {data.train_fraction}"
-    )
-  if data.validation_fraction + data.test_fraction >= 1.0:
-    raise ConfigError(
-      "data.test_fraction",
-      f"validation ({data.validation_fraction}) and test "
-      f"({data.test_fraction}) fractions leave nothing to train on",
-    )
-  for name in ("model.query_layers", "model.item_layers", "eval.ks"):
-    if any(v < 1 for v in values[name]):
-      raise ConfigError(name, f"every value must be >= 1, got {values[name]}")
-  if not config.eval.ks:
-    raise ConfigError("eval.ks", "needs at least one cut-off")
+  config_lib.check(config)
 
 
 __all__ = [

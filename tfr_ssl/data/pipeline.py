@@ -27,6 +27,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from tfr_ssl import config as config_lib
 from tfr_ssl.data import query_side
 from tfr_ssl.data.contract import SPLITS, PreparedDataset
 
@@ -319,11 +320,7 @@ class Shard:
 
   def check(self, name: str, batch_size: int) -> None:
     """ValueError unless `batch_size` splits evenly over the replicas."""
-    if batch_size % self.replicas:
-      raise ValueError(
-        f"{name}={batch_size} does not split evenly over "
-        f"{self.replicas} replicas: use a multiple of {self.replicas}."
-      )
+    config_lib.check_batch_split(name, batch_size, self.replicas)
 
   def split(self, batch_size: int, ssl_batch_size: int):
     """The `flat_map` function: global row batches -> local replica ones."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfr_ssl import config as config_lib
 from tfr_ssl.data.contract import PAD
 from tfr_ssl.data.errors import DataError
 
@@ -67,21 +68,9 @@ def check_fractions(
   validation_fraction: float, test_fraction: float, train_fraction: float
 ) -> None:
   """Raises ValueError for fractions that leave no valid split."""
-  for name, value in (
-    ("validation_fraction", validation_fraction),
-    ("test_fraction", test_fraction),
-  ):
-    if not 0.0 <= value < 1.0:
-      raise ValueError(f"data.{name} must be in [0, 1), got {value}.")
-  if validation_fraction + test_fraction >= 1.0:
-    raise ValueError(
-      "data.validation_fraction + data.test_fraction must be below 1, got "
-      f"{validation_fraction} + {test_fraction}."
-    )
-  if not 0.0 < train_fraction <= 1.0:
-    raise ValueError(
-      f"data.train_fraction must be in (0, 1], got {train_fraction}."
-    )
+  config_lib.check_split_fractions(
+    validation_fraction, test_fraction, train_fraction
+  )
 
 
 def _sizes(n: int, validation_fraction: float, test_fraction: float):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfr_ssl import config as config_lib
 from tfr_ssl.config import SyntheticConfig
 from tfr_ssl.data.contract import (
   CATEGORICAL,
@@ -294,10 +295,8 @@ def generate(config: SyntheticConfig) -> RawData:
   Returns:
     Raw columns (ids as integers, other values as labels like `cat3`).
   """
-  if min(config.num_items, config.num_users, config.num_interactions) < 1:
-    raise ValueError("synthetic sizes must be positive.")
-  if config.num_topics < 1:
-    raise ValueError("synthetic.num_topics must be positive.")
+  for name in ("num_items", "num_users", "num_interactions", "num_topics"):
+    config_lib.check_value(f"data.synthetic.{name}", getattr(config, name))
   rng = np.random.default_rng(config.seed)
   categories = max(2, 2 * config.num_topics)
   sizes = {
