@@ -9,6 +9,7 @@ import tf_keras
 
 import tfr_ssl  # noqa: F401
 from tests import model_fakes
+from tfr_ssl import diagnostics
 from tfr_ssl import model as model_lib
 from tfr_ssl.config import Config
 
@@ -93,7 +94,7 @@ def test_alpha_zero_is_exactly_the_main_only_loss(dataset):
 def test_one_item_tower_pass_equals_two(dataset):
   # compute_loss embeds the main positives and both SSL views in one item
   # tower call; the loss and every gradient must equal those of the two
-  # separate calls (_main_loss, _ssl_loss), as rows are independent.
+  # separate calls (main_loss, ssl_loss), as rows are independent.
   model = _model(dataset, **{"ssl.alpha": 0.5, "model.id_dropout": 0.3})
   batch = _batch(dataset)
   variables = model.trainable_variables
@@ -104,14 +105,14 @@ def test_one_item_tower_pass_equals_two(dataset):
     grads = tape.gradient(loss, variables)
     return float(loss), [tf.convert_to_tensor(g) for g in grads]
 
-  seed = model._seed(False, anchor=batch["item_index"])
+  seed = model.step_seed(False, anchor=batch["item_index"])
   joint, joint_grads = loss_and_grads(
     lambda: model.compute_loss(batch, training=False)
   )
   separate, separate_grads = loss_and_grads(
     lambda: (
-      model._main_loss(batch, False, seed)
-      + 0.5 * model._ssl_loss(batch, False, seed)
+      model.main_loss(batch, False, seed)
+      + 0.5 * model.ssl_loss(batch, False, seed)
     )
   )
   assert joint == pytest.approx(separate, rel=1e-5)
@@ -325,11 +326,14 @@ def test_unigram_proposal_probability(dataset):
   )
   counts = dataset.item_train_count.astype(np.float64)
   want = np.sqrt(counts) / np.sqrt(counts).sum()  # count^.5 / Z
-  got = model.mixed_negatives.probability(tf.range(dataset.num_items)).numpy()
+  got = model.retrieval_task.mixed_negatives.probability(
+    tf.range(dataset.num_items)
+  ).numpy()
   np.testing.assert_allclose(got, want, rtol=1e-5)
   uniform = _model(dataset, **{"model.mixed_negatives": 4})
   np.testing.assert_allclose(
-    uniform.mixed_negatives.probability(tf.constant([0, 5])), [1 / 24, 1 / 24]
+    uniform.retrieval_task.mixed_negatives.probability(tf.constant([0, 5])),
+    [1 / 24, 1 / 24],
   )
 
 
@@ -363,13 +367,13 @@ def test_an_item_without_training_interactions_uses_the_id_default():
 
 def test_id_dropout_drops_only_the_key_columns():
   model = _model(_cold_dataset(), **{"model.id_dropout": 0.3})
-  mask = model._dropout_mask(20_000, True, tf.constant([0, 1], tf.int64))
+  mask = model.dropout.item_mask(20_000, True, tf.constant([0, 1], tf.int64))
   mask = mask.numpy()
   assert model.item_encoder.feature_names == ["item_id", "category", "tags"]
   # 20,000 Bernoulli(0.3) draws: std 0.0032; 5 std.
   assert abs(mask[:, 0].mean() - 0.3) < 0.016
   assert not mask[:, 1:].any()
-  assert model._dropout_mask(10, False, tf.constant([0, 1])) is None
+  assert model.dropout.item_mask(10, False, tf.constant([0, 1])) is None
 
 
 def test_projection_head_feeds_only_the_ssl_loss(dataset):
@@ -393,8 +397,8 @@ def test_gradient_norms_scale_with_alpha(dataset):
   # The SSL gradient is alpha * dL_ssl/dw: doubling alpha doubles its norm
   # and leaves the main norm and the cosine unchanged.
   batch = _batch(dataset)
-  one = _model(dataset, **{"ssl.alpha": 1.0}).gradient_norms(batch)
-  two = _model(dataset, **{"ssl.alpha": 2.0}).gradient_norms(batch)
+  one = diagnostics.gradient_norms(_model(dataset, **{"ssl.alpha": 1.0}), batch)
+  two = diagnostics.gradient_norms(_model(dataset, **{"ssl.alpha": 2.0}), batch)
   one = {k: float(v) for k, v in one.items()}
   two = {k: float(v) for k, v in two.items()}
   assert one["grad_norm/main"] > 0 and one["grad_norm/ssl"] > 0

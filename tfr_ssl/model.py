@@ -6,14 +6,13 @@ losses). Per step:
 
   L = L_main + alpha * L_ssl + spread_out_weight * L_spread_out
 
-  - L_main: `losses.RetrievalLoss` between the query tower and the item
-    tower over the batch's positives (plus optional mixed negatives), with
-    the `-log p` correction from `sampling.py`.
-  - L_ssl: `ssl_task.ContrastiveTask` between two augmented views
-    (`augment.py`) of `batch["ssl_item"]`, a uniform sample of the corpus,
-    through the same item tower.
-  - L_spread_out: `losses.spread_out_loss` of the batch's item embeddings
-    (baseline; off by default).
+  - L_main (`retrieval_task.py`): the corrected in-batch softmax between
+    the query tower and the item tower over the batch's positives (plus
+    optional mixed negatives), with the `-log p` correction; the optional
+    spread-out regulariser of the positives (a baseline) is part of it.
+  - L_ssl (`item_ssl.py`): the contrastive loss between two augmented
+    views of `batch["ssl_item"]`, a uniform sample of the corpus, through
+    the same item tower.
 
 Metrics (running means, reset by `fit` each epoch): `main_loss`, `ssl_loss`,
 `ssl_accuracy`, `spread_out_loss`; the TFRS base adds `loss` (what
@@ -29,24 +28,19 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
-import tf_keras
 
 from tfr_ssl import (
   augment,
-  distribute,
+  dropout,
   features,
-  losses,
-  sampling,
-  ssl_task,
+  item_ssl,
+  retrieval_task,
 )
 from tfr_ssl.config import Config
 from tfr_ssl.data import contract, query_side, stats
 
 PHASES = ("joint", "ssl_only", "main_only")
 
-# Streams folded into the step seed, one per random draw of a step.
-_SSL_STREAM, _DROPOUT_STREAM, _UNIGRAM_STREAM = 1, 2, 3
-_VALUE_STREAM, _QUERY_STREAM = 4, 5
 # Seed step of evaluation-time SSL views: fixed, so evaluations compare.
 _EVAL_STEP = (1 << 62) - 1
 
@@ -99,14 +93,24 @@ def loss_weights(config: Config, phase: str) -> tuple[float, float]:
 
 
 class TwoTowerModel(tfrs.Model):
-  """Query tower, item tower, retrieval task and SSL task.
+  """Query tower, item tower, retrieval task and SSL task, wired together.
 
-  Towers (both map an int-id feature dict to L2-normalised `[B, output_dim]`
-  embeddings and never augment, so they can be exported as they are):
-    - `model.item_tower(item_features)`: the shared item encoder + MLP.
-    - `model.query_tower(query_features)`: in `user_to_item`, a query
-      encoder over the schema's query features + MLP; in `item_to_item`, the
-      SHARED item encoder + its own MLP over the previous item's features.
+  The model composes; each part owns its rule:
+    - `item_tower` / `query_tower` (`features.Tower`): int-id feature dicts
+      to L2-normalised `[B, output_dim]` embeddings; they never augment, so
+      they are exported as they are. The item encoder (tables and unknown
+      embeddings) is shared by every use of the item tower, and in
+      `item_to_item` by the query tower too.
+    - `retrieval_task` (`retrieval_task.RetrievalTask`): the corrected
+      in-batch softmax, its logQ state and mixed negatives.
+    - `item_ssl` (`item_ssl.ItemSSL`): the two augmented views of a uniform
+      item sample, the projection head and the contrastive loss.
+    - `dropout` (`dropout.MainTaskDropout`): which features of a training
+      example the towers see as unknown.
+    - `diagnostics.gradient_norms`: how the two losses pull on the item
+      tower.
+  The model decides what flows where: one item-tower call embeds the
+  positives and both SSL views, and the phase weighs the two losses.
 
   Phase (`model.phase`, a Python attribute; one of `PHASES`):
     - `joint`: L_main + alpha L_ssl (the paper). alpha = 0 skips the SSL
@@ -121,20 +125,21 @@ class TwoTowerModel(tfrs.Model):
     `tf.function` must build a new one after changing the phase.
     `phase_for_step(config, step)` gives the phase of a schedule.
 
-  Evaluation (`training=False`, e.g. `model.evaluate`): no feature dropout
-  and no estimator update; the SSL loss is computed only when the batch has
+  Evaluation (`training=False`, e.g. `model.evaluate`): no dropout and no
+  estimator update; the SSL loss is computed only when the batch has
   `ssl_item`, on views drawn with a fixed seed so evaluations compare.
 
-  Randomness: augmentation, feature dropout and unigram negatives use
-  stateless ops seeded by `[train.seed, step]`, where `step` is a
-  non-trainable counter (saved in checkpoints) advanced once per training
-  call of `compute_loss`; the run is reproducible and resumable.
+  Randomness: augmentation, dropout and unigram negatives use stateless
+  ops seeded by `[train.seed, step]`, where `step` is a non-trainable
+  counter (saved in checkpoints) advanced once per training call of
+  `compute_loss`; the run is reproducible and resumable. Each part folds
+  its own stream into that seed (1: SSL views, 2, 4, 5: dropout, 3:
+  unigram negatives).
 
   Args:
     config: The run config (model, ssl and train sections are read).
-    dataset: The prepared dataset: schema, vocabulary sizes,
-      `mutual_information` (CFM), `item_train_count` (static logQ and
-      unigram negatives), `num_items` and the item tables.
+    dataset: The prepared dataset: schema, vocabulary sizes, the item
+      tables, training counts and interactions (the cold rule).
     name: Keras model name.
 
   Example:
@@ -151,97 +156,42 @@ class TwoTowerModel(tfrs.Model):
     name: str = "two_tower",
   ):
     super().__init__(name=name)
-    _validate(config, dataset)
     self.config = config
     self.query_side = query_side.query_side(config.model.task)
     # The training counts of the rows this task trains on: static logQ,
     # unigram negatives and the cold rule read the counts the evaluation's
     # slices read.
     dataset = self.query_side.trained_on(dataset)
-    m, s = config.model, config.ssl
+    item_keys = key_features(dataset, config.ssl.key_share)
+    _validate(config, dataset, item_keys)
     self.num_items = dataset.num_items
-    dim = m.embedding_dim
-    item_names = [f.name for f in dataset.schema.item_features]
-    self.key_features = key_features(dataset, s.key_share)
-    self.item_encoder = features.FeatureEncoder(
-      features.feature_specs(dataset, contract.ITEM),
-      dim,
-      known_values=features.trained_values(dataset, self.key_features),
-      name="item_encoder",
+    self.item_encoder, self.item_tower, self.query_tower = _towers(
+      config, dataset, item_keys, self.query_side.is_item
     )
-    self.item_tower = features.Tower(
-      self.item_encoder, m.item_layers, m.output_dim, name="item_tower"
-    )
-    if self.query_side.is_item:
-      query_encoder = self.item_encoder  # shared: the query is an item
-    else:
-      query_encoder = features.FeatureEncoder(
-        features.feature_specs(dataset, contract.QUERY),
-        dim,
-        known_values=features.trained_values(
-          dataset, [dataset.schema.query_id], role=contract.QUERY
-        ),
-        name="query_encoder",
-      )
-    self.query_tower = features.Tower(
-      query_encoder, m.query_layers, m.output_dim, name="query_tower"
-    )
-    self.retrieval = losses.RetrievalLoss(
-      loss=m.loss,
-      temperature=m.temperature,
-      remove_accidental_hits=m.remove_accidental_hits,
-      num_hard_negatives=m.hard_negatives,
-      pairwise_loss=m.pairwise_loss,
-      margin=m.margin,
-      name="main_task",
-    )
-    self.ssl_task = ssl_task.ContrastiveTask(s.temperature, name="ssl_task")
-    self.sampling = sampling.make_sampling_source(
-      m.logq,
+    self.retrieval_task = retrieval_task.RetrievalTask(
+      config,
       dataset.item_train_count,
-      batch_size=config.train.batch_size,
-      num_buckets=m.estimator_buckets,
-      num_hashes=m.estimator_hashes,
-      learning_rate=m.estimator_lr,
+      {n: dataset.items[n] for n in self.item_encoder.feature_names},
+      name="retrieval_task",
     )
-    self.augmenter = augment.Augmenter(
+    self.item_ssl = item_ssl.ItemSSL(
+      config.ssl,
       self.item_encoder.feature_names,
       self.item_encoder.multi_feature_names,
-      masking=s.masking,
-      mask_rate=s.mask_rate,
-      dropout_rate=s.dropout_rate,
-      dependence=(
-        stats.feature_dependence(dataset.items, item_names)
-        if s.masking == "cfm"
-        else None
-      ),
-      key_features=self.key_features,
-      key_mode=s.key_mode,
+      item_keys,
+      _cfm_dependence(config, dataset),
+      name="item_ssl",
     )
-    self._key_columns = np.array(
-      [name in self.key_features for name in self.item_encoder.feature_names]
+    query_keys = (
+      item_keys if self.query_side.is_item else [dataset.schema.query_id]
     )
-    # The query's own id: the user id, or the query item's key features.
-    query_id = (
-      self.key_features
-      if self.query_side.is_item
-      else [dataset.schema.query_id]
+    self.dropout = dropout.MainTaskDropout(
+      config.model,
+      self.item_encoder.feature_names,
+      item_keys,
+      self.query_tower.encoder.feature_names,
+      query_keys,
     )
-    self._query_key_columns = np.array(
-      [name in query_id for name in query_encoder.feature_names]
-    )
-    self.ssl_head = None
-    if s.projection_dim:
-      # A projection head (SimCLR style): the SSL loss asks invariance of
-      # the head's output, not of the retrieval embedding itself.
-      self.ssl_head = tf_keras.Sequential(
-        [
-          tf_keras.layers.Dense(s.projection_dim, activation="relu"),
-          tf_keras.layers.Dense(s.projection_dim),
-        ],
-        name="ssl_head",
-      )
-    self.spread_out_tracker = tf_keras.metrics.Mean(name="spread_out_loss")
     self.seed_step = self.add_weight(
       name="seed_step",
       shape=(),
@@ -250,17 +200,14 @@ class TwoTowerModel(tfrs.Model):
       trainable=False,
       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
     )
-    self.mixed_negatives = None
-    if m.mixed_negatives:
-      self.mixed_negatives = sampling.MixedNegatives(
-        m.mixed_negatives,
-        m.mixed_negative_sampling,
-        dataset.item_train_count,
-        beta=m.mixed_negative_beta,
-        items={
-          name: dataset.items[name] for name in self.item_encoder.feature_names
-        },
-      )
+    # Checkpoint keys: runs saved before these parts had objects of their
+    # own hold their state under these names (the shortest path names a
+    # variable, so the keys stay what they were).
+    self.retrieval = self.retrieval_task.loss_layer
+    self.sampling = self.retrieval_task.sampling
+    self.spread_out_tracker = self.retrieval_task.spread_out_tracker
+    self.ssl_head = self.item_ssl.head
+    self.ssl_task = self.item_ssl.contrastive
     self._phase = "joint"
     self._build_towers(dataset)
 
@@ -285,9 +232,7 @@ class TwoTowerModel(tfrs.Model):
     def dummy(table):
       return {name: tf.constant(values[:1]) for name, values in table.items()}
 
-    item = self.item_tower(dummy(dataset.items))
-    if self.ssl_head is not None:
-      self.ssl_head(item)
+    self.item_ssl.build_head(self.item_tower(dummy(dataset.items)))
     self.query_tower(dummy(self.query_side.table(dataset)))
 
   @property
@@ -312,10 +257,10 @@ class TwoTowerModel(tfrs.Model):
     Args:
       inputs: A batch in the format of `tfr_ssl.data.pipeline` (`query`,
         `item`, `item_index`, `weight`, `ssl_item`, `ssl_item_index`).
-      training: True in the train step: augments, applies feature dropout,
+      training: True in the train step: augments, applies dropout,
         updates the streaming estimator and advances the seed step.
     """
-    seed = self._seed(training, anchor=tf.nest.flatten(inputs)[0])
+    seed = self.step_seed(training, anchor=tf.nest.flatten(inputs)[0])
     main_weight, ssl_weight = loss_weights(self.config, self._phase)
     if ssl_weight > 0 and "ssl_item" not in inputs:
       if training:
@@ -326,12 +271,12 @@ class TwoTowerModel(tfrs.Model):
       # An evaluation stream without SSL items: the main loss is scored.
       main_weight, ssl_weight = 1.0, 0.0
     if main_weight == 0:
-      return self._ssl_loss(inputs, training, seed)
+      return self.ssl_loss(inputs, training, seed)
     if ssl_weight == 0:
-      return self._main_loss(inputs, training, seed)
+      return self.main_loss(inputs, training, seed)
     items, views = self._joint_item_pass(inputs, training, seed)
-    loss = self._main_loss(inputs, training, seed, items=items)
-    return loss + ssl_weight * self._ssl_loss(
+    loss = self.main_loss(inputs, training, seed, items=items)
+    return loss + ssl_weight * self.ssl_loss(
       inputs, training, seed, views=views
     )
 
@@ -348,63 +293,25 @@ class TwoTowerModel(tfrs.Model):
     """
     names = self.item_encoder.feature_names
     rows = tf.shape(inputs["item_index"])[0]
-    main_mask = self._dropout_mask(rows, training, seed)
+    main_mask = self.dropout.item_mask(rows, training, seed)
     if main_mask is None:
       main_mask = tf.zeros([rows, len(names)], tf.bool)
-    stacked, view_masks = self._ssl_views(inputs, seed)
-    features = {n: _concat_rows(inputs["item"][n], stacked[n]) for n in names}
+    stacked, view_masks = self.item_ssl.views(inputs["ssl_item"], seed)
+    features = {
+      n: item_ssl.concat_rows(inputs["item"][n], stacked[n]) for n in names
+    }
     masks = tf.concat(
       [tf.cast(main_mask, tf.bool), tf.cast(view_masks, tf.bool)], axis=0
     )
     z = self.item_tower(features, feature_mask=masks, training=training)
     return z[:rows], z[rows:]
 
-  def gradient_norms(self, inputs: Mapping[str, Any]) -> dict[str, tf.Tensor]:
-    """How the two losses pull on the shared item tower, for one batch.
+  def step_seed(self, training: bool, anchor: tf.Tensor) -> tf.Tensor:
+    """The seed `[train.seed, step]` of this call's random draws.
 
-    The gradients of L_main and of alpha * L_ssl with respect to the item
-    tower's variables (the item encoder's tables and defaults and the item
-    MLP), taken separately: their norms and cosine. When the SSL gradient
-    dwarfs the main one, or opposes it, alpha is too large. Evaluation mode
-    (no estimator update, fixed SSL views), so it does not disturb training.
-
-    Returns:
-      `grad_norm/main`, `grad_norm/ssl` (weighted by alpha),
-      `grad_norm/ratio` (ssl / main) and `grad_norm/cosine`.
+    A training call advances the step; an evaluation call uses a fixed
+    step, so evaluations compare.
     """
-    seed = self._seed(False, anchor=tf.nest.flatten(inputs)[0])
-    variables = self.item_tower.trainable_variables
-    with tf.GradientTape(persistent=True) as tape:
-      main = self._main_loss(inputs, False, seed)
-      _, ssl_weight = loss_weights(self.config, "joint")
-      ssl = ssl_weight * self._ssl_loss(inputs, False, seed)
-    flat = []
-    for loss in (main, ssl):
-      grads = tape.gradient(loss, variables)
-      flat.append(
-        tf.concat(
-          [
-            tf.reshape(tf.convert_to_tensor(g), [-1])
-            if g is not None
-            else tf.zeros([tf.size(v)])
-            for g, v in zip(grads, variables, strict=True)
-          ],
-          axis=0,
-        )
-      )
-    del tape
-    norms = [tf.norm(g) for g in flat]
-    cosine = tf.reduce_sum(flat[0] * flat[1]) / tf.maximum(
-      norms[0] * norms[1], 1e-12
-    )
-    return {
-      "grad_norm/main": norms[0],
-      "grad_norm/ssl": norms[1],
-      "grad_norm/ratio": norms[1] / tf.maximum(norms[0], 1e-12),
-      "grad_norm/cosine": cosine,
-    }
-
-  def _seed(self, training: bool, anchor: tf.Tensor) -> tf.Tensor:
     if training:
       # Advance only when the batch exists: in a traced step whose input
       # fetch fails (end of an unsized dataset) data-independent ops may
@@ -419,177 +326,80 @@ class TwoTowerModel(tfrs.Model):
     # what it would draw in one process.
     return tf.stack([tf.constant(self.config.train.seed, tf.int64), step])
 
-  def _main_loss(self, inputs, training, seed, items=None) -> tf.Tensor:
-    """The main loss; `items` are the positives' embeddings if computed."""
-    m = self.config.model
+  def main_loss(self, inputs, training, seed, items=None) -> tf.Tensor:
+    """L_main of a batch; `items` are the positives' embeddings if already
+    computed (by the joint item pass)."""
     item_index = tf.cast(inputs["item_index"], tf.int32)
     rows = tf.shape(item_index)[0]
     query = self.query_tower(
       inputs["query"],
-      feature_mask=self._query_mask(rows, training, seed),
+      feature_mask=self.dropout.query_mask(rows, training, seed),
       training=training,
     )
     if items is None:
-      mask = self._dropout_mask(rows, training, seed)
       items = self.item_tower(
-        inputs["item"], feature_mask=mask, training=training
+        inputs["item"],
+        feature_mask=self.dropout.item_mask(rows, training, seed),
+        training=training,
       )
-    # Under a strategy: the positives of every replica, this replica's
-    # first, so its queries meet the whole global batch as negatives.
-    local_index = item_index
-    items = distribute.local_first(distribute.gather(items), rows)
-    item_index = distribute.local_first(distribute.gather(item_index), rows)
-    candidates, candidate_ids = items, item_index
-    extra = None
-    if self.mixed_negatives is not None:
-      extra = self.mixed_negatives.draw(
-        inputs,
-        training,
-        tf.random.experimental.stateless_fold_in(seed, _UNIGRAM_STREAM),
-      )
-    if extra is not None:
-      extra_features, extra_ids = extra
-      extra_items = self.item_tower(extra_features, training=training)
-      candidates = tf.concat([items, extra_items], axis=0)
-      candidate_ids = tf.concat([item_index, extra_ids], axis=0)
-    log_q = None
-    if self.sampling is not None:
-      if training:
-        self.sampling.update(local_index)  # it gathers every replica's
-      # Per global batch: the candidates are the global batch.
-      batch_p = self.sampling.probabilities(candidate_ids)
-      if extra is None:
-        log_q = losses.mixed_log_q(batch_p)
-      else:
-        # The proposal probability of each candidate's ITEM, whichever
-        # stream the candidate came from (see losses.py).
-        q = self.mixed_negatives.probability(candidate_ids)
-        log_q = losses.mixed_log_q(batch_p, q, m.mixed_negatives)
-    weight = inputs.get("weight")
-    loss = self.retrieval(
-      query,
-      candidates,
-      candidate_ids=candidate_ids,
-      log_q=log_q,
-      sample_weight=weight,
+    return self.retrieval_task.loss(
+      query, items, item_index, inputs, training, seed, self.item_tower
     )
-    if m.spread_out_weight > 0:
-      spread = losses.spread_out_loss(items, item_index)
-      self.spread_out_tracker.update_state(spread)
-      # A global quantity computed by every replica, whose gradients the
-      # optimizer sums: each replica adds its share.
-      replicas, _ = distribute.replica()
-      loss += m.spread_out_weight * spread / replicas
-    return loss
 
-  def _dropout_mask(self, batch_size, training, seed) -> tf.Tensor | None:
-    """`[B, F]` item features replaced by unknowns in the main task, or None.
-
-    Feature dropout (DropoutNet-style baseline) drops any feature; id
-    dropout drops the key features together (the item id and key-like
-    features), so the tower also learns to embed an item by its content;
-    value dropout drops each content feature alone, which trains the
-    unknown embedding that an empty bag or a new value reads.
-    """
-    m = self.config.model
-    rates = (m.feature_dropout, m.id_dropout, m.value_dropout)
-    if not training or max(rates) <= 0:
-      return None
-    num_features = self.item_encoder.num_features
-    draws = _draws(batch_size, num_features + 1, seed, _DROPOUT_STREAM)
-    mask = draws[:, :-1] < m.feature_dropout
-    drop_keys = draws[:, -1:] < m.id_dropout
-    mask = tf.logical_or(mask, tf.logical_and(drop_keys, self._key_columns))
-    if m.value_dropout > 0:
-      # A stream of its own: the other draws stay what they were without it.
-      values = _draws(batch_size, num_features, seed, _VALUE_STREAM)
-      drop = tf.logical_and(values < m.value_dropout, ~self._key_columns)
-      mask = tf.logical_or(mask, drop)
-    return mask
-
-  def _query_mask(self, batch_size, training, seed) -> tf.Tensor | None:
-    """`[B, Fq]` query features replaced by unknowns, or None.
-
-    Query id dropout trains the unknown query id, the embedding a user with
-    no training interactions reads (the query-side cold rule); value
-    dropout drops each other query feature alone, as on the item side.
-    """
-    m = self.config.model
-    if not training or max(m.query_id_dropout, m.value_dropout) <= 0:
-      return None
-    columns = len(self._query_key_columns)
-    draws = _draws(batch_size, columns + 1, seed, _QUERY_STREAM)
-    drop_id = draws[:, -1:] < m.query_id_dropout
-    mask = tf.logical_and(drop_id, self._query_key_columns)
-    drop = tf.logical_and(
-      draws[:, :-1] < m.value_dropout, ~self._query_key_columns
+  def ssl_loss(self, inputs, training, seed, views=None) -> tf.Tensor:
+    """L_ssl of a batch; `views` are the stacked views' embeddings if
+    already computed (by the joint item pass)."""
+    if views is None:
+      stacked, masks = self.item_ssl.views(inputs["ssl_item"], seed)
+      views = self.item_tower(stacked, feature_mask=masks, training=training)
+    return self.item_ssl.loss(
+      views, inputs.get("ssl_item_index"), training=training
     )
-    return tf.logical_or(mask, drop)
-
-  def _ssl_views(self, inputs, seed):
-    """This replica's two views stacked `[2N, ...]`, and their masks."""
-    batch = inputs["ssl_item"]
-    names = self.item_encoder.feature_names
-    rows = tf.shape(batch[names[0]])[0]
-    view_seed = tf.random.experimental.stateless_fold_in(seed, _SSL_STREAM)
-    # Views are drawn for the global batch (the same draws as in one
-    # process) and each replica embeds its own rows.
-    views = self.augmenter(distribute.gather_structure(batch), view_seed)
-    view1, mask1, view2, mask2 = tf.nest.map_structure(
-      lambda x: distribute.local_rows(x, rows), views
-    )
-    stacked = {n: _concat_rows(view1[n], view2[n]) for n in names}
-    return stacked, tf.concat([mask1, mask2], axis=0)
-
-  def _ssl_loss(self, inputs, training, seed, views=None) -> tf.Tensor:
-    """The SSL loss; `views` are the stacked views' embeddings if computed."""
-    ids = inputs.get("ssl_item_index")
-    names = self.item_encoder.feature_names
-    rows = tf.shape(inputs["ssl_item"][names[0]])[0]
-    z = views
-    if z is None:
-      # One tower pass over both views stacked: [2N, ...] -> split.
-      stacked, masks = self._ssl_views(inputs, seed)
-      z = self.item_tower(stacked, feature_mask=masks, training=training)
-    if self.ssl_head is not None:
-      z = self.ssl_head(z, training=training)
-    z1, z2 = tf.split(z, 2, axis=0)
-    # Every replica's view 2, this replica's first (see `_main_loss`).
-    z2 = distribute.local_first(distribute.gather(z2), rows)
-    if ids is not None:
-      ids = tf.cast(ids, tf.int32)
-      ids = distribute.local_first(distribute.gather(ids), rows)
-    return self.ssl_task(z1, z2, item_ids=ids)
 
 
-def _draws(batch_size, columns: int, seed, stream: int) -> tf.Tensor:
-  """This replica's rows of `[global batch, columns]` uniform draws.
-
-  Drawn for the global batch with a replica-independent seed and sliced, so
-  a cluster draws what one process draws.
-  """
-  replicas, _ = distribute.replica()
-  draws = tf.random.stateless_uniform(
-    [batch_size * replicas, columns],
-    seed=tf.random.experimental.stateless_fold_in(seed, stream),
+def _towers(config, dataset, item_keys, query_is_item):
+  """(item encoder, item tower, query tower); in item-to-item the query
+  tower shares the item encoder (the query is an item)."""
+  m = config.model
+  item_encoder = features.FeatureEncoder(
+    features.feature_specs(dataset, contract.ITEM),
+    m.embedding_dim,
+    known_values=features.trained_values(dataset, item_keys),
+    name="item_encoder",
   )
-  return distribute.local_rows(draws, batch_size)
+  item_tower = features.Tower(
+    item_encoder, m.item_layers, m.output_dim, name="item_tower"
+  )
+  if query_is_item:
+    query_encoder = item_encoder
+  else:
+    query_encoder = features.FeatureEncoder(
+      features.feature_specs(dataset, contract.QUERY),
+      m.embedding_dim,
+      known_values=features.trained_values(
+        dataset, [dataset.schema.query_id], role=contract.QUERY
+      ),
+      name="query_encoder",
+    )
+  query_tower = features.Tower(
+    query_encoder, m.query_layers, m.output_dim, name="query_tower"
+  )
+  return item_encoder, item_tower, query_tower
 
 
-def _concat_rows(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
-  """Rows of `a` then `b`; multi-valued `[B, L]` ids padded to one width."""
-  if a.shape.rank == 2:
-    width = tf.maximum(tf.shape(a)[1], tf.shape(b)[1])
-
-    def pad(x):
-      extra = width - tf.shape(x)[1]
-      return tf.pad(x, [[0, 0], [0, extra]], constant_values=contract.PAD)
-
-    a, b = pad(a), pad(b)
-  return tf.concat([a, b], axis=0)
+def _cfm_dependence(config, dataset) -> np.ndarray | None:
+  """The item features' dependence matrix when CFM masking needs it."""
+  if config.ssl.masking != "cfm":
+    return None
+  names = [f.name for f in dataset.schema.item_features]
+  return stats.feature_dependence(dataset.items, names)
 
 
-def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
+def _validate(
+  config: Config, dataset: contract.PreparedDataset, item_keys: list[str]
+) -> None:
+  """The checks that need the data (the config's ranges are the config's
+  own, `config.check`), before any variable is made."""
   from tfr_ssl import config as config_lib
 
   m, s = config.model, config.ssl
@@ -619,10 +429,9 @@ def _validate(config: Config, dataset: contract.PreparedDataset) -> None:
   ):
     raise ModelConfigError("Unigram mixed negatives need training counts.")
   if s.masking in augment.HALF_MASKINGS:
-    keys = key_features(dataset, s.key_share)
     augment.check_two_halves(
       f"ssl.masking={s.masking!r}",
-      [f.name for f in items if f.name not in keys],
-      keys,
+      [f.name for f in items if f.name not in item_keys],
+      item_keys,
       error=ModelConfigError,
     )

@@ -12,6 +12,7 @@ would have seen.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -21,7 +22,14 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import atomic, distribute, embed, optimizers, warm_start
+from tfr_ssl import (
+  atomic,
+  diagnostics,
+  distribute,
+  embed,
+  optimizers,
+  warm_start,
+)
 from tfr_ssl import config as config_lib
 from tfr_ssl import model as model_lib
 from tfr_ssl import workdir as workdir_lib
@@ -197,11 +205,13 @@ class _Run:
     ]
     self.step_fns = {}
     self.last_logs = {}
-    # A diagnostic of one process's batch (see TwoTowerModel.gradient_norms),
+    # A diagnostic of one process's batch (`diagnostics.gradient_norms`),
     # taken on a fixed probe batch: the first of the training stream.
     self.grad_norms = self.probe = None
     if not self.role.distributed:
-      self.grad_norms = tf.function(self.model.gradient_norms)
+      self.grad_norms = tf.function(
+        functools.partial(diagnostics.gradient_norms, self.model)
+      )
       self.probe = next(iter(train_stream(config, self.prepared)))
     if _should_stop(self.history, train.early_stopping_patience):
       self.total_steps = int(self.step)  # this run already stopped early
