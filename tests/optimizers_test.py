@@ -237,10 +237,11 @@ def _run_both(steps, init, lr):
 @pytest.mark.parametrize("scale", [1.0, 3e-8])
 def test_long_skips_follow_keras_adam_within_the_derived_bound(skip, scale):
   # Float64, so the comparison shows the two approximations and not
-  # rounding (both optimizers' float64 rounding over 300 steps is below
-  # 1e-13 here). Row 0 has a gradient at every step; rows 1 and 2 at steps
-  # 1-3; row 1 comes back at step 4 + skip (its catch-up runs in the
-  # update), row 2 never does (caught up by sync after skip + 1 updates).
+  # rounding (both optimizers' float64 rounding over 300 steps of moves
+  # of about 0.01 stays well below the 1e-12 allowed). Row 0 has a
+  # gradient at every step; rows 1 and 2 at steps 1-3; row 1 comes back
+  # at step 4 + skip (its catch-up runs in the update), row 2 never does
+  # (caught up by sync after skip + 1 updates).
   # scale 3e-8: |g| in about 1e-8..1e-7, so sqrt(v) << eps and
   # m / (sqrt(v) + eps) is far from sign(g) (checked below).
   rng = np.random.default_rng(skip)
@@ -281,11 +282,12 @@ def test_sync_applies_the_closed_form_catch_up_in_float32(now, last):
   # last + 1 .. now. Its catch-up must be the closed form of the class
   # docstring: m b1^k, v b2^k and a move of
   # sum_{j <= min(k, 64)} alpha_{last + j} r^j m / (sqrt(v) + eps), here
-  # in float64 with one power per row and step. Float32 rounds b2^t to
-  # 2^-24 relative (and b^s b^j twice), which 1 - b2^t >= 0.002 (t >= 2)
-  # turns into 2 * 2^-24 / 0.002 = 6e-5 relative, halved by the sqrt:
-  # rtol 1e-4 on the move. A float32 count of updates would be off by one
-  # past 2^24: 2^24 + 5 is not a float32.
+  # in float64 with one power per row and step. In float32, b2^t =
+  # b2^s b2^j carries three roundings, at most 3 * 2^-24 = 1.8e-7
+  # relative; 1 - b2^t >= 0.002 (t >= 2 here) turns that into at most
+  # 1.8e-7 / 0.002 = 9e-5 relative, halved by the sqrt: rtol 1e-4 on the
+  # move (1 - b1^t >= 0.19 adds little). A float32 count of updates would
+  # be off by one past 2^24: 2^24 + 5 is not a float32.
   table = tf.Variable(np.zeros([2, 2], np.float32))
   optimizer = optimizers.LazyAdam(0.01)
   optimizer.build([table])
