@@ -81,13 +81,13 @@ class LazyAdam(tf_keras.optimizers.Adam):
     # updated by Keras's Adam either), and per row the update it last had.
     # Integers, so a row's count of skipped updates is exact at any length
     # of run (float32 counts stopped at 2^24).
-    self._update_counts, self._last_updates = [], []
+    self._updates, self._last = [], []
     for var in var_list:
       rows = var.shape[0] if var.shape.rank else 1
       # [1], not a scalar: a counter of a table sharded over parameter
       # servers is sharded too, which needs a first dimension.
-      self._update_counts.append(self._add_counter(var, "updates", [1]))
-      self._last_updates.append(self._add_counter(var, "last_update", [rows]))
+      self._updates.append(self._add_counter(var, "updates", [1]))
+      self._last.append(self._add_counter(var, "last_update", [rows]))
 
   def _add_counter(self, variable, name: str, shape: list[int]):
     """An int64 variable kept for `variable`, tracked as Keras's slots are.
@@ -168,8 +168,8 @@ class LazyAdam(tf_keras.optimizers.Adam):
     return (
       self._momentums[index],
       self._velocities[index],
-      self._update_counts[index],
-      self._last_updates[index],
+      self._updates[index],
+      self._last[index],
     )
 
   def _alpha(self, beta_1_power, beta_2_power, dtype):
