@@ -133,8 +133,9 @@ class TwoTowerModel(tfrs.Model):
   Args:
     config: The run config (model, ssl and train sections are read).
     dataset: The prepared dataset: schema, vocabulary sizes,
-      `mutual_information` (CFM), `item_train_count` (static logQ and
-      unigram negatives), `num_items` and the item tables.
+      `item_train_count` (static logQ and unigram negatives), `num_items`
+      and the item tables (CFM's `stats.feature_dependence` is computed
+      from them).
     name: Keras model name.
 
   Example:

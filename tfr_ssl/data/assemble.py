@@ -4,9 +4,9 @@ Every source (synthetic, MovieLens, CSV) only parses its files into
 `RawData`; this module turns raw values into ids, resolves interactions to
 corpus and query rows, splits, resolves the `item_to_item` query of each
 interaction (the item of the schema's query-item column, else the previous
-item within its own split), and computes the statistics. Checks that need
-the whole data (duplicate ids, an interaction or query item that is not in
-the corpus) live here and still name the file and line.
+item within its own split), and counts what the training split holds.
+Checks that need the whole data (duplicate ids, an interaction or query item
+that is not in the corpus) live here and still name the file and line.
 """
 
 from __future__ import annotations
@@ -184,9 +184,6 @@ def build_prepared(
     queries=queries,
     splits=split_data,
     item_train_count=stats.item_train_count(train.item_index, num_items),
-    mutual_information=stats.mutual_information(
-      items, [f.name for f in schema.item_features]
-    ),
     train_items_by_query=stats.items_by_query(
       train.query_index, train.item_index, num_queries
     ),

@@ -3,9 +3,8 @@
 Layout of one version (`<cache_dir>/<dataset>/<key>/`):
 
     metadata.json        schema (with its query-item column, if any),
-                         item_to_item_source, vocabularies, MI matrix,
-                         version, source and config it was built from
-                         (small, JSON)
+                         item_to_item_source, vocabularies, version,
+                         source and config it was built from (small, JSON)
     tfds/tfr_ssl_prepared/<FORMAT_VERSION>/
                          a TFDS dataset written by a GeneratorBasedBuilder
 
@@ -52,7 +51,9 @@ from tfr_ssl.data.contract import (
 # The TFDS version of the stored form; part of every cache key, so bumping it
 # invalidates caches written by older code. 1.1.0: metadata records where
 # prev_item_index comes from (`item_to_item_source`, `schema.query_item`).
-FORMAT_VERSION = "1.1.0"
+# 1.2.0: metadata no longer holds a plug-in MI matrix (CFM's dependence is
+# computed from the item table, `stats.feature_dependence`).
+FORMAT_VERSION = "1.2.0"
 BUILDER_NAME = "tfr_ssl_prepared"
 CHUNK_VALUES = 1 << 16
 METADATA = "metadata.json"
@@ -244,7 +245,6 @@ def save(prepared: PreparedDataset, path: str, metadata: dict) -> None:
         "schema": prepared.schema.to_dict(),
         "item_to_item_source": prepared.item_to_item_source,
         "vocabularies": prepared.vocabularies,
-        "mutual_information": prepared.mutual_information.tolist(),
         "has_timestamps": prepared.splits["train"].timestamp is not None,
       },
     )
@@ -314,9 +314,6 @@ def load(path: str) -> PreparedDataset:
     },
     splits=splits,
     item_train_count=stats["item_train_count"],
-    mutual_information=np.array(
-      metadata["mutual_information"], dtype=np.float32
-    ).reshape(len(schema.item_features), len(schema.item_features)),
     train_items_by_query=(stats["csr_indptr"], stats["csr_indices"]),
     version=metadata["version"],
   )
