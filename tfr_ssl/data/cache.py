@@ -116,28 +116,30 @@ def _chunks(array: np.ndarray) -> tuple[int, int]:
   return -(-array.shape[0] // rows), rows
 
 
-def _save_tfds(tables: dict, data_dir: str) -> None:
-  import tensorflow_datasets as tfds
-
+def _examples(tables: dict):
+  """(key, example) pairs: example i holds chunk i of every column (empty
+  once a column is done)."""
   layout = {
     (table, name): _chunks(array)
     for table, columns in tables.items()
     for name, array in columns.items()
   }
   count = max([1] + [chunks for chunks, _ in layout.values()])
+  for chunk in range(count):
+    example = {"chunk": chunk}
+    for table, columns in tables.items():
+      example[table] = {}
+      for name, array in columns.items():
+        rows = layout[table, name][1]
+        example[table][name] = array[chunk * rows : (chunk + 1) * rows]
+    yield chunk, example
 
-  def examples():
-    # Example i holds chunk i of every column (empty once a column is done).
-    for chunk in range(count):
-      example = {"chunk": chunk}
-      for table, columns in tables.items():
-        example[table] = {}
-        for name, array in columns.items():
-          rows = layout[table, name][1]
-          example[table][name] = array[chunk * rows : (chunk + 1) * rows]
-      yield chunk, example
 
-  features = tfds.features.FeaturesDict(
+def _features(tables: dict):
+  """The TFDS features: one raw-bytes tensor per column, one dict per table."""
+  import tensorflow_datasets as tfds
+
+  return tfds.features.FeaturesDict(
     {
       "chunk": tfds.features.Scalar(np.int64),
       **{
@@ -156,6 +158,13 @@ def _save_tfds(tables: dict, data_dir: str) -> None:
     }
   )
 
+
+def _builder_class(tables: dict):
+  """A GeneratorBasedBuilder whose single split is `_examples(tables)`."""
+  import tensorflow_datasets as tfds
+
+  features = _features(tables)
+
   class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     name = BUILDER_NAME
     VERSION = tfds.core.Version(FORMAT_VERSION)
@@ -173,11 +182,19 @@ def _save_tfds(tables: dict, data_dir: str) -> None:
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {SPLIT: examples()}
+      return {SPLIT: _examples(tables)}
 
     def _generate_examples(self):
       raise NotImplementedError  # _split_generators yields the examples
 
+  return _Builder
+
+
+def _save_tfds(tables: dict, data_dir: str) -> None:
+  """Writes `tables` as a TFDS dataset under `data_dir`."""
+  import tensorflow_datasets as tfds
+
+  builder = _builder_class(tables)
   downloads = os.path.join(os.path.dirname(data_dir), ".downloads")
   os.makedirs(downloads, exist_ok=True)
   tfds.display_progress_bar(False)
@@ -188,7 +205,7 @@ def _save_tfds(tables: dict, data_dir: str) -> None:
   tempfile.tempdir = downloads
   try:
     with contextlib.redirect_stdout(io.StringIO()):
-      _Builder(data_dir=data_dir).download_and_prepare(
+      builder(data_dir=data_dir).download_and_prepare(
         download_dir=downloads,
         download_config=tfds.download.DownloadConfig(try_download_gcs=False),
       )
