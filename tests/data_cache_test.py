@@ -70,7 +70,6 @@ def assert_same(a, b):
         a.splits[name].timestamp, b.splits[name].timestamp
       )
   np.testing.assert_array_equal(a.item_train_count, b.item_train_count)
-  np.testing.assert_array_equal(a.mutual_information, b.mutual_information)
   for x, y in zip(a.train_items_by_query, b.train_items_by_query, strict=True):
     np.testing.assert_array_equal(x, y)
 

@@ -30,7 +30,7 @@ def test_prepares_and_prints_statistics(tmp_path):
   assert first.returncode == 0, first.stderr
   assert first.stdout.startswith("prepared in ")
   assert "items         12" in first.stdout
-  assert "mutual information between item features" in first.stdout
+  assert "dependence between item features, what CFM masks by" in first.stdout
 
 
 def test_bad_input_is_a_one_line_error(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from tfr_ssl import data
 from tfr_ssl.config import DataConfig, SyntheticConfig
-from tfr_ssl.data import synthetic
+from tfr_ssl.data import report, stats, synthetic
 
 SMALL = SyntheticConfig(
   num_items=400, num_users=300, num_interactions=6000, num_topics=4, seed=0
@@ -49,7 +49,7 @@ def test_schema_and_sizes(prepared):
 
 def test_correlated_feature_groups(prepared):
   names = [f.name for f in prepared.schema.item_features]
-  mi = prepared.mutual_information
+  mi = stats.mutual_information(prepared.items, names)
 
   def norm(a, b):  # MI as a share of the smaller entropy
     i, j = names.index(a), names.index(b)
@@ -62,6 +62,27 @@ def test_correlated_feature_groups(prepared):
   assert norm("creator", "category") > unrelated + 0.3
   assert norm("language", "region") > unrelated + 0.3
   assert norm("subcategory", "tags") > unrelated + 0.3
+
+
+def test_describe_reports_the_dependence_cfm_masks_by(prepared):
+  names = [f.name for f in prepared.schema.item_features]
+  described = data.describe(prepared)["dependence"]
+  assert described["features"] == names
+  # The very matrix the model gives CFM (same call, same default seed).
+  np.testing.assert_allclose(
+    described["matrix"],
+    stats.feature_dependence(prepared.items, names),
+    atol=1e-6,
+  )
+  dependence = np.array(described["matrix"])
+  category, subcategory = names.index("category"), names.index("subcategory")
+  tags, region = names.index("tags"), names.index("region")
+  # A designed link stands well above an unrelated pair, which the bias
+  # correction brings to about 0.
+  assert dependence[category, subcategory] > 0.5
+  assert dependence[tags, region] < 0.05
+  text = report.format_description(data.describe(prepared))
+  assert "dependence between item features, what CFM masks by" in text
 
 
 def test_popularity_is_skewed(prepared):
@@ -91,7 +112,7 @@ def test_users_have_topic_interests(prepared):
   shuffled = np.random.default_rng(0).permutation(category)
   gain = _mutual_information(train.query_index, category)
   gain -= _mutual_information(train.query_index, shuffled)
-  entropy = prepared.mutual_information[1, 1]  # H(category)
+  entropy = stats.mutual_information(prepared.items, ["category"])[0, 0]
   assert gain / entropy > 0.05
 
 

@@ -59,7 +59,6 @@ def known_positives_dataset():
       "test": _interactions([0, 1], [2, 3], prev_item_index=[1, -1]),
     },
     item_train_count=np.array([2, 0, 0, 0], np.int64),
-    mutual_information=np.zeros((1, 1), np.float32),
     train_items_by_query=(np.array([0, 1, 2]), np.array([0, 0], np.int32)),
   )
 

@@ -47,7 +47,6 @@ def _dataset(num_items, num_queries, train, validation, test):
     queries={"user_id": np.arange(1, num_queries + 1, dtype=np.int32)},
     splits={"train": train, "validation": validation, "test": test},
     item_train_count=stats.item_train_count(train.item_index, num_items),
-    mutual_information=np.zeros((1, 1), np.float32),
     train_items_by_query=stats.items_by_query(
       train.query_index, train.item_index, num_queries
     ),

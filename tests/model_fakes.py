@@ -73,7 +73,6 @@ def tiny_dataset(seed: int = 0, num_interactions: int = 400):
     prev_item_index=np.roll(item_index, 1),
   )
   count = np.bincount(item_index, minlength=NUM_ITEMS).astype(np.int64)
-  mi = np.array([[3.0, 1.4, 1.2], [1.4, 1.4, 0.9], [1.2, 0.9, 2.0]], np.float32)
   return contract.PreparedDataset(
     schema=schema,
     vocabularies=vocabularies,
@@ -81,7 +80,6 @@ def tiny_dataset(seed: int = 0, num_interactions: int = 400):
     queries=queries,
     splits={"train": train},
     item_train_count=count,
-    mutual_information=mi,
     train_items_by_query=(np.zeros(NUM_USERS + 1, np.int64), np.zeros(0)),
   )
 

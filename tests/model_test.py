@@ -193,29 +193,277 @@ def test_short_fit_lowers_main_and_ssl_losses(dataset):
   assert int(model.seed_step) == 48 and int(model.sampling.step) == 48
 
 
+def _pair(dataset, overrides, contrast):
+  """Models with `overrides` and with `contrast`, with the same towers."""
+  model = _model(dataset, **overrides)
+  other = _model(dataset, **contrast)
+  other.item_tower.set_weights(model.item_tower.get_weights())
+  other.query_tower.set_weights(model.query_tower.get_weights())
+  return model, other
+
+
+def _main(model, batch) -> float:
+  """The retrieval loss of one evaluation call (no dropout, no update)."""
+  return _components(model, batch)[1]
+
+
+# The batch has 32 positives over the fake's 24 items, so at least one item
+# is the positive of two rows (pigeonhole): an accidental hit, and a bucket
+# the streaming estimator sees twice.
+
+
+def _static_logq(model, other, batch, dataset):
+  # No correction versus p_j = B max(count_j, 1) / total (the fake's counts
+  # are Zipf-like, not uniform): a per-candidate shift, so a different loss.
+  assert other.sampling is None
+  counts = np.maximum(dataset.item_train_count, 1.0)
+  np.testing.assert_allclose(
+    model.sampling.probabilities(tf.range(24)), 32 * counts / counts.sum()
+  )
+  assert _main(model, batch) != pytest.approx(_main(other, batch))
+
+
+def _streaming_logq(model, other, batch, dataset, hashes=1):
+  # Before any update every bucket is unseen: p = 1 / max(step, 1) = 1 for
+  # all, log q = 0, the uncorrected loss.
+  assert _main(model, batch) == pytest.approx(_main(other, batch), rel=1e-6)
+  # One training step (t = 1) sets each bucket's gap to t - 0 = 1 and its
+  # copies to the item's count k in the batch: p = k / 1. Hash 0 is the
+  # identity (24 items, 64 buckets: no collision) and a collision only
+  # raises a bucket's estimate, so the min over hashes is k exactly.
+  model.compute_loss(batch, training=True)
+  assert int(model.sampling.step) == 1
+  assert model.sampling.gap.shape == (hashes * 64,)
+  ids, _, k = tf.unique_with_counts(batch["item_index"])
+  np.testing.assert_allclose(model.sampling.probabilities(ids), k)
+  # Every hash recorded the batch: 1 <= buckets seen per hash <= distinct.
+  seen = (model.sampling.gap.numpy() > 0).reshape(hashes, 64).sum(axis=1)
+  assert np.all((seen >= 1) & (seen <= len(ids)))
+  # A repeated positive has k = 2, the others 1: log q is not constant.
+  assert int(tf.reduce_max(k)) >= 2
+  assert _main(model, batch) != pytest.approx(_main(other, batch))
+
+
+def _different_loss(model, other, batch, dataset):
+  # Another loss function of the same logits.
+  assert _main(model, batch) != pytest.approx(_main(other, batch))
+
+
+def _hinge(model, other, batch, dataset):
+  # relu(margin - (cos_pos - cos_neg)) on unit vectors lies in
+  # [0, margin + 2]; the logistic pair loss is another function.
+  hinge = _main(model, batch)
+  assert 0.0 <= hinge <= model.config.model.margin + 2.0
+  assert hinge != pytest.approx(_main(other, batch))
+
+
+def _fewer_negatives(model, other, batch, dataset):
+  # The softmax over the positive and its 4 highest negatives is over a
+  # subset of the 31 (less accidental hits): a smaller log-sum-exp, so a
+  # strictly smaller loss.
+  assert _main(model, batch) < _main(other, batch) - 1e-4
+
+
+def _more_negatives(model, other, batch, dataset):
+  # Without a correction, 8 extra candidates add positive terms to every
+  # row's softmax denominator (an extra that is the row's own item is
+  # removed as an accidental hit): a strictly larger loss.
+  assert model.mixed_negatives.count == 8
+  assert _main(model, batch) > _main(other, batch) + 1e-4
+
+
+def _unigram_proposal(model, other, batch, dataset):
+  # q_j = count_j^0.75 / Z, against 1 / 24 for the uniform proposal.
+  counts = dataset.item_train_count.astype(np.float64) ** 0.75
+  np.testing.assert_allclose(
+    model.mixed_negatives.probability(tf.range(24)),
+    counts / counts.sum(),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    other.mixed_negatives.probability(tf.range(24)), np.full(24, 1 / 24)
+  )
+
+
+def _accidental_hits_kept(model, other, batch, dataset):
+  # A repeated positive is also another row's negative with the same
+  # embedding, hence the same logit as the positive: kept, it adds
+  # exp(l_pos) to that row's denominator, so the loss is strictly larger.
+  assert _main(model, batch) > _main(other, batch) + 1e-4
+
+
+def _dropout_and_spread(model, other, batch, dataset):
+  # Spread-out: the returned loss adds 0.5 * spread to the retrieval loss
+  # (the contrast has no spread-out term and the same towers).
+  loss, main, _ = _components(model, batch)
+  spread = float(model.spread_out_tracker.result())
+  assert spread > 0
+  other_loss, other_main, _ = _components(other, batch)
+  assert main == pytest.approx(other_main, rel=1e-6)
+  assert loss - other_loss == pytest.approx(0.5 * spread, rel=1e-4)
+  # Feature dropout masks item features in training only: the first
+  # training step's loss differs from the contrast's, whose views and seeds
+  # are otherwise the same.
+  no_dropout = _model(dataset, **{"model.spread_out_weight": 0.5})
+  no_dropout.set_weights(model.get_weights())
+  assert float(model.compute_loss(batch, training=True)) != pytest.approx(
+    float(no_dropout.compute_loss(batch, training=True))
+  )
+
+
+def _masks(model, rows=20_000):
+  augmenter = model.augmenter
+  assert augmenter.feature_names == ["item_id", "category", "tags"]
+  m1, m2 = augmenter.masks(rows, tf.constant([0, 1], tf.int64))
+  return m1.numpy(), m2.numpy()
+
+
+def _key_in_one_view(m1, m2):
+  # The item id (a key) is visible in exactly one view of each row.
+  assert np.all(m1[:, 0] != m2[:, 0])
+
+
+def _rfm(model, other, batch, dataset):
+  # 2 content features (category, tags): floor(2 / 2) = 1 masked in view 1,
+  # the other in view 2, one split for the batch.
+  m1, m2 = _masks(model)
+  _key_in_one_view(m1, m2)
+  np.testing.assert_array_equal(m1[:, 1:], ~m2[:, 1:])
+  assert np.all(m1[:, 1:].sum(axis=1) == 1)
+  assert len({tuple(row) for row in m1[:, 1:]}) == 1
+  # With two content features CFM (the default) splits them the same way;
+  # what differs is that RFM needs no dependence matrix.
+  assert model.augmenter.masking == "rfm" and model.augmenter.dependence is None
+  assert other.augmenter.dependence.shape == (2, 2)
+  # dropout_rate 0: the views keep every tag; the default 0.3 drops some of
+  # the batch's ~32 tag values (all kept: 0.7^32 = 1e-5).
+  features = dict(batch["ssl_item"])
+  seed = tf.constant([0, 1])
+  view1, _, view2, _ = model.augmenter(features, seed)
+  for view in (view1, view2):
+    np.testing.assert_array_equal(view["tags"], features["tags"])
+  dropped, _, _, _ = other.augmenter(features, seed)
+  assert np.any(np.asarray(dropped["tags"]) != np.asarray(features["tags"]))
+
+
+def _random_masking(model, other, batch, dataset):
+  # Each content cell masked independently with p = 0.3: 20,000 rows x 2
+  # features x 2 views = 80,000 draws, sd sqrt(0.21 / 80,000) = 0.0016;
+  # +-0.01 is six sd. Views are independent: both masked ~0.09.
+  m1, m2 = _masks(model)
+  _key_in_one_view(m1, m2)
+  content = np.stack([m1[:, 1:], m2[:, 1:]])
+  assert abs(content.mean() - 0.3) < 0.01
+  assert abs((m1[:, 1:] & m2[:, 1:]).mean() - 0.09) < 0.01
+
+
+def _no_masking_value_dropout(model, other, batch, dataset):
+  # No content masking; the key rule still applies.
+  m1, m2 = _masks(model)
+  _key_in_one_view(m1, m2)
+  assert not m1[:, 1:].any() and not m2[:, 1:].any()
+  # Each tag value dropped (-> PAD) with p = 0.5 in each view: over 20,000
+  # items with 1..3 tags (the fake's rows, tiled) the kept share is 0.5
+  # within 0.01 (sd sqrt(0.25 / 40,000) = 0.0025 per view).
+  tags = np.tile(dataset.items["tags"], (834, 1))
+  view1, _, view2, _ = model.augmenter(
+    {
+      "item_id": np.zeros(len(tags), np.int32),
+      "category": tags[:, 0],
+      "tags": tags,
+    },
+    tf.constant([0, 1]),
+  )
+  present = tags != -1
+  for view in (view1, view2):
+    kept = view["tags"].numpy() != -1
+    assert not (kept & ~present).any()
+    assert abs(kept.sum() / present.sum() - 0.5) < 0.01
+
+
+# (option, contrast that differs only in it, how the option shows).
 OPTIONS = [
-  {"model.loss": "softmax", "model.logq": "none"},
-  {"model.loss": "softmax", "model.logq": "static"},
-  {"model.loss": "softmax", "model.logq": "streaming"},
-  {"model.loss": "softmax", "model.estimator_hashes": 3},
-  {"model.loss": "pointwise", "model.logq": "static"},
-  {"model.loss": "pairwise", "model.logq": "streaming"},
-  {"model.loss": "pairwise", "model.pairwise_loss": "hinge"},
-  {"model.hard_negatives": 4},
-  {"model.mixed_negatives": 8, "model.mixed_negative_sampling": "uniform"},
-  {"model.mixed_negatives": 8, "model.mixed_negative_sampling": "unigram"},
-  {"model.remove_accidental_hits": False, "model.logq": "none"},
-  {"model.feature_dropout": 0.3, "model.spread_out_weight": 0.5},
-  {"ssl.masking": "rfm", "ssl.dropout_rate": 0.0},
-  {"ssl.masking": "random", "ssl.mask_rate": 0.3},
-  {"ssl.masking": "none", "ssl.dropout_rate": 0.5},
+  (
+    {"model.loss": "softmax", "model.logq": "none"},
+    {"model.loss": "softmax", "model.logq": "static"},
+    lambda m, o, b, d: _static_logq(o, m, b, d),
+  ),
+  (
+    {"model.loss": "softmax", "model.logq": "static"},
+    {"model.loss": "softmax", "model.logq": "none"},
+    _static_logq,
+  ),
+  (
+    {"model.loss": "softmax", "model.logq": "streaming"},
+    {"model.loss": "softmax", "model.logq": "none"},
+    _streaming_logq,
+  ),
+  (
+    {"model.loss": "softmax", "model.estimator_hashes": 3},
+    {"model.loss": "softmax", "model.logq": "none"},
+    lambda m, o, b, d: _streaming_logq(m, o, b, d, hashes=3),
+  ),
+  (
+    {"model.loss": "pointwise", "model.logq": "static"},
+    {"model.loss": "softmax", "model.logq": "static"},
+    _different_loss,
+  ),
+  (
+    {"model.loss": "pairwise", "model.logq": "streaming"},
+    {"model.loss": "softmax", "model.logq": "streaming"},
+    _different_loss,
+  ),
+  (
+    {"model.loss": "pairwise", "model.pairwise_loss": "hinge"},
+    {"model.loss": "pairwise", "model.pairwise_loss": "logistic"},
+    _hinge,
+  ),
+  ({"model.hard_negatives": 4}, {}, _fewer_negatives),
+  (
+    {
+      "model.mixed_negatives": 8,
+      "model.mixed_negative_sampling": "uniform",
+      "model.logq": "none",
+    },
+    {"model.logq": "none"},
+    _more_negatives,
+  ),
+  (
+    {"model.mixed_negatives": 8, "model.mixed_negative_sampling": "unigram"},
+    {"model.mixed_negatives": 8, "model.mixed_negative_sampling": "uniform"},
+    _unigram_proposal,
+  ),
+  (
+    {"model.remove_accidental_hits": False, "model.logq": "none"},
+    {"model.remove_accidental_hits": True, "model.logq": "none"},
+    _accidental_hits_kept,
+  ),
+  (
+    {"model.feature_dropout": 0.3, "model.spread_out_weight": 0.5},
+    {"model.feature_dropout": 0.3},
+    _dropout_and_spread,
+  ),
+  ({"ssl.masking": "rfm", "ssl.dropout_rate": 0.0}, {}, _rfm),
+  ({"ssl.masking": "random", "ssl.mask_rate": 0.3}, {}, _random_masking),
+  (
+    {"ssl.masking": "none", "ssl.dropout_rate": 0.5},
+    {},
+    _no_masking_value_dropout,
+  ),
 ]
 
 
-@pytest.mark.parametrize("overrides", OPTIONS, ids=lambda o: str(o)[:60])
-def test_every_option_trains_a_step(dataset, overrides):
-  model = _model(dataset, **overrides)
+@pytest.mark.parametrize(
+  "overrides, contrast, effect", OPTIONS, ids=lambda o: str(o)[:60]
+)
+def test_every_option_has_its_effect_and_trains_a_step(
+  dataset, overrides, contrast, effect
+):
+  model, other = _pair(dataset, overrides, contrast)
   batch = _batch(dataset)
+  effect(model, other, batch, dataset)
+  # And a training step of a fresh model gives a finite loss and gradients.
+  model = _model(dataset, **overrides)
   variables = model.trainable_variables
   with tf.GradientTape() as tape:
     loss = model.compute_loss(batch, training=True)
@@ -225,8 +473,6 @@ def test_every_option_trains_a_step(dataset, overrides):
     float(tf.norm(tf.convert_to_tensor(g))) for g in grads if g is not None
   ]
   assert all(np.isfinite(norms)) and sum(norms) > 0
-  if overrides.get("model.spread_out_weight"):
-    assert float(model.spread_out_tracker.result()) > 0
 
 
 def test_feature_dropout_only_in_training(dataset):

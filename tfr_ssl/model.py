@@ -139,7 +139,8 @@ class TwoTowerModel(tfrs.Model):
   Args:
     config: The run config (model, ssl and train sections are read).
     dataset: The prepared dataset: schema, vocabulary sizes, the item
-      tables, training counts and interactions (the cold rule).
+      tables (CFM's `stats.feature_dependence` is computed from them),
+      training counts and interactions (logQ, the cold rule).
     name: Keras model name.
 
   Example:

@@ -4,7 +4,8 @@ Public API:
   load(config) -> PreparedDataset       prepared data, from the cache if there
   prepare(config, force=False)          prepare and cache (force: rebuild)
   build(config)                         prepare in memory, no cache
-  describe(prepared) -> dict            counts, popularity skew, cold items, MI
+  describe(prepared) -> dict            counts, popularity skew, cold items,
+                                        feature dependence
   main_dataset / item_dataset / corpus_dataset / train_dataset   tf.data
   DataError                             bad input, naming file/line/column
 

@@ -4,9 +4,9 @@ Every source (synthetic, MovieLens, CSV) only parses its files into
 `RawData`; this module turns raw values into ids, resolves interactions to
 corpus and query rows, splits, resolves the `item_to_item` query of each
 interaction (the item of the schema's query-item column, else the previous
-item within its own split), and computes the statistics. Checks that need
-the whole data (duplicate ids, an interaction or query item that is not in
-the corpus) live here and still name the file and line.
+item within its own split), and counts what the training split holds.
+Checks that need the whole data (duplicate ids, an interaction or query item
+that is not in the corpus) live here and still name the file and line.
 """
 
 from __future__ import annotations
@@ -100,42 +100,29 @@ def _check_weights(train_weight: np.ndarray, interactions) -> None:
     )
 
 
-def build_prepared(
-  raw: RawData, config: DataConfig, version: str = ""
-) -> PreparedDataset:
-  """Prepares raw columns per the data config.
-
-  Args:
-    raw: What a source read.
-    config: Split kind, fractions and seed.
-    version: The cache version the result will be stored under.
-
-  Returns:
-    The prepared dataset.
-
-  Raises:
-    DataError: duplicate ids, interactions with unknown items, query items
-      or queries, no interactions, or a temporal split without timestamps.
-  """
-  schema = raw.schema
-  interactions = raw.interactions
-  for feature in schema.features:
+def _check_input(raw: RawData) -> None:
+  """Refuses feature names a SavedModel cannot take, and no interactions."""
+  for feature in raw.schema.features:
     problem = feature_name_problem(feature.name)
     if problem:
       raise DataError(problem, path=raw.items.path, column=feature.name)
-  if len(interactions) == 0:
-    raise DataError("no interactions", path=interactions.path)
-  items, vocabularies = encode.encode_table(
-    raw.items, schema.item_features, schema.item_id
-  )
-  query_table = _query_table(raw)
-  queries, query_vocabularies = encode.encode_table(
-    query_table, schema.query_features, schema.query_id
-  )
-  vocabularies.update(query_vocabularies)
-  item_rows = _rows(raw.items, schema.item_id, raw, "item")
-  query_rows = _rows(query_table, schema.query_id, raw, "query")
+  if len(raw.interactions) == 0:
+    raise DataError("no interactions", path=raw.interactions.path)
 
+
+def _split_interactions(
+  raw: RawData,
+  config: DataConfig,
+  item_rows: np.ndarray,
+  query_rows: np.ndarray,
+) -> dict[str, Interactions]:
+  """The interactions (as query and corpus rows) of each split.
+
+  Raises:
+    DataError: a temporal split without timestamps, a query item that is
+      not in the corpus, or training weights that are all 0.
+  """
+  interactions = raw.interactions
   weight = interactions.weight
   weight = (
     np.ones(len(interactions), np.float32)
@@ -154,7 +141,7 @@ def build_prepared(
     path=interactions.path,
     no_timestamp_reason=interactions.no_timestamp_reason,
   )
-  if schema.query_item is not None:
+  if raw.schema.query_item is not None:
     query_items = _query_item_rows(raw)
     previous = {name: query_items[r] for name, r in rows.items()}
   else:
@@ -164,7 +151,7 @@ def build_prepared(
       rows, query_rows, item_rows, timestamp
     )
   _check_weights(weight[rows["train"]], interactions)
-  split_data = {
+  return {
     name: Interactions(
       query_index=query_rows[r].astype(np.int32),
       item_index=item_rows[r].astype(np.int32),
@@ -174,21 +161,52 @@ def build_prepared(
     )
     for name, r in rows.items()
   }
+
+
+def build_prepared(
+  raw: RawData, config: DataConfig, version: str = ""
+) -> PreparedDataset:
+  """Prepares raw columns per the data config.
+
+  Args:
+    raw: What a source read.
+    config: Split kind, fractions and seed.
+    version: The cache version the result will be stored under.
+
+  Returns:
+    The prepared dataset.
+
+  Raises:
+    DataError: duplicate ids, interactions with unknown items, query items
+      or queries, no interactions, or a temporal split without timestamps.
+  """
+  _check_input(raw)
+  schema = raw.schema
+  items, vocabularies = encode.encode_table(
+    raw.items, schema.item_features, schema.item_id
+  )
+  query_table = _query_table(raw)
+  queries, query_vocabularies = encode.encode_table(
+    query_table, schema.query_features, schema.query_id
+  )
+  vocabularies.update(query_vocabularies)
+  split_data = _split_interactions(
+    raw,
+    config,
+    # Unknown items are reported before unknown queries.
+    item_rows=_rows(raw.items, schema.item_id, raw, "item"),
+    query_rows=_rows(query_table, schema.query_id, raw, "query"),
+  )
   train = split_data["train"]
-  num_items = len(raw.items)
-  num_queries = len(query_table)
   return PreparedDataset(
     schema=schema,
     vocabularies=vocabularies,
     items=items,
     queries=queries,
     splits=split_data,
-    item_train_count=stats.item_train_count(train.item_index, num_items),
-    mutual_information=stats.mutual_information(
-      items, [f.name for f in schema.item_features]
-    ),
+    item_train_count=stats.item_train_count(train.item_index, len(raw.items)),
     train_items_by_query=stats.items_by_query(
-      train.query_index, train.item_index, num_queries
+      train.query_index, train.item_index, len(query_table)
     ),
     version=version,
   )

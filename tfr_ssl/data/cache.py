@@ -3,9 +3,8 @@
 Layout of one version (`<cache_dir>/<dataset>/<key>/`):
 
     metadata.json        schema (with its query-item column, if any),
-                         item_to_item_source, vocabularies, MI matrix,
-                         version, source and config it was built from
-                         (small, JSON)
+                         item_to_item_source, vocabularies, version,
+                         source and config it was built from (small, JSON)
     tfds/tfr_ssl_prepared/<FORMAT_VERSION>/
                          a TFDS dataset written by a GeneratorBasedBuilder
 
@@ -52,7 +51,9 @@ from tfr_ssl.data.contract import (
 # The TFDS version of the stored form; part of every cache key, so bumping it
 # invalidates caches written by older code. 1.1.0: metadata records where
 # prev_item_index comes from (`item_to_item_source`, `schema.query_item`).
-FORMAT_VERSION = "1.1.0"
+# 1.2.0: metadata no longer holds a plug-in MI matrix (CFM's dependence is
+# computed from the item table, `stats.feature_dependence`).
+FORMAT_VERSION = "1.2.0"
 BUILDER_NAME = "tfr_ssl_prepared"
 CHUNK_VALUES = 1 << 16
 METADATA = "metadata.json"
@@ -115,28 +116,30 @@ def _chunks(array: np.ndarray) -> tuple[int, int]:
   return -(-array.shape[0] // rows), rows
 
 
-def _save_tfds(tables: dict, data_dir: str) -> None:
-  import tensorflow_datasets as tfds
-
+def _examples(tables: dict):
+  """(key, example) pairs: example i holds chunk i of every column (empty
+  once a column is done)."""
   layout = {
     (table, name): _chunks(array)
     for table, columns in tables.items()
     for name, array in columns.items()
   }
   count = max([1] + [chunks for chunks, _ in layout.values()])
+  for chunk in range(count):
+    example = {"chunk": chunk}
+    for table, columns in tables.items():
+      example[table] = {}
+      for name, array in columns.items():
+        rows = layout[table, name][1]
+        example[table][name] = array[chunk * rows : (chunk + 1) * rows]
+    yield chunk, example
 
-  def examples():
-    # Example i holds chunk i of every column (empty once a column is done).
-    for chunk in range(count):
-      example = {"chunk": chunk}
-      for table, columns in tables.items():
-        example[table] = {}
-        for name, array in columns.items():
-          rows = layout[table, name][1]
-          example[table][name] = array[chunk * rows : (chunk + 1) * rows]
-      yield chunk, example
 
-  features = tfds.features.FeaturesDict(
+def _features(tables: dict):
+  """The TFDS features: one raw-bytes tensor per column, one dict per table."""
+  import tensorflow_datasets as tfds
+
+  return tfds.features.FeaturesDict(
     {
       "chunk": tfds.features.Scalar(np.int64),
       **{
@@ -155,6 +158,13 @@ def _save_tfds(tables: dict, data_dir: str) -> None:
     }
   )
 
+
+def _builder_class(tables: dict):
+  """A GeneratorBasedBuilder whose single split is `_examples(tables)`."""
+  import tensorflow_datasets as tfds
+
+  features = _features(tables)
+
   class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     name = BUILDER_NAME
     VERSION = tfds.core.Version(FORMAT_VERSION)
@@ -172,11 +182,19 @@ def _save_tfds(tables: dict, data_dir: str) -> None:
 
     def _split_generators(self, dl_manager):
       del dl_manager
-      return {SPLIT: examples()}
+      return {SPLIT: _examples(tables)}
 
     def _generate_examples(self):
       raise NotImplementedError  # _split_generators yields the examples
 
+  return _Builder
+
+
+def _save_tfds(tables: dict, data_dir: str) -> None:
+  """Writes `tables` as a TFDS dataset under `data_dir`."""
+  import tensorflow_datasets as tfds
+
+  builder = _builder_class(tables)
   downloads = os.path.join(os.path.dirname(data_dir), ".downloads")
   os.makedirs(downloads, exist_ok=True)
   tfds.display_progress_bar(False)
@@ -187,7 +205,7 @@ def _save_tfds(tables: dict, data_dir: str) -> None:
   tempfile.tempdir = downloads
   try:
     with contextlib.redirect_stdout(io.StringIO()):
-      _Builder(data_dir=data_dir).download_and_prepare(
+      builder(data_dir=data_dir).download_and_prepare(
         download_dir=downloads,
         download_config=tfds.download.DownloadConfig(try_download_gcs=False),
       )
@@ -244,7 +262,6 @@ def save(prepared: PreparedDataset, path: str, metadata: dict) -> None:
         "schema": prepared.schema.to_dict(),
         "item_to_item_source": prepared.item_to_item_source,
         "vocabularies": prepared.vocabularies,
-        "mutual_information": prepared.mutual_information.tolist(),
         "has_timestamps": prepared.splits["train"].timestamp is not None,
       },
     )
@@ -314,9 +331,6 @@ def load(path: str) -> PreparedDataset:
     },
     splits=splits,
     item_train_count=stats["item_train_count"],
-    mutual_information=np.array(
-      metadata["mutual_information"], dtype=np.float32
-    ).reshape(len(schema.item_features), len(schema.item_features)),
     train_items_by_query=(stats["csr_indptr"], stats["csr_indices"]),
     version=metadata["version"],
   )

@@ -33,7 +33,6 @@ SPLITS = ("train", "validation", "test")
 # interactions naming the query item, or each query's previous item.
 FROM_COLUMN = "column"
 FROM_PREVIOUS_ITEM = "previous_item"
-ITEM_TO_ITEM_SOURCES = (FROM_COLUMN, FROM_PREVIOUS_ITEM)
 # Feature names become input names of SavedModel signatures, which keep only
 # names of this form (`age group` or `país` fail at export, `item-id` would
 # be renamed `item_id`), and the retrieval model's `exclude` signature takes
@@ -216,8 +215,6 @@ class PreparedDataset:
     queries: query feature name -> int32 [num_queries] or [.., max_len].
     splits: `train`, `validation`, `test` -> Interactions.
     item_train_count: int64 [num_items], occurrences in the train split.
-    mutual_information: float32 [F, F] between item features in
-      `schema.item_features` order (symmetric; diagonal = entropy).
     train_items_by_query: CSR of the items each query saw in training:
       (indptr int64 [num_queries + 1], indices int32 [nnz]).
     version: The cache version string this data was stored under.
@@ -229,7 +226,6 @@ class PreparedDataset:
   queries: dict[str, np.ndarray]
   splits: dict[str, Interactions]
   item_train_count: np.ndarray
-  mutual_information: np.ndarray
   train_items_by_query: tuple[np.ndarray, np.ndarray]
   version: str = ""
 

@@ -60,13 +60,16 @@ def format_description(stats: dict) -> str:
       ]
     )
   lines += _table(rows)
-  mi = stats["mutual_information"]
+  dependence = stats["dependence"]
   lines += [
     "",
-    "mutual information between item features (nats; diagonal = entropy)",
+    "dependence between item features, what CFM masks by (bias-corrected "
+    "MI / sqrt(H(a) H(b)): 0 independent, 1 a copy)",
   ]
-  rows = [["  ", *mi["features"]]]
-  for name, values in zip(mi["features"], mi["matrix"], strict=True):
+  rows = [["  ", *dependence["features"]]]
+  for name, values in zip(
+    dependence["features"], dependence["matrix"], strict=True
+  ):
     rows.append([f"  {name}", *(f"{v:.3f}" for v in values)])
   lines += _table(rows)
   return "\n".join(lines)

@@ -84,6 +84,34 @@ def parse(path: str) -> CsvSchema:
       query-item column (also another interactions column, or a feature).
   """
   text = read_text(path, "utf-8")
+  values = _top_level(text, path)
+  features = _features(values["features"], text, path)
+  try:
+    schema = Schema(
+      features=tuple(features),
+      item_id=_string(values["item_id"], text, path, "item_id"),
+      query_id=_string(values["query_id"], text, path, "query_id"),
+    )
+  except ValueError as e:
+    raise DataError(str(e), path=path) from None
+  names = _interaction_columns(
+    values.get("interactions", {}), schema, text, path
+  )
+  query_item = names["query_item"]
+  if query_item is not None:
+    _check_query_item(query_item, names, features, text, path)
+    schema = dataclasses.replace(schema, query_item=query_item)
+  return CsvSchema(
+    schema=schema,
+    query_column=names["query"],
+    item_column=names["item"],
+    weight_column=names["weight"],
+    timestamp_column=names["timestamp"],
+  )
+
+
+def _top_level(text: str, path: str) -> dict:
+  """The JSON object, with only known keys and every required one."""
   try:
     values = json.loads(text)
   except json.JSONDecodeError as e:
@@ -103,7 +131,11 @@ def parse(path: str) -> CsvSchema:
   for key in ("features", "item_id", "query_id"):
     if key not in values:
       raise DataError(f"missing required key {key!r}", path=path)
-  entries = values["features"]
+  return values
+
+
+def _features(entries, text: str, path: str) -> list[Feature]:
+  """The `features` list, each entry validated."""
   if not isinstance(entries, list) or not entries:
     raise DataError(
       "'features' must be a non-empty list",
@@ -111,17 +143,16 @@ def parse(path: str) -> CsvSchema:
       line=_line_of(text, "features"),
       column="features",
     )
-  features = [_feature(entry, text, path) for entry in entries]
-  try:
-    schema = Schema(
-      features=tuple(features),
-      item_id=_string(values["item_id"], text, path, "item_id"),
-      query_id=_string(values["query_id"], text, path, "query_id"),
-    )
-  except ValueError as e:
-    raise DataError(str(e), path=path) from None
+  return [_feature(entry, text, path) for entry in entries]
 
-  columns = values.get("interactions", {})
+
+def _interaction_columns(
+  columns, schema: Schema, text: str, path: str
+) -> dict[str, str | None]:
+  """interactions.csv column of each `_INTERACTION_KEYS` key (None: none).
+
+  The query and item columns default to the id features' names.
+  """
   if not isinstance(columns, dict):
     raise DataError(
       "'interactions' must be an object",
@@ -146,17 +177,7 @@ def parse(path: str) -> CsvSchema:
   for key in ("weight", "timestamp", "query_item"):
     value = columns.get(key)
     names[key] = None if value is None else _string(value, text, path, key)
-  query_item = names["query_item"]
-  if query_item is not None:
-    _check_query_item(query_item, names, features, text, path)
-    schema = dataclasses.replace(schema, query_item=query_item)
-  return CsvSchema(
-    schema=schema,
-    query_column=names["query"],
-    item_column=names["item"],
-    weight_column=names["weight"],
-    timestamp_column=names["timestamp"],
-  )
+  return names
 
 
 def _check_query_item(

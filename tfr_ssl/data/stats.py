@@ -1,14 +1,21 @@
-"""Statistics of a prepared dataset: item frequencies, seen items, feature MI.
+"""Statistics of a prepared dataset: item frequencies, seen items, and the
+dependence between item features.
 
-Mutual information between item features is what correlated feature masking
-(CFM) uses to mask related features together. For multi-valued features each
-item contributes a total weight of 1, spread evenly over the cross product of
-its two bags: an item with genres {a, b} and decade {x} adds 1/2 to (a, x)
-and 1/2 to (b, x). The marginals of that joint are the "spread" marginals
-(each value of a bag of size k gets 1/k), so the diagonal, the entropy of a
-feature, is consistent with the off-diagonal terms: 0 <= MI(a, b) <=
-min(H(a), H(b)). Units are nats. All pairs are accumulated in one streaming
-pass over the corpus, chunk by chunk.
+The dependence (`feature_dependence`) is what correlated feature masking
+(CFM) uses to mask related features together: the plug-in mutual
+information of two features minus its own bias, divided by the geometric
+mean of their entropies. It is computed from the item table when a model is
+built (and when `describe` reports it); the prepared dataset does not store
+it.
+
+The plug-in MI underneath (`mutual_information`): for multi-valued features
+each item contributes a total weight of 1, spread evenly over the cross
+product of its two bags: an item with genres {a, b} and decade {x} adds 1/2
+to (a, x) and 1/2 to (b, x). The marginals of that joint are the "spread"
+marginals (each value of a bag of size k gets 1/k), so the diagonal, the
+entropy of a feature, is consistent with the off-diagonal terms: 0 <= MI(a,
+b) <= min(H(a), H(b)). Units are nats. All pairs are accumulated in one
+streaming pass over the corpus, chunk by chunk.
 """
 
 from __future__ import annotations
@@ -157,7 +164,9 @@ def mutual_information(
 
   Plug-in MI is biased upwards by about (|A| - 1)(|B| - 1) / 2N, so between
   high-cardinality features it is large even when they are independent;
-  CFM ranks features by `feature_dependence` instead.
+  CFM ranks features by `feature_dependence`, which removes that bias. This
+  raw estimate is for analysing a corpus (e.g. checking that one feature
+  determines another: MI(a, b) = H(a)).
 
   Args:
     items: feature name -> ids, [num_items] or [num_items, L] padded with
@@ -270,7 +279,8 @@ def describe(prepared: PreparedDataset) -> dict:
   item_to_item_train (training rows that have a query item, the rows the
   item-to-item task trains on), item_to_item_cold_items (corpus items in
   none of those: the cold slice of an item-to-item evaluation),
-  mutual_information ({features, matrix}).
+  dependence ({features, matrix}: `feature_dependence` of the item
+  features, the matrix CFM masks by).
   """
   # Here, not at the top: query_side imports this module for its counts.
   from tfr_ssl.data import query_side
@@ -279,6 +289,7 @@ def describe(prepared: PreparedDataset) -> dict:
   test_items = prepared.splits["test"].item_index
   cold = counts[test_items] == 0
   item_to_item = query_side.query_side(query_side.ITEM_TO_ITEM)
+  item_names = [f.name for f in prepared.schema.item_features]
   features = []
   for feature in prepared.schema.features:
     table = prepared.items if feature.role == "item" else prepared.queries
@@ -312,8 +323,10 @@ def describe(prepared: PreparedDataset) -> dict:
     "item_to_item_cold_items": int(
       (item_to_item.item_train_count(prepared) == 0).sum()
     ),
-    "mutual_information": {
-      "features": [f.name for f in prepared.schema.item_features],
-      "matrix": np.round(prepared.mutual_information, 6).tolist(),
+    "dependence": {
+      "features": item_names,
+      "matrix": np.round(
+        feature_dependence(prepared.items, item_names), 6
+      ).tolist(),
     },
   }
