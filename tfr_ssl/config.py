@@ -223,13 +223,16 @@ class ModelConfig:
       the item tower also learns to embed an item from its content alone,
       as it must for an item with no training interactions. 0.1 by
       default (validation grid {0, 0.1, 0.2}, bench/results/tune.md).
-    value_dropout: Rate at which each content (non-key) item feature of a
-      training example is replaced by its unknown-value embedding in the
-      main task, so that embedding (which an empty bag, a value never seen
-      in training and a masked feature all read) is trained.
+    value_dropout: Rate at which each content (non-key) feature of a
+      training example's item and query is replaced by its unknown
+      embedding in the main task, so that embedding (which an empty bag, a
+      value never seen in training and a masked feature all read) is
+      trained. 0.1 by default (validation grid {0, 0.1},
+      bench/results/tune.md).
     query_id_dropout: Rate at which a training example's query id (the
-      user id) is replaced by its unknown-value embedding, the one a user
-      with no training interactions reads (the query-side cold rule).
+      user id) is replaced by its unknown embedding, the one a user with
+      no training interactions reads (the query-side cold rule). 0.3 by
+      default (validation grid {0, 0.1, 0.3}, bench/results/tune.md).
   """
 
   task: str = _field(
@@ -304,13 +307,14 @@ class ModelConfig:
     0.1, "Main task: rate of replacing the item id by its default.", bounds=RATE
   )
   value_dropout: float = _field(
-    0.0,
-    "Main task: rate of replacing an item content feature by unknown.",
+    0.1,
+    "Main task: rate of replacing each item and query content feature by "
+    "its unknown embedding.",
     bounds=RATE,
   )
   query_id_dropout: float = _field(
-    0.0,
-    "Main task: rate of replacing the query id by its unknown row.",
+    0.3,
+    "Main task: rate of replacing the query id by its unknown embedding.",
     bounds=RATE,
   )
 
