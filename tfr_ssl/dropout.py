@@ -37,9 +37,9 @@ _ITEM_STREAM, _VALUE_STREAM, _QUERY_STREAM = 2, 4, 5
 
 def draws(batch_size, columns: int, seed: tf.Tensor, stream: int) -> tf.Tensor:
   """This replica's rows of `[global batch, columns]` uniform draws."""
-  replicas, _ = distribute.replica()
+  num_replicas, _ = distribute.replica()
   values = tf.random.stateless_uniform(
-    [batch_size * replicas, columns],
+    [batch_size * num_replicas, columns],
     seed=tf.random.experimental.stateless_fold_in(seed, stream),
   )
   return distribute.local_rows(values, batch_size)

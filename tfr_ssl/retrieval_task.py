@@ -156,5 +156,5 @@ class RetrievalTask(tf_keras.layers.Layer):
     self.spread_out_tracker.update_state(spread)
     # A global quantity computed by every replica, whose gradients the
     # optimizer sums: each replica adds its share.
-    replicas, _ = distribute.replica()
-    return weight * spread / replicas
+    num_replicas, _ = distribute.replica()
+    return weight * spread / num_replicas
