@@ -23,9 +23,9 @@ proposal. Dividing by `B + M` turns `E[n_j]` into the per-draw probability
 of the mixture proposal, `(B p_j + M q_j) / (B + M)` (mixed negative
 sampling, Yang et al. 2020); again only a constant shift.
 
-`sampling.py` provides `B p_j` in per-batch units directly, so the caller
-passes `log_q = log(batch_probability + M * q)` per candidate; see
-`mixed_log_q`.
+`sampling.py` provides `B p_j`, the expected copies per batch, directly, so
+the caller passes `log_q = log(batch_expected_count + M * q)` per candidate;
+see `mixed_log_q`.
 
 Reductions are means (weighted sum over the batch divided by the batch size,
 across replicas under a `tf.distribute` strategy, via
@@ -81,20 +81,20 @@ def mask_accidental_hits(
 
 
 def mixed_log_q(
-  batch_probability: tf.Tensor,
+  batch_expected_count: tf.Tensor,
   mixed_probability: tf.Tensor | float | None = None,
   num_mixed: int = 0,
 ) -> tf.Tensor:
   """`log(B p_j + M q_j)`: log expected multiplicity of each candidate.
 
   Args:
-    batch_probability: `[C]` per-batch sampling probability `B p_j` of each
-      candidate's item (from a `sampling.SamplingProbability`).
+    batch_expected_count: `[C]` expected copies `B p_j` of each candidate's
+      item per batch (`sampling.SamplingProbability.expected_counts`).
     mixed_probability: `[C]` (or scalar) per-draw probability `q_j` of the
       item under the mixed-negative proposal; ignored when `num_mixed == 0`.
     num_mixed: `M`, mixed negatives drawn per step.
   """
-  expected = tf.cast(batch_probability, tf.float32)
+  expected = tf.cast(batch_expected_count, tf.float32)
   if num_mixed > 0:
     expected += num_mixed * tf.cast(mixed_probability, tf.float32)
   return tf.math.log(tf.maximum(expected, 1e-30))

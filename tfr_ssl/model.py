@@ -457,7 +457,7 @@ class TwoTowerModel(tfrs.Model):
       if training:
         self.sampling.update(local_index)  # it gathers every replica's
       # Per global batch: the candidates are the global batch.
-      batch_p = self.sampling.probabilities(candidate_ids)
+      batch_p = self.sampling.expected_counts(candidate_ids)
       if extra is None:
         log_q = losses.mixed_log_q(batch_p)
       else:
