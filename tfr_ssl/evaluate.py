@@ -51,11 +51,6 @@ import tensorflow as tf
 
 from tfr_ssl import atomic, eval_csr, eval_slices
 
-# Their home is eval_csr; still reachable here for callers that name them
-# through this module (workflow.py, bench/eval_bench.py).
-exclusion_without_targets = eval_csr.exclusion_without_targets
-select_csr_rows = eval_csr.select_csr_rows
-
 # Cap on the scores matrix of one block ([queries, items] float32 entries):
 # 2**26 entries are 256 MB, so a large corpus gets fewer queries per block.
 _MAX_BLOCK_SCORES = 1 << 26
@@ -306,7 +301,8 @@ def evaluate_most_popular(
 
   Example:
     >>> evaluate_most_popular(data.item_train_count, pairs.query_of_pair,
-    ...                       pairs.targets, exclude=pairs.exclude)["recall@10"]
+    ...                       pairs.targets,
+    ...                       exclude=pairs.excluded_items)["recall@10"]
   """
   count = np.asarray(item_train_count)
   if count.ndim != 1 or count.shape[0] == 0:
