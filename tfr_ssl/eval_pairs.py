@@ -50,9 +50,6 @@ import numpy as np
 from tfr_ssl import eval_csr
 from tfr_ssl.data import contract, query_side
 
-USER_TO_ITEM = query_side.USER_TO_ITEM
-ITEM_TO_ITEM = query_side.ITEM_TO_ITEM
-TASKS = query_side.TASKS
 # What `EvalPairs.exclusion_sources` names for the item-to-item exclusion.
 SEED_ITEM = "seed_item"
 
@@ -119,7 +116,7 @@ def seen_items(
   prepared: contract.PreparedDataset,
   splits: tuple[str, ...] | list[str],
   queries: np.ndarray,
-  task: str = USER_TO_ITEM,
+  task: str = query_side.USER_TO_ITEM,
 ) -> tuple[np.ndarray, np.ndarray]:
   """The distinct items `queries` were followed by in `splits`, as CSR.
 
@@ -166,7 +163,7 @@ def seen_items(
 def select_pairs(
   prepared: contract.PreparedDataset,
   split: str,
-  task: str = USER_TO_ITEM,
+  task: str = query_side.USER_TO_ITEM,
   max_pairs: int = 0,
   seed: int = 0,
 ) -> EvalPairs:
