@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401  (Keras 2 before TensorFlow is used)
-from tfr_ssl import atomic, evaluate
+from tfr_ssl import atomic, eval_csr, evaluate
 
 DIM = 64
 KS = (10, 50, 100)
@@ -109,7 +109,7 @@ def trained_problem(workdir):
   users, pairs_query = np.unique(test.query_index, return_inverse=True)
   queries = embed.embed_rows(model.query_tower, prepared.queries, users)
   items = embed.embed_rows(model.item_tower, prepared.items)
-  exclude = evaluate.select_csr_rows(prepared.train_items_by_query, users)
+  exclude = eval_csr.select_csr_rows(prepared.train_items_by_query, users)
   return (
     queries,
     items,

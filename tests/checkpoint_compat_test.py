@@ -63,7 +63,7 @@ def test_a_checkpoint_of_the_flat_layout_restores_exactly(tmp_path):
     model.query_tower(queries).numpy(), expected["query_embeddings"], atol=2e-6
   )
   np.testing.assert_allclose(
-    model.sampling.probabilities(tf.range(24)).numpy(),
+    model.sampling.expected_counts(tf.range(24)).numpy(),
     expected["sampling_probabilities"],
     rtol=1e-6,
   )

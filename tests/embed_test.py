@@ -78,24 +78,24 @@ def _query_tower(features):
 def test_select_pairs_excludes_the_positives_of_the_earlier_splits():
   prepared = known_positives_dataset()
   test = eval_pairs.select_pairs(prepared, "test")
-  assert test.excluded == ("train", "validation")
+  assert test.exclusion_sources == ("train", "validation")
   np.testing.assert_array_equal(test.queries, [0, 1])
   np.testing.assert_array_equal(test.query_of_pair, [0, 1])
   np.testing.assert_array_equal(test.targets, [2, 3])
   # u0: i0 (train), i1 (validation); u1: i0 (train), i3 (validation).
-  np.testing.assert_array_equal(test.exclude[0], [0, 2, 4])
-  np.testing.assert_array_equal(test.exclude[1], [0, 1, 0, 3])
+  np.testing.assert_array_equal(test.excluded_items[0], [0, 2, 4])
+  np.testing.assert_array_equal(test.excluded_items[1], [0, 1, 0, 3])
   validation = eval_pairs.select_pairs(prepared, "validation")
-  assert validation.excluded == ("train",)
-  np.testing.assert_array_equal(validation.exclude[0], [0, 1, 2])
-  np.testing.assert_array_equal(validation.exclude[1], [0, 0])
+  assert validation.exclusion_sources == ("train",)
+  np.testing.assert_array_equal(validation.excluded_items[0], [0, 1, 2])
+  np.testing.assert_array_equal(validation.excluded_items[1], [0, 0])
   # Item-to-item: u1's test pair has no previous item; u0's seed i1 excludes
   # itself only (no earlier row has a query item, so nothing followed it).
   seeds = eval_pairs.select_pairs(prepared, "test", "item_to_item")
-  assert seeds.excluded == ("seed_item", "train", "validation")
+  assert seeds.exclusion_sources == ("seed_item", "train", "validation")
   np.testing.assert_array_equal(seeds.pair_rows, [0])
   np.testing.assert_array_equal(seeds.queries, [1])
-  np.testing.assert_array_equal(seeds.exclude[1], [1])
+  np.testing.assert_array_equal(seeds.excluded_items[1], [1])
   # A seeded sample of whole queries, the same every time: two queries of
   # one pair each and a budget of one pair -> round(1 * 2 / 2) = 1 query.
   sample = eval_pairs.select_pairs(prepared, "test", max_pairs=1, seed=3)

@@ -95,10 +95,10 @@ def test_item_to_item_drops_test_pairs_that_are_earlier_pairs():
   assert pairs.selection["known_pairs_dropped"] == 2
   # Known items, still excluded from the rankings: seed i0 -> itself and
   # i1 (train); seed i1 -> itself, i2 (train) and i4 (validation).
-  indptr, indices = pairs.exclude
+  indptr, indices = pairs.excluded_items
   np.testing.assert_array_equal(indices[indptr[0] : indptr[1]], [0, 1])
   np.testing.assert_array_equal(indices[indptr[1] : indptr[2]], [1, 2, 4])
-  assert pairs.excluded == ("seed_item", "train", "validation")
+  assert pairs.exclusion_sources == ("seed_item", "train", "validation")
 
 
 def test_item_to_item_metrics_neither_rank_nor_score_known_pairs():

@@ -362,3 +362,23 @@ def test_metrics_from_topk_golden_with_padding():
   assert metrics["recall@3"] == pytest.approx(2 / 3)
   # MAP@3: q0 (1/2) / min(3, 2) = 0.25; q1 (1/3) / 1. Mean 7/24.
   assert metrics["map@3"] == pytest.approx(7 / 24)
+
+
+@pytest.mark.parametrize(
+  "pairs_query, pairs_item, ks, message",
+  [
+    ([0, 2], [0, 1], (1,), r"pairs_query\[1\] = 2 is outside \[0, 2\)"),
+    ([0], [0, 1], (1,), "1-D of equal length"),
+    ([], [], (1,), "No held-out pairs"),
+    ([0], [0], (0, 1), "positive integers"),
+    ([0], [0], (4,), "at least 4 columns"),
+  ],
+)
+def test_metrics_from_topk_checks_inputs_like_exact_search(
+  pairs_query, pairs_item, ks, message
+):
+  # Two queries' top-3 lists; the same checks (and messages) as
+  # evaluate_embeddings, plus lists too short for a K.
+  topk = np.array([[2, 0, 1], [1, 2, 0]])
+  with pytest.raises(evaluate.EvaluationInputError, match=message):
+    evaluate.metrics_from_topk(topk, pairs_query, pairs_item, ks=ks)

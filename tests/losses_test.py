@@ -68,6 +68,26 @@ def test_mixed_log_q_adds_expected_counts():
   )
 
 
+def test_mask_accidental_hits_masks_only_other_copies_of_the_positive():
+  # Queries 0 and 1 have positives 7 and 8 (candidates 0 and 1); candidate 2
+  # is item 7 again: a hit for query 0 only. The positives stay, even
+  # query 1's, whose id 8 appears once.
+  logits = tf.constant([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  masked = losses.mask_accidental_hits(logits, tf.constant([7, 8, 7]))
+  np.testing.assert_array_equal(
+    masked, [[1.0, 2.0, losses.MIN_LOGIT], [4.0, 5.0, 6.0]]
+  )
+
+
+def test_pairwise_skips_accidental_hits():
+  # Both candidates are item 10: each query has no negative left, so the
+  # pairwise loss averages over nothing and is 0.
+  loss = _loss(loss="pairwise")(
+    QUERIES, CANDIDATES, candidate_ids=tf.constant([10, 10])
+  )
+  assert float(loss) == pytest.approx(0.0, abs=1e-6)
+
+
 def test_accidental_hits_are_removed():
   same = tf.constant([10, 10])
   # Each row's only negative shares the positive's id: softmax over the

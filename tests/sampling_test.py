@@ -19,7 +19,7 @@ def test_static_probability_is_expected_count_per_batch():
   source = sampling.StaticSamplingProbability([3, 1, 0], batch_size=2)
   # total 4; p = 2 * count / 4, the unseen item floored at count 1.
   np.testing.assert_allclose(
-    source.probabilities(tf.constant([0, 1, 2])), [1.5, 0.5, 0.5]
+    source.expected_counts(tf.constant([0, 1, 2])), [1.5, 0.5, 0.5]
   )
   np.testing.assert_allclose(source(tf.constant([[0], [2]])), [[1.5], [0.5]])
 
@@ -43,14 +43,14 @@ def test_streaming_golden_updates_with_repeats():
   # B = t - A = 1 - 0 = 1 and the copies C to the count: C[3] = 3, C[5] = 1.
   est.update(tf.constant([3, 3, 3, 5]))
   # p = C / B: item 3 is expected 3 times per batch, item 5 once.
-  np.testing.assert_allclose(est.probabilities(tf.constant([3, 5])), [3, 1])
+  np.testing.assert_allclose(est.expected_counts(tf.constant([3, 5])), [3, 1])
   # Step 2: item 5: B = .5 * 1 + .5 * (2 - 1) = 1, C = .5 * 1 + .5 * 1 = 1.
   est.update(tf.constant([5]))
   # Step 3: item 3: B = .5 * 1 + .5 * (3 - 1) = 1.5, C = .5 * 3 + .5 * 1 = 2.
   est.update(tf.constant([3]))
   # Item 7 never seen in 3 steps: at most one copy in 3 steps, p = 1/3.
   np.testing.assert_allclose(
-    est.probabilities(tf.constant([3, 5, 7])), [2 / 1.5, 1.0, 1 / 3]
+    est.expected_counts(tf.constant([3, 5, 7])), [2 / 1.5, 1.0, 1 / 3]
   )
   assert int(est.step) == 3
 
@@ -94,7 +94,7 @@ def _run(est, q, steps, seed):
 
 
 def _tvd(est, target):
-  p = est.probabilities(tf.range(N)).numpy()
+  p = est.expected_counts(tf.range(N)).numpy()
   return 0.5 * np.abs(p / p.sum() - target / target.sum()).sum()
 
 
@@ -121,8 +121,8 @@ def test_streaming_and_static_agree_in_units_on_a_stationary_stream():
   est = sampling.StreamingFrequencyEstimator(64, learning_rate=0.02)
   _run(est, Q, 3000, seed=4)
   static = sampling.StaticSamplingProbability(Q * 1e6, batch_size=BATCH)
-  streaming = est.probabilities(tf.range(N)).numpy()
-  fixed = static.probabilities(tf.range(N)).numpy()
+  streaming = est.expected_counts(tf.range(N)).numpy()
+  fixed = static.expected_counts(tf.range(N)).numpy()
   np.testing.assert_allclose(fixed, BATCH * Q, rtol=1e-5)
   # The head item is seen in almost every batch, so its estimate is tight:
   # 10% is far from the 58% between 2.22 and 0.93. Across all items, the
@@ -183,7 +183,7 @@ _DISTRIBUTED = textwrap.dedent(
   ids = tf.range(10)
   for replica in strategy.experimental_local_results(est.gap):
     np.testing.assert_array_equal(replica.numpy(), reference.gap.numpy())
-  np.testing.assert_allclose(est.probabilities(ids), reference(ids))
+  np.testing.assert_allclose(est.expected_counts(ids), reference(ids))
   for replica in strategy.experimental_local_results(est.step):
     assert replica.numpy() == 3, replica.numpy()
   print("OK")

@@ -327,7 +327,7 @@ def test_most_popular_baseline_matches_a_loop_over_the_pairs(run):
   pairs = eval_pairs.select_pairs(prepared, "test")
   count = prepared.item_train_count
   order = np.lexsort((np.arange(count.shape[0]), -count))
-  indptr, indices = pairs.exclude
+  indptr, indices = pairs.excluded_items
   hits = []
   for q, item in zip(pairs.query_of_pair, pairs.targets, strict=True):
     own = pairs.targets[pairs.query_of_pair == q]

@@ -118,12 +118,12 @@ def evaluate_model(
     item_embeddings,
     pairs_query=pairs.query_of_pair,
     pairs_item=pairs.targets,
-    exclude=pairs.exclude,
+    exclude=pairs.excluded_items,
     item_train_count=side.item_train_count(prepared),
     ks=eval_config.ks,
     head_fraction=eval_config.head_fraction,
     batch_size=eval_config.batch_size,
   )
-  metrics["excluded"] = list(pairs.excluded)
+  metrics["excluded"] = list(pairs.exclusion_sources)
   metrics["protocol"] = eval_pairs.protocol(pairs)
   return metrics

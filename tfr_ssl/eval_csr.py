@@ -3,9 +3,11 @@
 Evaluation keeps "the corpus rows query q must not be recommended" as one
 compressed sparse row pair `(indptr int [Q + 1], indices int [nnz])`: row q
 holds `indices[indptr[q]:indptr[q + 1]]`. Building those lists
-(`eval_pairs`) and applying them (`evaluate`, the index, the most-popular
-baseline) share the helpers here, so that a rule about them, above all
-"a pair's own held-out item stays rankable", is written once.
+(`from_entries`: the training items of each user in
+`data.stats.items_by_query`, the exclusions of `eval_pairs`) and applying
+them (`evaluate`, the index, the most-popular baseline) share the helpers
+here, so that a rule about them, above all "a pair's own held-out item stays
+rankable", is written once.
 
 Set operations sort instead of hashing: numpy 2's np.unique and np.isin
 hash plain 1-D input, an order of magnitude slower than a sort on millions

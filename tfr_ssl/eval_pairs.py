@@ -13,10 +13,11 @@ Protocol, in the order applied:
   * Duplicates: a (query, item) pair repeated in the split is scored once
     (its first row), or a query with the same item twice would count it
     twice in recall.
-  * Known positives: the (query, item) pairs of the earlier splits (train
-    when scoring `validation`, train and validation when scoring `test`)
-    are excluded from the query's ranking; item-to-item also excludes the
-    seed item itself. A held-out pair that is itself a known pair:
+  * Seen items (`seen_items`): the (query, item) pairs of the earlier
+    splits (train when scoring `validation`, train and validation when
+    scoring `test`) are excluded from the query's ranking; item-to-item
+    also excludes the seed item itself. A held-out pair that is itself a
+    seen pair (a "known pair" in metrics.json):
     user-to-item scores it (the pair's own item stays rankable, counted as
     `num_pairs_target_in_train` by evaluate.py); item-to-item drops it, so
     it is neither rankable for that seed nor scored (see
@@ -49,10 +50,7 @@ import numpy as np
 from tfr_ssl import eval_csr
 from tfr_ssl.data import contract, query_side
 
-USER_TO_ITEM = query_side.USER_TO_ITEM
-ITEM_TO_ITEM = query_side.ITEM_TO_ITEM
-TASKS = query_side.TASKS
-# What `EvalPairs.excluded` names for the item-to-item exclusion.
+# What `EvalPairs.exclusion_sources` names for the item-to-item exclusion.
 SEED_ITEM = "seed_item"
 
 
@@ -68,13 +66,13 @@ class EvalPairs:
       table (user-to-item) or of the corpus (item-to-item, the seed items).
     query_of_pair: int64 [P], index into `queries` of each pair's query.
     targets: int [P], corpus row of each pair's held-out item.
-    exclude: CSR (indptr int64 [Q + 1], indices [nnz]) over `queries`: row i
-      holds the corpus rows excluded from the ranking of `queries[i]`,
-      sorted ascending and distinct (the pairs' own targets included; the
-      evaluation keeps those scoreable).
-    excluded: What `exclude` holds, for metrics.json: the earlier splits
-      (`["train"]`, `["train", "validation"]`), after `"seed_item"` for
-      item-to-item.
+    excluded_items: CSR (indptr int64 [Q + 1], indices [nnz]) over
+      `queries`: row i holds the corpus rows excluded from the ranking of
+      `queries[i]`, sorted ascending and distinct (the pairs' own targets
+      included; the evaluation keeps those scoreable).
+    exclusion_sources: Where `excluded_items` comes from, the names written
+      to metrics.json as `excluded`: the earlier splits (`("train",)`,
+      `("train", "validation")`), after `"seed_item"` for item-to-item.
     selection: The rules applied and their counts, for metrics.json:
       `pairs_with_a_query`, `duplicates_removed`, `known_pairs` (`scored`
       or `dropped`), `known_pairs_dropped`, `excluded` and `sampling`
@@ -88,8 +86,8 @@ class EvalPairs:
   queries: np.ndarray
   query_of_pair: np.ndarray
   targets: np.ndarray
-  exclude: tuple[np.ndarray, np.ndarray]
-  excluded: tuple[str, ...]
+  excluded_items: tuple[np.ndarray, np.ndarray]
+  exclusion_sources: tuple[str, ...]
   selection: dict = dataclasses.field(default_factory=dict)
 
   def __len__(self) -> int:
@@ -114,13 +112,13 @@ def earlier_splits(split: str) -> tuple[str, ...]:
   return contract.SPLITS[: contract.SPLITS.index(split)]
 
 
-def known_items(
+def seen_items(
   prepared: contract.PreparedDataset,
   splits: tuple[str, ...] | list[str],
   queries: np.ndarray,
-  task: str = USER_TO_ITEM,
+  task: str = query_side.USER_TO_ITEM,
 ) -> tuple[np.ndarray, np.ndarray]:
-  """The union of the items `queries` were followed by in `splits`, as CSR.
+  """The distinct items `queries` were followed by in `splits`, as CSR.
 
   User-to-item: the items each user interacted with; the training ones
   come from `prepared.train_items_by_query`. Item-to-item: the items that
@@ -165,14 +163,14 @@ def known_items(
 def select_pairs(
   prepared: contract.PreparedDataset,
   split: str,
-  task: str = USER_TO_ITEM,
+  task: str = query_side.USER_TO_ITEM,
   max_pairs: int = 0,
   seed: int = 0,
 ) -> EvalPairs:
   """The pairs of `split` to score, their queries and exclusion lists.
 
-  Applies the protocol of the module docstring: distinct pairs, known
-  positives excluded (and, item-to-item, known pairs dropped), then a
+  Applies the protocol of the module docstring: distinct pairs, seen items
+  excluded (and, item-to-item, seen pairs dropped), then a
   sample of whole queries.
 
   Args:
@@ -192,7 +190,7 @@ def select_pairs(
   """
   if max_pairs < 0:
     raise ValueError(f"max_pairs must be >= 0, got {max_pairs}.")
-  known = earlier_splits(split)
+  earlier = earlier_splits(split)
   side = query_side.query_side(task)
   pairs = prepared.splits[split]
   rows = side.usable(pairs).astype(np.int64)
@@ -206,23 +204,23 @@ def select_pairs(
   first = np.sort(first)
   rows, query = rows[first], query[first]
   candidates = eval_csr.sorted_distinct(query)
-  known_csr = known_items(prepared, known, candidates, task)
-  known_pairs = 0
+  seen = seen_items(prepared, earlier, candidates, task)
+  seen_pairs = 0
   if not side.scores_known_pairs:
-    is_known = eval_csr.contains(
-      known_csr,
+    is_seen = eval_csr.contains(
+      seen,
       np.searchsorted(candidates, query),
       pairs.item_index[rows],
     )
-    known_pairs = int(is_known.sum())
-    rows, query = rows[~is_known], query[~is_known]
+    seen_pairs = int(is_seen.sum())
+    rows, query = rows[~is_seen], query[~is_seen]
   kept, sampling = _sample_queries(query, max_pairs, seed)
   rows, query = rows[kept], query[kept]
   queries, query_of_pair = np.unique(query, return_inverse=True)
   indptr, indices = eval_csr.select_csr_rows(
-    known_csr, np.searchsorted(candidates, queries)
+    seen, np.searchsorted(candidates, queries)
   )
-  excluded = known
+  sources = earlier
   if side.is_item:
     # Each seed item also excludes itself from its own ranking.
     owner = np.repeat(np.arange(queries.shape[0]), np.diff(indptr))
@@ -231,15 +229,15 @@ def select_pairs(
       np.concatenate([indices, queries]),
       queries.shape[0],
     )
-    excluded = (SEED_ITEM, *known)
+    sources = (SEED_ITEM, *earlier)
   selection = {
     "split": split,
     "task": task,
     "pairs_with_a_query": usable,
     "duplicates_removed": usable - int(first.shape[0]),
     "known_pairs": "scored" if side.scores_known_pairs else "dropped",
-    "known_pairs_dropped": known_pairs,
-    "excluded": list(excluded),
+    "known_pairs_dropped": seen_pairs,
+    "excluded": list(sources),
     "sampling": sampling,
   }
   return EvalPairs(
@@ -249,8 +247,8 @@ def select_pairs(
     queries=queries,
     query_of_pair=query_of_pair.reshape(-1).astype(np.int64),
     targets=pairs.item_index[rows],
-    exclude=(indptr, indices),
-    excluded=excluded,
+    excluded_items=(indptr, indices),
+    exclusion_sources=sources,
     selection=selection,
   )
 

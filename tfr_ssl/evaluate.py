@@ -51,11 +51,6 @@ import tensorflow as tf
 
 from tfr_ssl import atomic, eval_csr, eval_slices
 
-# Their home is eval_csr; still reachable here for callers that name them
-# through this module (workflow.py, bench/eval_bench.py).
-exclusion_without_targets = eval_csr.exclusion_without_targets
-select_csr_rows = eval_csr.select_csr_rows
-
 # Cap on the scores matrix of one block ([queries, items] float32 entries):
 # 2**26 entries are 256 MB, so a large corpus gets fewer queries per block.
 _MAX_BLOCK_SCORES = 1 << 26
@@ -200,30 +195,18 @@ def metrics_from_topk(
     EvaluationInputError: a K beyond the lists, or pairs out of range.
   """
   topk_rows = np.asarray(topk_rows)
-  pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
-  pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
   if topk_rows.ndim != 2:
     raise EvaluationInputError(
       f"topk_rows must be [queries, k], got shape {topk_rows.shape}."
     )
-  ks = sorted({int(k) for k in ks})
-  if not ks or ks[0] < 1 or ks[-1] > topk_rows.shape[1]:
+  pairs_query, pairs_item = _check_pairs(
+    pairs_query, pairs_item, topk_rows.shape[0], None
+  )
+  ks = _check_ks(ks)
+  if ks[-1] > topk_rows.shape[1]:
     raise EvaluationInputError(
-      f"ks {ks} need top-k lists of at least {ks[-1] if ks else 1} "
-      f"columns; topk_rows has {topk_rows.shape[1]}."
-    )
-  if pairs_query.shape != pairs_item.shape or pairs_query.ndim != 1:
-    raise EvaluationInputError(
-      "pairs_query and pairs_item must be 1-D of equal length, got shapes "
-      f"{pairs_query.shape} and {pairs_item.shape}."
-    )
-  if pairs_query.size == 0:
-    raise EvaluationInputError("No held-out pairs to evaluate.")
-  bad = np.flatnonzero((pairs_query < 0) | (pairs_query >= len(topk_rows)))
-  if bad.size:
-    raise EvaluationInputError(
-      f"pairs_query[{bad[0]}] = {pairs_query[bad[0]]} is outside "
-      f"[0, {len(topk_rows)})."
+      f"ks {ks} need top-k lists of at least {ks[-1]} columns; topk_rows "
+      f"has {topk_rows.shape[1]}."
     )
   k_max = ks[-1]
   hits = topk_rows[pairs_query, :k_max] == pairs_item[:, np.newaxis]
@@ -318,7 +301,8 @@ def evaluate_most_popular(
 
   Example:
     >>> evaluate_most_popular(data.item_train_count, pairs.query_of_pair,
-    ...                       pairs.targets, exclude=pairs.exclude)["recall@10"]
+    ...                       pairs.targets,
+    ...                       exclude=pairs.excluded_items)["recall@10"]
   """
   count = np.asarray(item_train_count)
   if count.ndim != 1 or count.shape[0] == 0:
@@ -408,7 +392,7 @@ def _check_inputs(queries, items, pairs_query, pairs_item, ks, batch_size):
 
 def _check_pairs(pairs_query, pairs_item, num_queries, num_items):
   """The held-out pairs as int64, checked: 1-D, as many queries as items,
-  at least one, rows in range (`num_queries` None: query ids unchecked)."""
+  at least one, rows in range (a bound of None leaves those ids unchecked)."""
   pairs_query = np.asarray(pairs_query).astype(np.int64, copy=False)
   pairs_item = np.asarray(pairs_item).astype(np.int64, copy=False)
   if pairs_query.shape != pairs_item.shape or pairs_query.ndim != 1:

@@ -23,9 +23,9 @@ proposal. Dividing by `B + M` turns `E[n_j]` into the per-draw probability
 of the mixture proposal, `(B p_j + M q_j) / (B + M)` (mixed negative
 sampling, Yang et al. 2020); again only a constant shift.
 
-`sampling.py` provides `B p_j` in per-batch units directly, so the caller
-passes `log_q = log(batch_probability + M * q)` per candidate; see
-`mixed_log_q`.
+`sampling.py` provides `B p_j`, the expected copies per batch, directly, so
+the caller passes `log_q = log(batch_expected_count + M * q)` per candidate;
+see `mixed_log_q`.
 
 Reductions are means (weighted sum over the batch divided by the batch size,
 across replicas under a `tf.distribute` strategy, via
@@ -51,21 +51,50 @@ PAIRWISE = ("logistic", "hinge")
 MIN_LOGIT = np.finfo(np.float32).min / 100.0
 
 
+def mask_accidental_hits(
+  logits: tf.Tensor, candidate_ids: tf.Tensor
+) -> tf.Tensor:
+  """The logits with every accidental hit set to `MIN_LOGIT`.
+
+  Row `i` of `logits` is query `i`, whose positive is candidate `i`; an
+  accidental hit is any other candidate with the positive's id (the same
+  item drawn twice), which is not a negative. The one rule of the retrieval
+  losses and the SSL task (`ssl_task.py`).
+
+  Args:
+    logits: `[B, C]`, `C >= B`.
+    candidate_ids: `[C]` ids of the candidates, the `B` positives first.
+
+  Returns:
+    `[B, C]` logits, the positives and the other candidates unchanged.
+
+  Example:
+    >>> mask_accidental_hits(tf.zeros([2, 3]), tf.constant([7, 8, 7]))
+    # [[0, 0, MIN_LOGIT], [0, 0, 0]]: candidate 2 is query 0's item again
+  """
+  num_queries = tf.shape(logits)[0]
+  same = tf.equal(
+    candidate_ids[:num_queries, tf.newaxis], candidate_ids[tf.newaxis, :]
+  )
+  own = tf.eye(num_queries, tf.shape(logits)[1], dtype=tf.bool)
+  return tf.where(same & ~own, tf.cast(MIN_LOGIT, logits.dtype), logits)
+
+
 def mixed_log_q(
-  batch_probability: tf.Tensor,
+  batch_expected_count: tf.Tensor,
   mixed_probability: tf.Tensor | float | None = None,
   num_mixed: int = 0,
 ) -> tf.Tensor:
   """`log(B p_j + M q_j)`: log expected multiplicity of each candidate.
 
   Args:
-    batch_probability: `[C]` per-batch sampling probability `B p_j` of each
-      candidate's item (from a `sampling.SamplingProbability`).
+    batch_expected_count: `[C]` expected copies `B p_j` of each candidate's
+      item per batch (`sampling.SamplingProbability.expected_counts`).
     mixed_probability: `[C]` (or scalar) per-draw probability `q_j` of the
       item under the mixed-negative proposal; ignored when `num_mixed == 0`.
     num_mixed: `M`, mixed negatives drawn per step.
   """
-  expected = tf.cast(batch_probability, tf.float32)
+  expected = tf.cast(batch_expected_count, tf.float32)
   if num_mixed > 0:
     expected += num_mixed * tf.cast(mixed_probability, tf.float32)
   return tf.math.log(tf.maximum(expected, 1e-30))
@@ -104,8 +133,9 @@ class RetrievalLoss(tf_keras.layers.Layer):
   all queries. Logits are `cos / temperature - log_q` (see module doc).
 
   - `softmax` (listwise): categorical cross-entropy over each row of the
-    corrected logits, with TFRS's accidental-hit and hard-negative layers
-    (what `tfrs.tasks.Retrieval` does, but with `log_q` subtracted exactly:
+    corrected logits, accidental hits masked (`mask_accidental_hits`) and
+    TFRS's hard-negative layer (what `tfrs.tasks.Retrieval` does, but with
+    `log_q` subtracted exactly:
     Retrieval takes probabilities and clips them to `[1e-6, 1]`, which
     truncates the correction of items more than 1e6 times rarer than the
     most frequent one).
@@ -201,9 +231,7 @@ class RetrievalLoss(tf_keras.layers.Layer):
     """Per-example listwise loss `[B]`, the positive of row i in column i."""
     labels = tf.eye(tf.shape(logits)[0], tf.shape(logits)[1])
     if self.remove_accidental_hits:
-      logits = tfrs.layers.loss.RemoveAccidentalHits()(
-        labels, logits, candidate_ids
-      )
+      logits = mask_accidental_hits(logits, candidate_ids)
     if self.num_hard_negatives:
       logits, labels = tfrs.layers.loss.HardNegativeMining(
         self.num_hard_negatives
@@ -215,13 +243,9 @@ class RetrievalLoss(tf_keras.layers.Layer):
     num_queries = tf.shape(logits)[0]
     positive_mask = tf.eye(num_queries, tf.shape(logits)[1], dtype=tf.bool)
     positive = tf.linalg.diag_part(logits[:, :num_queries])
-    negative = tf.logical_not(positive_mask)
     if self.remove_accidental_hits:
-      same = tf.equal(
-        candidate_ids[:num_queries, tf.newaxis], candidate_ids[tf.newaxis, :]
-      )
-      negative = tf.logical_and(negative, tf.logical_not(same))
-    negatives = tf.where(negative, logits, MIN_LOGIT)
+      logits = mask_accidental_hits(logits, candidate_ids)
+    negatives = tf.where(positive_mask, MIN_LOGIT, logits)
     if self.num_hard_negatives:
       k = tf.minimum(self.num_hard_negatives, tf.shape(logits)[1])
       negatives, _ = tf.math.top_k(negatives, k=k)

@@ -140,7 +140,7 @@ class RetrievalTask(tf_keras.layers.Layer):
     if training:
       self.sampling.update(local_index)  # it gathers every replica's
     # Per global batch: the candidates are the global batch.
-    batch_p = self.sampling.probabilities(candidate_ids)
+    batch_p = self.sampling.expected_counts(candidate_ids)
     if extra is None:
       return losses.mixed_log_q(batch_p)
     # The proposal probability of each candidate's ITEM, whichever stream

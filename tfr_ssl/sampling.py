@@ -1,20 +1,21 @@
 """How often an item is sampled into a training batch: static or streaming.
 
 The sampling-bias correction (Yi et al. 2019) subtracts `log p_j` from the
-logit of every candidate `j`, where `p_j` is the probability that item `j`
-lands in a training batch. Two sources share one interface:
+logit of every candidate `j`, where `p_j` is the probability that one draw
+of a training batch is item `j`. Two sources share one interface:
 
-  probs = source.probabilities(item_index)  # float32 [n], per-batch units
-  source.update(item_index)                 # once per training step
+  counts = source.expected_counts(item_index)  # float32 [n], B p_j
+  source.update(item_index)                    # once per training step
 
-Both report the same per-batch quantity, the expected number of copies of
-the item in one global training batch, so they are interchangeable and can
-be added to the expected count of extra sampled negatives (see
+Both report the same per-batch quantity `B p_j`, the expected number of
+copies of the item in one global training batch of `B` draws (above 1 for
+a head item: a count, not a probability), so they are interchangeable and
+can be added to the expected count of extra sampled negatives (see
 `losses.py`):
 
-  - `StaticSamplingProbability`: `p_j = batch_size * count_j / total`, the
-    expected occurrences of `j` in a batch of iid draws from the training
-    interactions.
+  - `StaticSamplingProbability`: `B p_j = batch_size * count_j / total`,
+    the expected occurrences of `j` in a batch of iid draws from the
+    training interactions.
   - `StreamingFrequencyEstimator`: Yi et al.'s hashed estimator of the mean
     gap (in steps) between batches that contain `j`, times the mean number
     of copies of `j` in such a batch. It needs no counts up front and
@@ -38,13 +39,13 @@ _PRIME = (1 << 31) - 1
 
 
 class SamplingProbability(tf_keras.layers.Layer):
-  """Interface: per-batch sampling probability of items (see module doc).
+  """Interface: expected copies of items per batch (see module doc).
 
-  `call(item_index)` is `probabilities(item_index)`.
+  `call(item_index)` is `expected_counts(item_index)`.
   """
 
-  def probabilities(self, item_index: tf.Tensor) -> tf.Tensor:
-    """float32 probabilities (per-batch units), same shape as the input."""
+  def expected_counts(self, item_index: tf.Tensor) -> tf.Tensor:
+    """float32 expected copies per global batch, same shape as the input."""
     raise NotImplementedError
 
   def update(self, item_index: tf.Tensor) -> None:
@@ -52,14 +53,14 @@ class SamplingProbability(tf_keras.layers.Layer):
     del item_index
 
   def call(self, item_index: tf.Tensor) -> tf.Tensor:
-    return self.probabilities(item_index)
+    return self.expected_counts(item_index)
 
 
 @tf_keras.saving.register_keras_serializable(package="tfr_ssl")
 class StaticSamplingProbability(SamplingProbability):
-  """Per-batch sampling probability from training frequencies.
+  """Expected copies of items per batch, from training frequencies.
 
-  `p_j = batch_size * max(count_j, min_count) / sum_k count_k`: the expected
+  `B p_j = batch_size * max(count_j, min_count) / sum_k count_k`: the expected
   number of times item `j` is drawn into a batch of `batch_size` iid draws
   from the training interactions. The floor `min_count` keeps items unseen
   in training finite (they never occur as in-batch candidates, but they can
@@ -77,7 +78,7 @@ class StaticSamplingProbability(SamplingProbability):
 
   Example:
     >>> source = StaticSamplingProbability([3, 1, 0], batch_size=2)
-    >>> source.probabilities(tf.constant([0, 2]))  # 2*3/4, 2*1/4 (floor)
+    >>> source.expected_counts(tf.constant([0, 2]))  # 2*3/4, 2*1/4 (floor)
     <tf.Tensor: ... numpy=array([1.5, 0.5], dtype=float32)>
   """
 
@@ -118,7 +119,7 @@ class StaticSamplingProbability(SamplingProbability):
       trainable=False,
     )
 
-  def probabilities(self, item_index: tf.Tensor) -> tf.Tensor:
+  def expected_counts(self, item_index: tf.Tensor) -> tf.Tensor:
     total = tf.reduce_sum(self.counts)
     counts = tf.maximum(tf.gather(self.counts, item_index), self.min_count)
     return self.batch_size * counts / total
@@ -155,7 +156,7 @@ def hash_parameters(num_hashes: int, seed: int = 0) -> np.ndarray:
 
 @tf_keras.saving.register_keras_serializable(package="tfr_ssl")
 class StreamingFrequencyEstimator(SamplingProbability):
-  """Streaming per-batch sampling probability (Yi et al. 2019, Alg. 2 and 3).
+  """Streaming expected copies per batch (Yi et al. 2019, Alg. 2 and 3).
 
   For each of `m` hash functions `h_i` it keeps arrays `A_i` (the step at
   which bucket `h_i(y)` was last seen), `B_i` (the estimated gap, in steps,
@@ -188,7 +189,7 @@ class StreamingFrequencyEstimator(SamplingProbability):
       in from 0, which would overstate `p` by a factor `1 / a` early on.
     - Never seen: an unseen bucket's gap is at least the steps elapsed, so
       it reports `p = 1 / max(t, 1)` (one copy per that many steps).
-    - Order: the model calls `update` before `probabilities` in a step, so
+    - Order: the model calls `update` before `expected_counts` in a step, so
       an item's first batch already has a finite estimate.
     - Distribution: under a `tf.distribute` strategy, `update` all-gathers
       the ids of every replica, so a step is one global batch and every
@@ -206,7 +207,7 @@ class StreamingFrequencyEstimator(SamplingProbability):
   Example:
     >>> estimator = StreamingFrequencyEstimator(num_buckets=1 << 20)
     >>> estimator.update(batch_item_index)    # in the train step
-    >>> p = estimator.probabilities(candidate_ids)
+    >>> counts = estimator.expected_counts(candidate_ids)
   """
 
   def __init__(
@@ -297,7 +298,7 @@ class StreamingFrequencyEstimator(SamplingProbability):
     )
     self.step.assign(t)
 
-  def probabilities(self, item_index: tf.Tensor) -> tf.Tensor:
+  def expected_counts(self, item_index: tf.Tensor) -> tf.Tensor:
     shape = tf.shape(item_index)
     buckets = self.buckets(item_index)
     # Read through 1-D indices (arrays sharded over parameter servers

@@ -83,9 +83,7 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
     n, m = tf.shape(logits)[0], tf.shape(logits)[1]
     labels = tf.eye(n, m)
     if item_ids is not None:
-      same = tf.equal(item_ids[:n, tf.newaxis], item_ids[tf.newaxis, :])
-      hit = tf.logical_and(same, tf.logical_not(tf.eye(n, m, dtype=tf.bool)))
-      logits = tf.where(hit, losses.MIN_LOGIT, logits)
+      logits = losses.mask_accidental_hits(logits, item_ids)
     per_example = tf.nn.softmax_cross_entropy_with_logits(labels, logits)
     if compute_metrics:
       weights = tf.ones_like(per_example)

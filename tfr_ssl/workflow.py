@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from tfr_ssl import (
   embed,
+  eval_csr,
   eval_pairs,
   eval_plot,
   evaluate,
@@ -422,11 +423,11 @@ def most_popular_baseline(
     query_side.query_side(pairs.task).item_train_count(prepared),
     pairs.query_of_pair,
     pairs.targets,
-    exclude=pairs.exclude,
+    exclude=pairs.excluded_items,
     ks=ks,
     head_fraction=head_fraction,
   )
-  metrics["excluded"] = list(pairs.excluded)
+  metrics["excluded"] = list(pairs.exclusion_sources)
   metrics["seconds"] = time.perf_counter() - started
   return metrics
 
@@ -628,8 +629,8 @@ def _evaluate_through_index(workdir, prepared, config, pairs) -> dict:
   keys = np.array(prepared.item_keys())
   # The index drops every listed id: leave the pairs' own items off the
   # lists, so they stay rankable as in the exact evaluation.
-  (indptr, indices), target_in_train = evaluate.exclusion_without_targets(
-    pairs.exclude, query_of_pair, pairs.targets
+  (indptr, indices), target_in_train = eval_csr.exclusion_without_targets(
+    pairs.excluded_items, query_of_pair, pairs.targets
   )
   exclude = [
     list(keys[indices[indptr[q] : indptr[q + 1]]]) for q in range(len(queries))
@@ -674,7 +675,7 @@ def _evaluate_through_index(workdir, prepared, config, pairs) -> dict:
     head_fraction=config.eval.head_fraction,
   )
   metrics["num_pairs_target_in_train"] = target_in_train
-  metrics["excluded"] = list(pairs.excluded)
+  metrics["excluded"] = list(pairs.exclusion_sources)
   metrics["protocol"] = eval_pairs.protocol(pairs)
   return metrics
 

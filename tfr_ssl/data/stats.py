@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from tfr_ssl import eval_csr
 from tfr_ssl.data.contract import PAD, PreparedDataset
 
 # Joint tables up to this many cells are accumulated densely (bincount);
@@ -42,17 +43,14 @@ def items_by_query(
 ) -> tuple[np.ndarray, np.ndarray]:
   """CSR of the distinct items each query interacted with.
 
+  The same CSR as the evaluation's exclusion lists, by the same builder
+  (`eval_csr.from_entries`).
+
   Returns:
     (indptr int64 [num_queries + 1], indices int32 [nnz]); the items of query
     q are `indices[indptr[q]:indptr[q + 1]]`, sorted ascending.
   """
-  num_items = int(item_rows.max(initial=-1)) + 1
-  codes = np.unique(query_rows.astype(np.int64) * max(num_items, 1) + item_rows)
-  queries = codes // max(num_items, 1)
-  counts = np.bincount(queries, minlength=num_queries)
-  indptr = np.zeros(num_queries + 1, dtype=np.int64)
-  np.cumsum(counts, out=indptr[1:])
-  return indptr, (codes % max(num_items, 1)).astype(np.int32)
+  return eval_csr.from_entries(query_rows, item_rows, num_queries)
 
 
 def _spread(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
