@@ -218,7 +218,7 @@ def _static_logq(model, other, batch, dataset):
   assert other.sampling is None
   counts = np.maximum(dataset.item_train_count, 1.0)
   np.testing.assert_allclose(
-    model.sampling.probabilities(tf.range(24)), 32 * counts / counts.sum()
+    model.sampling.expected_counts(tf.range(24)), 32 * counts / counts.sum()
   )
   assert _main(model, batch) != pytest.approx(_main(other, batch))
 
@@ -235,7 +235,7 @@ def _streaming_logq(model, other, batch, dataset, hashes=1):
   assert int(model.sampling.step) == 1
   assert model.sampling.gap.shape == (hashes * 64,)
   ids, _, k = tf.unique_with_counts(batch["item_index"])
-  np.testing.assert_allclose(model.sampling.probabilities(ids), k)
+  np.testing.assert_allclose(model.sampling.expected_counts(ids), k)
   # Every hash recorded the batch: 1 <= buckets seen per hash <= distinct.
   seen = (model.sampling.gap.numpy() > 0).reshape(hashes, 64).sum(axis=1)
   assert np.all((seen >= 1) & (seen <= len(ids)))

@@ -140,13 +140,13 @@ class RetrievalTask(tf_keras.layers.Layer):
     if training:
       self.sampling.update(local_index)  # it gathers every replica's
     # Per global batch: the candidates are the global batch.
-    batch_p = self.sampling.expected_counts(candidate_ids)
+    expected = self.sampling.expected_counts(candidate_ids)
     if extra is None:
-      return losses.mixed_log_q(batch_p)
+      return losses.mixed_log_q(expected)
     # The proposal probability of each candidate's ITEM, whichever stream
     # the candidate came from (see losses.py).
     q = self.mixed_negatives.probability(candidate_ids)
-    return losses.mixed_log_q(batch_p, q, self.config.mixed_negatives)
+    return losses.mixed_log_q(expected, q, self.config.mixed_negatives)
 
   def _spread_out(self, items, item_index) -> tf.Tensor:
     weight = self.config.spread_out_weight
