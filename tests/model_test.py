@@ -268,7 +268,7 @@ def _more_negatives(model, other, batch, dataset):
   # Without a correction, 8 extra candidates add positive terms to every
   # row's softmax denominator (an extra that is the row's own item is
   # removed as an accidental hit): a strictly larger loss.
-  assert model.mixed_negatives.count == 8
+  assert model.retrieval_task.mixed_negatives.count == 8
   assert _main(model, batch) > _main(other, batch) + 1e-4
 
 
@@ -276,12 +276,13 @@ def _unigram_proposal(model, other, batch, dataset):
   # q_j = count_j^0.75 / Z, against 1 / 24 for the uniform proposal.
   counts = dataset.item_train_count.astype(np.float64) ** 0.75
   np.testing.assert_allclose(
-    model.mixed_negatives.probability(tf.range(24)),
+    model.retrieval_task.mixed_negatives.probability(tf.range(24)),
     counts / counts.sum(),
     rtol=1e-5,
   )
   np.testing.assert_allclose(
-    other.mixed_negatives.probability(tf.range(24)), np.full(24, 1 / 24)
+    other.retrieval_task.mixed_negatives.probability(tf.range(24)),
+    np.full(24, 1 / 24),
   )
 
 
@@ -312,7 +313,7 @@ def _dropout_and_spread(model, other, batch, dataset):
 
 
 def _masks(model, rows=20_000):
-  augmenter = model.augmenter
+  augmenter = model.item_ssl.augmenter
   assert augmenter.feature_names == ["item_id", "category", "tags"]
   m1, m2 = augmenter.masks(rows, tf.constant([0, 1], tf.int64))
   return m1.numpy(), m2.numpy()
@@ -333,16 +334,19 @@ def _rfm(model, other, batch, dataset):
   assert len({tuple(row) for row in m1[:, 1:]}) == 1
   # With two content features CFM (the default) splits them the same way;
   # what differs is that RFM needs no dependence matrix.
-  assert model.augmenter.masking == "rfm" and model.augmenter.dependence is None
-  assert other.augmenter.dependence.shape == (2, 2)
+  assert (
+    model.item_ssl.augmenter.masking == "rfm"
+    and model.item_ssl.augmenter.dependence is None
+  )
+  assert other.item_ssl.augmenter.dependence.shape == (2, 2)
   # dropout_rate 0: the views keep every tag; the default 0.3 drops some of
   # the batch's ~32 tag values (all kept: 0.7^32 = 1e-5).
   features = dict(batch["ssl_item"])
   seed = tf.constant([0, 1])
-  view1, _, view2, _ = model.augmenter(features, seed)
+  view1, _, view2, _ = model.item_ssl.augmenter(features, seed)
   for view in (view1, view2):
     np.testing.assert_array_equal(view["tags"], features["tags"])
-  dropped, _, _, _ = other.augmenter(features, seed)
+  dropped, _, _, _ = other.item_ssl.augmenter(features, seed)
   assert np.any(np.asarray(dropped["tags"]) != np.asarray(features["tags"]))
 
 
@@ -366,7 +370,7 @@ def _no_masking_value_dropout(model, other, batch, dataset):
   # items with 1..3 tags (the fake's rows, tiled) the kept share is 0.5
   # within 0.01 (sd sqrt(0.25 / 40,000) = 0.0025 per view).
   tags = np.tile(dataset.items["tags"], (834, 1))
-  view1, _, view2, _ = model.augmenter(
+  view1, _, view2, _ = model.item_ssl.augmenter(
     {
       "item_id": np.zeros(len(tags), np.int32),
       "category": tags[:, 0],
