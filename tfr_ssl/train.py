@@ -25,7 +25,7 @@ from tfr_ssl import atomic, distribute, embed, optimizers, warm_start
 from tfr_ssl import config as config_lib
 from tfr_ssl import model as model_lib
 from tfr_ssl import workdir as workdir_lib
-from tfr_ssl.data import contract, pipeline, query_side
+from tfr_ssl.data import contract, csv_source, pipeline, query_side
 from tfr_ssl.model import TwoTowerModel
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
@@ -632,6 +632,7 @@ def _claim_workdir(
   changed = workdir_lib.check_resumable(workdir, config)
   tf_keras.utils.set_random_seed(config.train.seed)
   prepared, info, new = workdir_lib.load_dataset(workdir, config)
+  _check_task(config, prepared)
   # Before the model: a batch sized beyond the data is refused before it
   # costs memory (an SSL batch of B items scores a B x B matrix).
   steps_per_epoch = _steps_per_epoch(config, prepared)
@@ -647,6 +648,23 @@ def _claim_workdir(
 def read_dataset_info(workdir: str) -> dict:
   with open(os.path.join(workdir, DATASET_FILE)) as f:
     return json.load(f)
+
+
+def _check_task(
+  config: config_lib.Config, prepared: contract.PreparedDataset
+) -> None:
+  """Refuses `user_to_item` on data without users (explicit item pairs)."""
+  is_item = query_side.query_side(config.model.task).is_item
+  if is_item or csv_source.has_users(
+    prepared.vocabularies, prepared.schema.query_id
+  ):
+    return
+  raise workdir_lib.ConfigError(
+    "model.task",
+    f"{config.model.task} needs users, and this data has none (its "
+    "interactions.csv has no user column, only (query item, item) pairs): "
+    "use --task=item_to_item.",
+  )
 
 
 def _steps_per_epoch(

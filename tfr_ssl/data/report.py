@@ -21,11 +21,16 @@ def _table(rows: list[list[str]]) -> list[str]:
   ]
 
 
-def format_description(stats: dict) -> str:
+def format_description(stats: dict, query_item: str | None = None) -> str:
   """Formats a `describe()` dict as an aligned text report.
 
+  Args:
+    stats: What `describe(prepared)` returns.
+    query_item: The schema's query-item column (`schema.query_item`), which
+      then gives the item-to-item queries; None: the previous item does.
+
   Example:
-    >>> print(format_description(describe(prepared)))
+    >>> print(format_description(describe(prepared), schema.query_item))
   """
   splits = stats["interactions"]
   lines = [
@@ -41,7 +46,11 @@ def format_description(stats: dict) -> str:
     f"cold items    {stats['cold_test_items']:,} test items never seen in "
     f"training ({stats['cold_test_share']:.2%} of test interactions)",
     f"item-to-item  {stats['item_to_item_train']:,} training interactions "
-    "have a previous item",
+    + (
+      "have a previous item"
+      if query_item is None
+      else f"have a query item (column {query_item!r})"
+    ),
     "",
     "features",
   ]
