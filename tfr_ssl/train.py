@@ -267,8 +267,11 @@ class _Run:
       os.path.join(self.workdir, CHECKPOINT_DIR)
     )
     if latest:
-      checkpoint.restore(latest).assert_existing_objects_matched()
+      status = checkpoint.restore(latest)
+      status.assert_existing_objects_matched()
       if not _all_finite(self.model.trainable_variables):
+        # Not resumed: the optimizer's slots are never restored either.
+        status.expect_partial()
         raise NonFiniteError(
           f"{latest} holds weights that are not finite (nan or inf), so "
           f"training cannot resume from it: train again in a new --workdir "
