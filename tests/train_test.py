@@ -201,7 +201,7 @@ def test_a_checkpoint_with_non_finite_weights_is_not_resumed(
 ):
   # An older version saved what it had: let ckpt-4 hold a NaN weight.
   _poison_at(monkeypatch, 4)
-  monkeypatch.setattr(train, "_all_finite", lambda variables: True)
+  monkeypatch.setattr(train, "_finite_check", lambda model: lambda: True)
   path = str(tmp_path / "work")
   with pytest.raises(train.NonFiniteError, match="the loss is not finite"):
     train.train_and_evaluate(_quick(tmp_path), path)

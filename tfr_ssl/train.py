@@ -188,6 +188,7 @@ class _Run:
     )
     self.total_steps = self.pretrain_steps + self.steps_per_epoch * train.epochs
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self.weights_finite = _finite_check(self.model)
     # The first step whose loss was not finite (-1: none), set by the step
     # function; not part of the checkpoint.
     self.nonfinite_step = tf.Variable(
@@ -269,7 +270,7 @@ class _Run:
     if latest:
       status = checkpoint.restore(latest)
       status.assert_existing_objects_matched()
-      if not _all_finite(self.model.trainable_variables):
+      if not self.weights_finite():
         # Not resumed: the optimizer's slots are never restored either.
         status.expect_partial()
         raise NonFiniteError(
@@ -314,7 +315,7 @@ class _Run:
   def stop_if_not_finite(self, step: int) -> None:
     """Stops the run if a weight is not finite (before it is validated or
     saved: no checkpoint ever holds one)."""
-    if not _all_finite(self.model.trainable_variables):
+    if not self.weights_finite():
       self._stop(step, "a weight")
 
   def _stop(self, step: int, what: str) -> None:
@@ -747,16 +748,18 @@ def _train_step_fn(
   return step_fn
 
 
-def _all_finite(variables) -> bool:
-  """Whether every value of every variable is finite (one host sync)."""
-  if not variables:
-    return True
-  return bool(_finite_fn(variables))
+def _finite_check(model: TwoTowerModel):
+  """A function: whether every weight of `model` is finite (one host sync
+  per call, one trace per model)."""
+  variables = model.trainable_variables
 
+  @tf.function
+  def finite():
+    return tf.reduce_all(
+      [tf.reduce_all(tf.math.is_finite(v)) for v in variables]
+    )
 
-@tf.function
-def _finite_fn(variables) -> tf.Tensor:
-  return tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in variables])
+  return lambda: bool(finite())
 
 
 def _warm_start(
