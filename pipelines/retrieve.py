@@ -150,11 +150,11 @@ def _print(
       if history.by_time
       else f"last {shown} in file order (the data has no timestamps)"
     )
-    print(f"  history ({which}, of {history.total} training items):")
+    left_out = "; left out of the results" if _EXCLUDE_HISTORY.value else ""
+    print(f"  history ({which}, of {history.total} training items{left_out}):")
     for hit in history.items:
       print(f"       {hit['id']:>12}  {_features(hit)}")
-    left_out = " (training items left out)" if _EXCLUDE_HISTORY.value else ""
-    print(f"  retrieved{left_out}:")
+    print("  retrieved:")
   for rank, hit in enumerate(hits, 1):
     print(
       f"  {rank:3d}. {hit['id']:>12}  {hit['score']:+.4f}  {_features(hit)}"

@@ -280,6 +280,5 @@ def test_a_users_results_leave_out_its_history_which_is_in_file_order(
   assert [h["id"] for h in record["history"]] == order[::-1][:10]
   text = run("retrieve", f"--workdir={path}", f"--user={user}").stdout.decode()
   assert "last 10 in file order (the data has no timestamps), of " in text
-  assert f"of {len(order)} training items" in text
-  assert "retrieved (training items left out):" in text
+  assert f"of {len(order)} training items; left out of the results):" in text
   assert "most recent" not in text
