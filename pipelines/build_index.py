@@ -32,7 +32,7 @@ Example:
 
 from absl import app, flags
 
-from pipelines import common
+from pipelines import common, tf_chatter
 from tfr_ssl import run_report, workflow
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
@@ -51,6 +51,7 @@ common.grouped_help("index")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  tf_chatter.quiet_saving_notes()
   overrides = common.section_overrides("index")
   manifest = common.run_or_fail(
     workflow.build_index_run,

@@ -9,7 +9,7 @@ Example:
 
 from absl import app, flags
 
-from pipelines import common
+from pipelines import common, tf_chatter
 from tfr_ssl import workflow
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
@@ -19,6 +19,7 @@ flags.mark_flag_as_required("workdir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  tf_chatter.quiet_saving_notes()
   manifest = common.run_or_fail(workflow.export_run, _WORKDIR.value)
   print(
     f"Exported {manifest['task']} towers (dim {manifest['output_dim']}) to "

@@ -33,7 +33,7 @@ def main(argv: list[str]) -> None:
   seconds = time.perf_counter() - start
   how = "loaded from the cache" if cached else "prepared"
   print(f"{how} in {seconds:.2f} s: {data.cache_path(config)}")
-  print(format_description(data.describe(prepared)))
+  print(format_description(data.describe(prepared), prepared.schema.query_item))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ Queries come from --query (one JSON object), from --user (that user's
 features as the data holds them), or, without either, as JSON lines on
 standard input (UTF-8). Values are strings; multi-valued features are
 `|`-joined strings. --show_history (implied by --user) prints the items the
-query's user interacted with in training beside the results.
+query's user interacted with in training beside the results, and leaves
+them out of the results (as the service's page does; --noexclude_history
+keeps them). --top_k goes from 1 to the index's k (pipelines.build_index
+--k), the bound the service's `top_k` has too.
 
 Example:
   python -m pipelines.retrieve --workdir=runs/cfm --query='{"user_id": "42"}'
@@ -20,6 +23,12 @@ from absl import app, flags
 from pipelines import common
 from tfr_ssl import workflow
 
+# Longest input quoted back in an error, and longest value echoed back.
+_QUOTE = 80
+_ECHO = 200
+_LINE_HINT = 'give one JSON object per line, e.g. {"user_id": "42"}'
+_FLAG_HINT = """give one JSON object, e.g. --query='{"user_id": "42"}'"""
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 _QUERY = flags.DEFINE_string("query", None, "One query as a JSON object.")
 _USER = flags.DEFINE_string(
@@ -29,30 +38,57 @@ _USER = flags.DEFINE_string(
   "data holds them); shows its training history.",
 )
 _K = flags.DEFINE_integer(
-  "top_k", 10, "Items to print per query.", lower_bound=1
+  "top_k",
+  10,
+  "Items to print per query, from 1 to the index's k.",
+  lower_bound=1,
 )
 _EXCLUDE = flags.DEFINE_list("exclude", [], "Item ids never to return.")
-_JSON = flags.DEFINE_bool("json", False, "Print JSON lines instead of text.")
+_JSON = flags.DEFINE_bool(
+  "json",
+  False,
+  "Print JSON lines instead of text (the query is echoed with values of "
+  f"more than {_ECHO} characters shortened).",
+)
 _HISTORY = flags.DEFINE_bool(
   "show_history",
   False,
   "Also print the items each query's user interacted with in training.",
 )
+_EXCLUDE_HISTORY = flags.DEFINE_bool(
+  "exclude_history",
+  True,
+  "With --user or --show_history: leave the user's training items out of "
+  "the results.",
+)
 flags.mark_flag_as_required("workdir")
-# Longest input quoted back in an error.
-_QUOTE = 80
 
 
-def _parse(text: str, where: str) -> dict:
+def _quote(text: str, limit: int = _QUOTE) -> str:
+  text = text.strip()
+  return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse(text: str, where: str, hint: str = _LINE_HINT) -> dict:
+  """One query; a QueryError naming `where` (and a hint) if it is not one."""
   try:
     query = json.loads(text)
   except json.JSONDecodeError as e:
-    raise app.UsageError(f"{where}: not JSON ({e})") from None
+    raise workflow.QueryError(
+      f"{where}: not JSON ({e.msg} at character {e.pos + 1}); {hint}"
+    ) from None
+  except RecursionError:
+    raise workflow.QueryError(
+      f"{where}: JSON nested too deeply; {hint}"
+    ) from None
   if not isinstance(query, dict):
-    shown = text.strip()
-    if len(shown) > _QUOTE:
-      shown = shown[: _QUOTE - 3] + "..."
-    raise app.UsageError(f"{where}: a query must be a JSON object, got {shown}")
+    raise workflow.QueryError(
+      f"{where}: a query must be a JSON object, got {_quote(text)}; {hint}"
+    )
+  for name, value in query.items():
+    problem = workflow.text_problem(value) if isinstance(value, str) else None
+    if problem:
+      raise workflow.QueryError(f"{where}: feature {name!r} {problem}.")
   return query
 
 
@@ -62,40 +98,61 @@ def _stdin_queries() -> list[dict]:
     try:
       line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-      raise app.UsageError(
-        f"stdin line {number}: bytes {raw[e.start : e.end]!r} at character "
-        f"{e.start + 1} are not UTF-8 text"
+      raise workflow.QueryError(
+        f"stdin line {number}: bytes {raw[e.start : e.end]!r} at byte "
+        f"{e.start + 1} are not UTF-8 text; write the queries in UTF-8"
       ) from None
     if line.strip():
       queries.append(_parse(line, f"stdin line {number}"))
   if not queries:
-    raise app.UsageError(
-      "no queries: give --query='{...}', --user=ID, or JSON lines on stdin"
+    raise workflow.QueryError(
+      "no queries: stdin is empty; give JSON lines on stdin (e.g. echo "
+      """'{"user_id": "42"}' | python -m pipelines.retrieve ...), """
+      "--query='{...}' or --user=ID"
     )
   return queries
 
 
 def _queries() -> list[dict]:
   if _QUERY.value is not None and _USER.value is not None:
-    raise app.UsageError("give --query or --user, not both")
+    raise workflow.QueryError("give --query or --user, not both")
   if _USER.value is not None:
     return [workflow.user_query(_WORKDIR.value, _USER.value)]
   if _QUERY.value is not None:
-    return [_parse(_QUERY.value, "--query")]
+    return [_parse(_QUERY.value, "--query", _FLAG_HINT)]
   return _stdin_queries()
 
 
-def _print(query: dict, hits: list[dict], history: list[dict] | None) -> None:
+def _echo(query: dict) -> dict:
+  """The query as printed back: long values shortened (input can be huge)."""
+  return {
+    name: value
+    if not isinstance(value, str) or len(value) <= _ECHO
+    else f"{value[: _ECHO - 3]}... ({len(value)} characters)"
+    for name, value in query.items()
+  }
+
+
+def _print(
+  query: dict, hits: list[dict], history: workflow.History | None
+) -> None:
   if _JSON.value:
-    record = {"query": query, "items": hits}
+    record = {"query": _echo(query), "items": hits}
     if history is not None:
-      record["history"] = history
+      record["history"] = history.items
     print(json.dumps(record))
     return
-  print(f"query {json.dumps(query)}")
+  print(f"query {json.dumps(_echo(query))}")
   if history is not None:
-    print(f"  history ({len(history)} most recent training items):")
-    for hit in history:
+    shown = len(history.items)
+    which = (
+      f"{shown} most recent"
+      if history.by_time
+      else f"last {shown} in file order (the data has no timestamps)"
+    )
+    left_out = "; left out of the results" if _EXCLUDE_HISTORY.value else ""
+    print(f"  history ({which}, of {history.total} training items{left_out}):")
+    for hit in history.items:
       print(f"       {hit['id']:>12}  {_features(hit)}")
     print("  retrieved:")
   for rank, hit in enumerate(hits, 1):
@@ -110,15 +167,16 @@ def _features(hit: dict) -> str:
 
 def _run() -> None:
   queries = _queries()
-  results = workflow.retrieve(
-    _WORKDIR.value,
-    queries,
-    exclude=[_EXCLUDE.value] * len(queries),
-    k=_K.value,
-  )
   histories = [None] * len(queries)
+  exclude = [list(_EXCLUDE.value) for _ in queries]
   if _HISTORY.value or _USER.value is not None:
     histories = workflow.query_history(_WORKDIR.value, queries)
+    if _EXCLUDE_HISTORY.value:
+      for ids, history in zip(exclude, histories, strict=True):
+        ids.extend(history.item_ids)
+  results = workflow.retrieve(
+    _WORKDIR.value, queries, exclude=exclude, k=_K.value
+  )
   for query, hits, history in zip(queries, results, histories, strict=True):
     _print(query, hits, history)
 

@@ -167,6 +167,18 @@ def test_a_flag_out_of_range_is_one_line_naming_it(tmp_path, flag, message):
   assert not (tmp_path / "w").exists()
 
 
+def test_the_lock_file_names_no_holder_after_a_clean_exit(tmp_path):
+  path = tmp_path / "run"
+  path.mkdir()
+  lock = path / workdir.LOCK_FILE
+  with workdir.lock(str(path)):
+    assert f"pid {os.getpid()} " in lock.read_text()
+  # Released: the file stays (one inode for every opener), emptied.
+  assert lock.read_text() == ""
+  with workdir.lock(str(path)):  # and the next writer takes it at once
+    assert f"pid {os.getpid()} " in lock.read_text()
+
+
 # --------------------------------------------------- stale temporaries
 
 

@@ -33,7 +33,7 @@ from tfr_ssl import (
 from tfr_ssl import config as config_lib
 from tfr_ssl import model as model_lib
 from tfr_ssl import workdir as workdir_lib
-from tfr_ssl.data import contract, pipeline, query_side
+from tfr_ssl.data import contract, csv_source, pipeline, query_side
 from tfr_ssl.model import TwoTowerModel
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
@@ -45,6 +45,13 @@ BEST_PREFIX = "model"
 SELECT_BY = "recall@10"
 
 WorkdirError = workdir_lib.WorkdirError
+
+
+class NonFiniteError(WorkdirError):
+  """The loss or the weights stopped being finite: training stopped.
+
+  No checkpoint is written after that step (see `_Run.stop_if_not_finite`).
+  """
 
 
 def train_and_evaluate(
@@ -104,10 +111,15 @@ def _train_and_evaluate(
 ) -> dict:
   """The loop: train up to the next event, log, end the epoch, checkpoint."""
   run = _Run(config, workdir, strategy, scratch)
-  if run.role.distributed:
-    with distribute.peer_loss(lambda: _resume_hint(workdir)):
-      return _loop(run, config)
-  return _loop(run, config)
+  try:
+    if run.role.distributed:
+      with distribute.peer_loss(lambda: _resume_hint(workdir)):
+        return _loop(run, config)
+    return _loop(run, config)
+  except BaseException:
+    # An error line printed next must not be glued to the progress bar.
+    run.end_bar_line()
+    raise
 
 
 def _resume_hint(workdir: str) -> str:
@@ -132,7 +144,9 @@ def _loop(run: _Run, config: config_lib.Config) -> dict:
       # A lazy optimizer applies the updates its rows sat out, so what is
       # validated and saved is what the optimizer defines.
       run.sync_optimizer()
+      run.stop_if_not_finite(step)
     if epoch:
+      run.show_progress(step)
       run.end_epoch(step, epoch)  # early stopping lowers run.total_steps
     if saves or step == run.total_steps:
       run.save(step)
@@ -146,7 +160,8 @@ class _Run:
   built (`_claim_workdir`), the input iterator, the checkpoint restored (or
   the warm start applied), the validation history up to the restored step,
   then the logging: TensorBoard writer, gradient norms, the window of
-  per-batch means and the progress bar.
+  per-batch means and the progress bar (one per epoch, and one for
+  pretraining).
   """
 
   def __init__(
@@ -176,6 +191,12 @@ class _Run:
     )
     self.total_steps = self.pretrain_steps + self.steps_per_epoch * train.epochs
     self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    self.weights_finite = _finite_check(self.model)
+    # The first step whose loss was not finite (-1: none), set by the step
+    # function; not part of the checkpoint.
+    self.nonfinite_step = tf.Variable(
+      -1, dtype=tf.int64, trainable=False, name="nonfinite_step"
+    )
     state = {
       "model": self.model,
       "optimizer": self.model.optimizer,
@@ -215,13 +236,12 @@ class _Run:
       self.probe = next(iter(train_stream(config, self.prepared)))
     if _should_stop(self.history, train.early_stopping_patience):
       self.total_steps = int(self.step)  # this run already stopped early
-    self.progbar = tf_keras.utils.Progbar(
-      self.total_steps,
-      stateful_metrics=None,
-      unit_name="step",
-      verbose=1 if self.role.chief else 0,
-    )
-    self.progbar.update(int(self.step))
+    # The bar of the epoch being trained: (its first and last step, the
+    # Progbar, the step it counts from); the last step it showed, and
+    # whether its line is unfinished.
+    self.bar = None
+    self.bar_shown = -1
+    self.bar_open = False
     self.started = time.perf_counter()
     self.first_step = int(self.step)
 
@@ -253,7 +273,16 @@ class _Run:
       os.path.join(self.workdir, CHECKPOINT_DIR)
     )
     if latest:
-      checkpoint.restore(latest).assert_existing_objects_matched()
+      status = checkpoint.restore(latest)
+      status.assert_existing_objects_matched()
+      if not self.weights_finite():
+        # Not resumed: the optimizer's slots are never restored either.
+        status.expect_partial()
+        raise NonFiniteError(
+          f"{latest} holds weights that are not finite (nan or inf), so "
+          f"training cannot resume from it: train again in a new --workdir "
+          "(with a lower --learning_rate)."
+        )
       logging.info("Resuming from %s at step %d.", latest, int(self.step))
       if int(self.step) > self.total_steps:
         logging.warning(
@@ -275,12 +304,37 @@ class _Run:
     phase = model_lib.phase_for_step(self.config, step)
     if phase not in self.step_fns:
       self.step_fns[phase] = _train_step_fn(
-        self.model, phase, self.window, self.strategy
+        self.model, phase, self.window, self.strategy, self.nonfinite_step
       )
     count = self._steps_to_next_event(step)
-    self.step_fns[phase](self.iterator, tf.constant(count, tf.int32))
+    self.open_bar(step + 1)
+    self.step_fns[phase](
+      self.iterator, tf.constant(count, tf.int32), tf.constant(step, tf.int64)
+    )
+    bad = int(self.nonfinite_step)
+    if bad >= 0:
+      self._stop(bad, "the loss")
     self.step.assign_add(count)
     return phase
+
+  def stop_if_not_finite(self, step: int) -> None:
+    """Stops the run if a weight is not finite (before it is validated or
+    saved: no checkpoint ever holds one)."""
+    if not self.weights_finite():
+      self._stop(step, "a weight")
+
+  def _stop(self, step: int, what: str) -> None:
+    last = workdir_lib.latest_step(self.workdir)
+    kept = (
+      f"the last checkpoint (step {last}) is kept"
+      if last is not None
+      else "no checkpoint was saved"
+    )
+    raise NonFiniteError(
+      f"training stopped at step {step}: {what} is not finite (nan or inf); "
+      f"{kept}. Lower --learning_rate (now {self.config.train.learning_rate}"
+      ") and train again in a new --workdir."
+    )
 
   def _steps_to_next_event(self, step: int) -> int:
     train = self.config.train
@@ -304,9 +358,7 @@ class _Run:
     logs.update({k: m.result() for k, m in self.window.items()})
     values = {k: float(v) for k, v in logs.items()}
     self.last_logs = dict(values)
-    # Every value is a mean over the window: show them as they are.
-    self.progbar.stateful_metrics = set(values)
-    self.progbar.update(step, values=list(values.items()))
+    self.show_progress(step, values)
     if self.grad_norms and min(model_lib.loss_weights(self.config, phase)):
       # On the fixed probe batch, so successive logs compare; the metrics
       # it touches are reset just below.
@@ -319,6 +371,57 @@ class _Run:
     self.model.reset_metrics()
     for metric in self.window.values():
       metric.reset_state()
+
+  def open_bar(self, step: int) -> None:
+    """Starts the bar of `step`'s epoch unless it is the current one.
+
+    Each epoch (and the pretraining) has its own bar, headed by its name,
+    started before its first step is trained and counting the steps this
+    process trains in it (so a resumed epoch's ETA is not computed from
+    steps an earlier process trained).
+    """
+    if not self.role.chief:
+      return
+    first, last, title = self._span(step)
+    if self.bar is not None and self.bar[:2] == (first, last):
+      return
+    self.end_bar_line()
+    start = max(first, step - 1)
+    if start > first:
+      title += f" (resumed at step {start - first}/{last - first})"
+    print(title, flush=True)
+    bar = tf_keras.utils.Progbar(last - start, unit_name="step")
+    self.bar = (first, last, bar, start)
+
+  def show_progress(self, step: int, values: dict | None = None) -> None:
+    """Moves the bar of `step`'s epoch to it, with the window's means."""
+    if not self.role.chief:
+      return
+    self.open_bar(step)
+    last, bar, start = self.bar[1:]
+    if values is None and self.bar_shown == step:
+      return  # already shown (a log step that ends the epoch)
+    self.bar_shown = step
+    items = list((values or {}).items())
+    # Every value is a mean over the logging window: shown as it is.
+    bar.stateful_metrics = {name for name, _ in items}
+    bar.update(step - start, values=items)
+    self.bar_open = step < last
+
+  def end_bar_line(self) -> None:
+    """Ends the line of a bar left unfinished (before an error line)."""
+    if self.bar_open:
+      print(flush=True)
+      self.bar_open = False
+
+  def _span(self, step: int) -> tuple[int, int, str]:
+    """(first step, last step, title) of the bar that shows `step`."""
+    if step <= self.pretrain_steps:
+      return 0, self.pretrain_steps, "Pretraining the item tower (SSL only)"
+    epoch = -(-(step - self.pretrain_steps) // self.steps_per_epoch)
+    last = self.pretrain_steps + epoch * self.steps_per_epoch
+    title = f"Epoch {epoch}/{self.config.train.epochs}"
+    return last - self.steps_per_epoch, last, title
 
   def epoch_ending_at(self, step: int) -> int:
     """The (1-based) epoch that `step` ends, or 0 (pretraining steps are
@@ -343,7 +446,8 @@ class _Run:
     if _best_entry(self.history) is self.history[-1]:
       _save_best(self.model, self.scratch or self.workdir, self.history[-1])
     patience = self.config.train.early_stopping_patience
-    if _should_stop(self.history, patience):
+    # At the last step nothing is left to stop.
+    if step < self.total_steps and _should_stop(self.history, patience):
       logging.info(
         "Validation %s has not improved for %d epochs: stopping at "
         "step %d (the best model is kept in %s/).",
@@ -362,7 +466,15 @@ class _Run:
       _write_history(self.workdir, self.history)
     # Every worker saves (the save reads replicated state collectively);
     # only the chief's copy, in the workdir, is kept.
-    self.manager.save(checkpoint_number=step)
+    try:
+      self.manager.save(checkpoint_number=step)
+    except Exception:
+      # A failed save (a full disk) leaves TensorFlow's ckpt-N_temp/
+      # behind: we hold the lock, so it is ours to remove (and log, on a
+      # line of its own).
+      self.end_bar_line()
+      workdir_lib.clean_stale(self.scratch or self.workdir)
+      raise
 
   def finish(self) -> dict:
     """Writes train_metrics.json and returns that summary."""
@@ -517,8 +629,9 @@ def _claim_workdir(
   """Checks that `config` may run in `workdir`, then records it.
 
   Nothing is written until every check passed: the fixed settings of an
-  existing run, the data it was trained on, the model's own checks of the
-  config against the data, and at least one batch per epoch. Then
+  existing run, the data it was trained on, batches the data can fill (see
+  `_steps_per_epoch`), and the model's own checks of the config against the
+  data. Then
   config.json (and, for a new run, dataset.json) are written, by the chief
   only: other workers check and write nothing.
 
@@ -528,8 +641,11 @@ def _claim_workdir(
   changed = workdir_lib.check_resumable(workdir, config)
   tf_keras.utils.set_random_seed(config.train.seed)
   prepared, info, new = workdir_lib.load_dataset(workdir, config)
-  model = build_model(config, prepared)
+  _check_task(config, prepared)
+  # Before the model: a batch sized beyond the data is refused before it
+  # costs memory (an SSL batch of B items scores a B x B matrix).
   steps_per_epoch = _steps_per_epoch(config, prepared)
+  model = build_model(config, prepared)
   if not chief:
     return prepared, model, steps_per_epoch
   if new:
@@ -543,17 +659,49 @@ def read_dataset_info(workdir: str) -> dict:
     return json.load(f)
 
 
+def _check_task(
+  config: config_lib.Config, prepared: contract.PreparedDataset
+) -> None:
+  """Refuses `user_to_item` on data without users (explicit item pairs)."""
+  is_item = query_side.query_side(config.model.task).is_item
+  if is_item or csv_source.has_users(
+    prepared.vocabularies, prepared.schema.query_id
+  ):
+    return
+  raise workdir_lib.ConfigError(
+    "model.task",
+    f"{config.model.task} needs users, and this data has none (its "
+    "interactions.csv has no user column, only (query item, item) pairs): "
+    "use --task=item_to_item.",
+  )
+
+
 def _steps_per_epoch(
   config: config_lib.Config, prepared: contract.PreparedDataset
 ) -> int:
+  """Full main-task batches per epoch, once both batch sizes are checked.
+
+  Raises:
+    ConfigError: a batch larger than the data fills: the main batch above
+      the usable training interactions, or the SSL batch above the corpus
+      (its uniform stream would repeat items within a batch, each repeat an
+      in-batch negative equal to its positive).
+  """
   side = query_side.query_side(config.model.task)
   rows = len(side.usable(prepared.splits["train"]))
   full = rows // config.train.batch_size
   if full == 0:
     raise workdir_lib.ConfigError(
       "train.batch_size",
-      f"the training split has {rows} usable interactions, fewer than one "
-      f"batch of {config.train.batch_size}: lower --train_batch_size.",
+      f"{config.train.batch_size} is more than the {rows} usable training "
+      f"interactions: use at most {rows}.",
+    )
+  if config.ssl.batch_size > prepared.num_items:
+    raise workdir_lib.ConfigError(
+      "ssl.batch_size",
+      f"{config.ssl.batch_size} is more than the {prepared.num_items} items "
+      f"of the corpus (the SSL batch is drawn from it without repeats): use "
+      f"at most {prepared.num_items}.",
     )
   if config.train.steps_per_epoch:
     return min(full, config.train.steps_per_epoch)
@@ -570,9 +718,15 @@ def _train_step_fn(
   phase: str,
   window: dict[str, tf_keras.metrics.Mean],
   strategy: tf.distribute.Strategy,
+  nonfinite_step: tf.Variable,
 ):
   """`count` training steps on every replica, in one call (metrics are read
-  at log steps)."""
+  at log steps).
+
+  The call stops after the first step whose loss is not finite and records
+  that (1-based) step in `nonfinite_step`. Each process checks its own
+  replicas' losses: no collective, and no host sync before the call ends.
+  """
   replicas = strategy.num_replicas_in_sync
 
   def replica_step(batch):
@@ -584,13 +738,33 @@ def _train_step_fn(
       # A replica's loss is its share of the global mean (divided by the
       # global batch); the window averages over replicas, hence * replicas.
       window[name].update_state(logs[name] * replicas)
+    return logs["total_loss"]
 
   @tf.function
-  def step_fn(iterator, count):
-    for _ in tf.range(count):
-      strategy.run(replica_step, args=(next(iterator),))
+  def step_fn(iterator, count, first_step):
+    for i in tf.range(count):
+      losses = strategy.experimental_local_results(
+        strategy.run(replica_step, args=(next(iterator),))
+      )
+      if not tf.reduce_all(tf.math.is_finite(tf.stack(losses))):
+        nonfinite_step.assign(first_step + tf.cast(i, tf.int64) + 1)
+        break
 
   return step_fn
+
+
+def _finite_check(model: TwoTowerModel):
+  """A function: whether every weight of `model` is finite (one host sync
+  per call, one trace per model)."""
+  variables = model.trainable_variables
+
+  @tf.function
+  def finite():
+    return tf.reduce_all(
+      [tf.reduce_all(tf.math.is_finite(v)) for v in variables]
+    )
+
+  return lambda: bool(finite())
 
 
 def _warm_start(

@@ -7,8 +7,8 @@ workdir (train, export, build_index, evaluate) does them the same way:
 - **The lock.** A writer holds an exclusive `flock` on WORKDIR/.lock for its
   whole life. The kernel drops it when the process ends, even on `kill -9`,
   so a lock is never stale; a second writer fails at once with one line
-  naming the holder (recorded in the lock file) instead of interleaving its
-  checkpoints with the first one's.
+  naming the holder (recorded in the lock file, and cleared when it ends
+  cleanly) instead of interleaving its checkpoints with the first one's.
 - **Stale temporaries.** Artifacts are written to `.NAME.tmp-*` siblings and
   renamed into place (`tfr_ssl.atomic`); TensorFlow writes a checkpoint to a
   `*_temp` folder before it lists it in `checkpoints/checkpoint`. A killed
@@ -149,6 +149,10 @@ def lock(workdir: str, create: bool = False) -> Iterator[str]:
     yield workdir
   finally:
     del _HELD[workdir]
+    # Cleared, not removed, while still held: the lock file stays one inode
+    # for every process that opens it, and names no holder once released.
+    with contextlib.suppress(OSError):
+      handle.truncate(0)
     handle.close()
     if created and os.listdir(workdir) == [LOCK_FILE]:
       shutil.rmtree(workdir, ignore_errors=True)

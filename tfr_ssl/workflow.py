@@ -458,19 +458,27 @@ def retrieve(
     queries: One dict of raw feature values per query (multi-valued
       features as `|`-joined strings; missing features count as unknown).
     exclude: Item ids to leave out, per query.
-    k: How many items to return (at most the index's k).
+    k: How many items to return, from 1 to the index's k (the bound the
+      service's `top_k` has too); None: the index's k.
 
   Returns:
     Per query, a list of {"id", "score", "features"} dicts, best first.
 
   Raises:
-    QueryError: k <= 0, a feature the model does not have, or a value that
-      is not a string (names the query and the feature).
+    QueryError: k out of range, a feature the model does not have, or a
+      value that is not a string or not Unicode text (names the query and
+      the feature).
   """
   if k is not None and k <= 0:
     raise QueryError(f"k (--top_k) must be >= 1, got {k}.")
   retriever = load_retriever(workdir)
   manifest = retriever.manifest
+  if k is not None and k > manifest["k"]:
+    raise QueryError(
+      f"k (--top_k) is {k}, more than the {manifest['k']} items the index "
+      f"returns: give at most {manifest['k']}, or rebuild the index with "
+      f"--k={k} (pipelines.build_index)."
+    )
   names = manifest["query_features"]
   queries = list(queries)
   for number, q in enumerate(queries, 1):
@@ -513,6 +521,9 @@ def check_query(query: Mapping, names: Sequence[str], where: str) -> None:
       f"query features are {names}."
     )
   for name, value in query.items():
+    problem = text_problem(value) if isinstance(value, str) else None
+    if problem:
+      raise QueryError(f"{where}: feature {name!r} {problem}.")
     if not isinstance(value, str):
       raise QueryError(
         f"{where}: feature {name!r} must be a string (multi-valued: "
@@ -524,20 +535,55 @@ def check_query(query: Mapping, names: Sequence[str], where: str) -> None:
       )
 
 
+def text_problem(text: str) -> str | None:
+  """Why `text` is not Unicode text, or None.
+
+  JSON may escape a lone UTF-16 surrogate (`"\\ud800"`), which decodes to a
+  Python string that no encoding accepts.
+  """
+  try:
+    text.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return (
+      f"holds {text[e.start : e.end]!r} at character {e.start + 1}, a lone "
+      "surrogate that is not a Unicode character"
+    )
+  return None
+
+
 def _short(value, limit: int = 80) -> str:
   """repr(value), cut to `limit` characters (input can be huge)."""
   text = json.dumps(value) if not isinstance(value, str) else repr(value)
   return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@dataclasses.dataclass(frozen=True)
+class History:
+  """A query's user's training interactions (see `query_history`).
+
+  Attributes:
+    items: The latest `limit`, each {"id", "features"}, latest first.
+    total: How many training interactions the user has.
+    item_ids: Every distinct item of them (what a page of results leaves
+      out), in no particular order.
+    by_time: Whether "latest" is by timestamp; False when the data has none
+      and it is the order of the file.
+  """
+
+  items: list[dict]
+  total: int
+  item_ids: list[str]
+  by_time: bool
+
+
 def query_history(
   workdir: str, queries: Sequence[Mapping[str, str]], limit: int = 10
-) -> list[list[dict]]:
+) -> list[History]:
   """Per query, the items its user interacted with in training.
 
   Most recent first when the data has timestamps (else last in file order
   first), at most `limit`, with their features. A query without the query
-  id feature, or with an id the data does not know, gets an empty list.
+  id feature, or with an id the data does not know, gets an empty history.
   """
   config = train.read_config(workdir)
   prepared, _, _ = workdir_lib.load_dataset(workdir, config)
@@ -545,6 +591,7 @@ def query_history(
   # The query id keeps the table's row order: value v is row v.
   row_of = {v: i for i, v in enumerate(prepared.vocabularies[id_name])}
   split = prepared.splits["train"]
+  by_time = split.timestamp is not None
   keys = prepared.item_keys()
   items = _read_items(os.path.join(workdir, EXPORT_DIR, ITEMS_FILE))
   out = []
@@ -553,16 +600,22 @@ def query_history(
     positions = np.zeros(0, np.int64)
     if row is not None:
       positions = np.flatnonzero(split.query_index == row)
-      if split.timestamp is not None:
+      if by_time:
         order = np.argsort(-split.timestamp[positions], kind="stable")
         positions = positions[order]
       else:
         positions = positions[::-1]
+    seen = split.item_index[positions]
     out.append(
-      [
-        {"id": keys[i], "features": items.get(keys[i], {})}
-        for i in split.item_index[positions[:limit]]
-      ]
+      History(
+        items=[
+          {"id": keys[i], "features": items.get(keys[i], {})}
+          for i in seen[:limit]
+        ],
+        total=int(seen.shape[0]),
+        item_ids=[keys[i] for i in np.unique(seen)],
+        by_time=by_time,
+      )
     )
   return out
 
@@ -706,10 +759,14 @@ def _read_items(path: str) -> dict[str, dict]:
 
 
 __all__ = [
+  "History",
   "build_index_run",
   "embed_raw",
   "evaluate_run",
   "export_run",
   "load_retriever",
+  "query_history",
   "retrieve",
+  "text_problem",
+  "user_query",
 ]

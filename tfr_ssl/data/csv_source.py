@@ -6,6 +6,9 @@ their values separated by `|`; an empty cell of a categorical feature is a
 missing value. Columns that schema.json does not mention are ignored. An
 optional query-item column of interactions.csv (`interactions.query_item`)
 names the seed item of each item-to-item pair; an empty cell means none.
+Such explicit pairs need no user: without a user column every interaction
+belongs to the one query `NO_USER`, and only `item_to_item` can train on
+the data (`has_users`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,13 @@ SCHEMA_FILE = "schema.json"
 ITEMS_FILE = "items.csv"
 INTERACTIONS_FILE = "interactions.csv"
 USERS_FILE = "users.csv"
+# The query (user) id of every interaction of a file without a user column.
+NO_USER = "(no user)"
+
+
+def has_users(vocabularies: dict, query_id: str) -> bool:
+  """Whether the data names its users (False: see `NO_USER`)."""
+  return vocabularies[query_id] != [NO_USER]
 
 
 def files(data_dir: str) -> list[str]:
@@ -48,16 +58,18 @@ def _check_dir(data_dir: str) -> None:
 
 
 def read_csv(
-  path: str, required: list[str]
+  path: str, required: list[str], optional: tuple[str, ...] = ()
 ) -> tuple[dict[str, list[str]], np.ndarray]:
   """The `required` columns of a CSV file, as stripped strings.
 
   Args:
     path: The file (UTF-8, header row).
     required: Column names that must be in the header.
+    optional: Names read as well when the header has them.
 
   Returns:
-    (column name -> cells, int64 1-based line of each row).
+    (column name -> cells, int64 1-based line of each row), with the
+    optional columns the header has.
 
   Raises:
     DataError: missing/empty/undecodable file, missing or duplicate column,
@@ -80,6 +92,9 @@ def read_csv(
           line=1,
           column=name,
         )
+    required = required + [
+      name for name in optional if name in seen and name not in required
+    ]
     index = [header.index(name) for name in required]
     cells = [[] for _ in required]
     lines = []
@@ -209,13 +224,29 @@ def _timestamps(values: list[str], path: str, lines, column: str):
   raise DataError("unreadable timestamps", path=path, column=column)
 
 
-def _interactions(path: str, spec: CsvSchema) -> RawInteractions:
+def _interactions(path: str, spec: CsvSchema) -> tuple[RawInteractions, bool]:
+  """The interactions, and whether the file has a user column."""
   query_item = spec.schema.query_item
-  required = [spec.query_column, spec.item_column]
+  required = [spec.item_column]
   required += [
     c for c in (spec.weight_column, spec.timestamp_column, query_item) if c
   ]
-  cells, lines = read_csv(path, required)
+  # Explicit (query item, item) pairs need no user: the column is optional.
+  users = () if query_item else (spec.query_column,)
+  cells, lines = read_csv(
+    path, [*users, *required], optional=(spec.query_column,)
+  )
+  named = spec.query_column in cells
+  if not named:
+    if spec.needs_users:
+      raise DataError(
+        f"missing column: the query features of {USERS_FILE} are joined to "
+        "the interactions by this user column",
+        path=path,
+        line=1,
+        column=spec.query_column,
+      )
+    cells[spec.query_column] = [NO_USER] * len(lines)
   for column in (spec.query_column, spec.item_column):
     empty = [i for i, v in enumerate(cells[column]) if not v]
     if empty:
@@ -251,7 +282,7 @@ def _interactions(path: str, spec: CsvSchema) -> RawInteractions:
     timestamp = _timestamps(
       cells[spec.timestamp_column], path, lines, spec.timestamp_column
     )
-  return RawInteractions(
+  raw = RawInteractions(
     path=path,
     query_key=np.array(cells[spec.query_column], dtype=str),
     item_key=np.array(cells[spec.item_column], dtype=str),
@@ -268,6 +299,7 @@ def _interactions(path: str, spec: CsvSchema) -> RawInteractions:
       None if query_item is None else np.array(cells[query_item], dtype=str)
     ),
   )
+  return raw, named
 
 
 def read(data_dir: str) -> RawData:
@@ -282,7 +314,7 @@ def read(data_dir: str) -> RawData:
   items = _table(
     require_file(os.path.join(data_dir, ITEMS_FILE)), schema.item_features
   )
-  interactions = _interactions(
+  interactions, named = _interactions(
     require_file(os.path.join(data_dir, INTERACTIONS_FILE)), spec
   )
   users_path = os.path.join(data_dir, USERS_FILE)
@@ -293,7 +325,8 @@ def read(data_dir: str) -> RawData:
       "schema.json declares query features besides the query id, which are "
       "columns of users.csv",
     )
-  if os.path.exists(users_path):
+  # Without user ids in the interactions, users.csv has nothing to join.
+  if named and os.path.exists(users_path):
     queries = _table(users_path, schema.query_features)
   return RawData(
     schema=schema, items=items, queries=queries, interactions=interactions

@@ -21,11 +21,16 @@ def _table(rows: list[list[str]]) -> list[str]:
   ]
 
 
-def format_description(stats: dict) -> str:
+def format_description(stats: dict, query_item: str | None = None) -> str:
   """Formats a `describe()` dict as an aligned text report.
 
+  Args:
+    stats: What `describe(prepared)` returns.
+    query_item: The schema's query-item column (`schema.query_item`), which
+      then gives the item-to-item queries; None: the previous item does.
+
   Example:
-    >>> print(format_description(describe(prepared)))
+    >>> print(format_description(describe(prepared), schema.query_item))
   """
   splits = stats["interactions"]
   lines = [
@@ -43,7 +48,12 @@ def format_description(stats: dict) -> str:
     f"{stats['cold_test_interactions']:,} test interactions "
     f"({stats['cold_test_share']:.2%})",
     f"item-to-item  {stats['item_to_item_train']:,} training interactions "
-    "have a query item (the rows that task trains on); "
+    + (
+      "have a previous item"
+      if query_item is None
+      else f"have a query item (column {query_item!r})"
+    )
+    + " (the rows that task trains on); "
     f"{stats['item_to_item_cold_items']:,} corpus items are in none of them",
     "",
     "features",
