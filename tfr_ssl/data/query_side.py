@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from tfr_ssl.data import contract, stats
+from tfr_ssl.data import contract
 
 USER_TO_ITEM = "user_to_item"
 ITEM_TO_ITEM = "item_to_item"
@@ -89,7 +89,9 @@ class QuerySide:
     rows = self.usable(train)
     if rows.shape[0] == len(train):
       return np.asarray(prepared.item_train_count)
-    return stats.item_train_count(train.item_index[rows], prepared.num_items)
+    return np.bincount(
+      train.item_index[rows], minlength=prepared.num_items
+    ).astype(np.int64)
 
   def trained_on(
     self, prepared: contract.PreparedDataset

@@ -25,6 +25,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from tfr_ssl import eval_csr
+from tfr_ssl.data import query_side
 from tfr_ssl.data.contract import PAD, PreparedDataset
 
 # Joint tables up to this many cells are accumulated densely (bincount);
@@ -280,9 +281,6 @@ def describe(prepared: PreparedDataset) -> dict:
   dependence ({features, matrix}: `feature_dependence` of the item
   features, the matrix CFM masks by).
   """
-  # Here, not at the top: query_side imports this module for its counts.
-  from tfr_ssl.data import query_side
-
   counts = prepared.item_train_count
   test_items = prepared.splits["test"].item_index
   cold = counts[test_items] == 0
