@@ -416,6 +416,21 @@ def write_outputs(args: argparse.Namespace, text: str, results) -> None:
     print(f"Plot: {args.plot}")
 
 
+def _recorded_results(path: str) -> list[dict[str, Any]]:
+  """The `results` of a --json file; SystemExit naming it if unreadable."""
+  try:
+    recorded = _read_json(path)
+  except (OSError, ValueError) as e:
+    raise SystemExit(f"error: --from_json {path}: {e}") from None
+  if recorded is None:
+    raise SystemExit(f"error: --from_json {path}: no such file.")
+  if not isinstance(recorded, dict) or "results" not in recorded:
+    raise SystemExit(
+      f"error: --from_json {path}: no `results` list (not a --json file)."
+    )
+  return recorded["results"]
+
+
 def report_from_json(args: argparse.Namespace, argv: list[str]) -> None:
   """The report of the runs that earlier invocations recorded."""
   wanted = {
@@ -427,7 +442,7 @@ def report_from_json(args: argparse.Namespace, argv: list[str]) -> None:
   }
   by_workdir = {}
   for path in _csv(args.from_json):
-    for result in _read_json(path)["results"]:
+    for result in _recorded_results(path):
       key = (
         result["data"],
         result["variant"],

@@ -179,3 +179,22 @@ def test_tune_imports_mean_sd_from_the_report():
   assert tune.mean_sd(np.array([0.1, 0.3])) == "0.2000 ± 0.1414"
   assert tune.mean_sd(np.array([0.25])) == "0.2500"
   assert tune.mean_sd(np.array([])) == "n/a"
+
+
+@pytest.mark.parametrize(
+  "content, message",
+  [
+    (None, "no such file."),
+    ("{not json", "Expecting property name"),
+    ('{"argv": []}', "no `results` list (not a --json file)."),
+  ],
+)
+def test_from_json_bad_file_is_one_line(tmp_path, content, message):
+  path = tmp_path / "results.json"
+  if content is not None:
+    path.write_text(content)
+  with pytest.raises(SystemExit) as e:
+    ablation.main([f"--from_json={path}"])
+  assert str(e.value).startswith(f"error: --from_json {path}: ")
+  assert message in str(e.value)
+  assert "\n" not in str(e.value)
