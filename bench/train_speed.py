@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -276,7 +277,15 @@ def profile_table(profiles: dict, group) -> list[str]:
   return lines
 
 
-def main() -> None:
+# The setups' names, as the report's rows and the progress lines give them.
+TUTORIAL = "TFRS tutorial (batch 8192)"
+MAIN_20 = "ours, main only, 20 steps per call"
+SSL_20 = "ours, main + SSL, 20 steps per call"
+# The two setups the profiler runs, by their label in the profile tables.
+PROFILED = (("main only", MAIN_20), ("main + SSL", SSL_20))
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
     "--data_dir",
@@ -295,19 +304,29 @@ def main() -> None:
     help="Steps profiled per setup after the rounds (0 = no profile).",
   )
   parser.add_argument("--out", default="")
-  args = parser.parse_args()
-  started = time.perf_counter()
+  return parser.parse_args(argv)
+
+
+def base_config(args: argparse.Namespace) -> config_lib.Config:
+  """The default config, on ML-1M when --data_dir exists (else synthetic)."""
   overrides = {"data.cache_dir": args.cache_dir}
   if os.path.isdir(args.data_dir):
     overrides.update(
       {"data.source": "movielens", "data.data_dir": args.data_dir}
     )
-  base = config_lib.Config().override(overrides)
-  prepared = data_lib.load(base.data)
+  return config_lib.Config().override(overrides)
+
+
+def build_setups(base: config_lib.Config, prepared) -> dict:
+  """Every measured setup: name -> ((model, run), config, ssl).
+
+  `config` and `ssl` are what `model_flops` counts with; the tutorial's
+  `ssl` slot holds its FLOPs instead (its model is not ours).
+  """
   main_only = base.override({"ssl.alpha": 0.0})
-  setups = {
+  return {
     "input pipeline alone": (build_input(base, prepared), base, None),
-    "TFRS tutorial (batch 8192)": (
+    TUTORIAL: (
       build_tutorial(prepared, base.train.seed),
       None,
       tutorial_flops(TUTORIAL_BATCH),
@@ -317,89 +336,93 @@ def main() -> None:
       main_only,
       False,
     ),
-    "ours, main only, 20 steps per call": (
-      build_ours(main_only, prepared, 20),
-      main_only,
-      False,
-    ),
+    MAIN_20: (build_ours(main_only, prepared, 20), main_only, False),
     "ours, main + SSL, 1 step per call": (
       build_ours(base, prepared, 1),
       base,
       True,
     ),
-    "ours, main + SSL, 20 steps per call": (
-      build_ours(base, prepared, 20),
-      base,
-      True,
-    ),
+    SSL_20: (build_ours(base, prepared, 20), base, True),
   }
+
+
+@dataclasses.dataclass
+class Measured:
+  """Per setup: counted FLOPs per step, batch size, examples/s per round;
+  and the matmul roof (GFLOP/s) per round."""
+
+  flops: dict[str, float]
+  batch: dict[str, int]
+  rates: dict[str, list[float]]
+  roofs: list[float]
+
+
+def warm_up(setups: dict, base: config_lib.Config) -> Measured:
+  """Counts each setup's FLOPs and batch, and runs it once untimed."""
   flops, batch = {}, {}
   for name, ((model, run), config, ssl) in setups.items():
-    if name.startswith("TFRS"):
+    if name == TUTORIAL:
       flops[name], batch[name] = ssl, TUTORIAL_BATCH
     else:
       batch[name] = base.train.batch_size
       flops[name] = model_flops(model, config, ssl) if model else 0.0
     run(20)  # trace and warm up
     print(f"{name}: ready", flush=True)
+  return Measured(flops, batch, {name: [] for name in setups}, [])
 
-  rates = {name: [] for name in setups}
-  roofs = []
+
+def measure(setups: dict, measured: Measured, rounds: int, steps: int):
+  """Alternating rounds: the roof, then every setup (order reversed on odd
+  rounds), so that machine load hits all alike."""
   names = list(setups)
-  for round_ in range(args.rounds):
-    roofs.append(matmul_roof())
+  for round_ in range(rounds):
+    measured.roofs.append(matmul_roof())
     for name in names if round_ % 2 == 0 else names[::-1]:
       (_, run), _, _ = setups[name]
-      steps = args.steps
       start = time.perf_counter()
       run(steps)
-      rates[name].append(steps * batch[name] / (time.perf_counter() - start))
+      measured.rates[name].append(
+        steps * measured.batch[name] / (time.perf_counter() - start)
+      )
     print(
-      f"round {round_ + 1}: roof {roofs[-1]:.0f} GFLOP/s; "
-      + "; ".join(f"{n}: {rates[n][-1]:,.0f} ex/s" for n in names),
+      f"round {round_ + 1}: roof {measured.roofs[-1]:.0f} GFLOP/s; "
+      + "; ".join(f"{n}: {measured.rates[n][-1]:,.0f} ex/s" for n in names),
       flush=True,
     )
+
+
+def profile_setups(setups: dict, steps: int) -> dict:
+  """Per-op ms per step of the PROFILED setups (none if steps is 0 or the
+  TF profiler's tool is missing)."""
   profiles = {}
-  if args.profile_steps:
-    for label, name in (
-      ("main only", "ours, main only, 20 steps per call"),
-      ("main + SSL", "ours, main + SSL, 20 steps per call"),
-    ):
-      with tempfile.TemporaryDirectory() as logdir:
-        (_, run), _, _ = setups[name]
-        profile = profile_step(run, args.profile_steps, logdir)
-      if profile is not None:
-        profiles[label] = profile
-  roof = float(np.median(roofs))
-  tutorial = float(np.median(rates["TFRS tutorial (batch 8192)"]))
-  main_20 = float(np.median(rates["ours, main only, 20 steps per call"]))
+  if not steps:
+    return profiles
+  for label, name in PROFILED:
+    with tempfile.TemporaryDirectory() as logdir:
+      (_, run), _, _ = setups[name]
+      profile = profile_step(run, steps, logdir)
+    if profile is not None:
+      profiles[label] = profile
+  return profiles
+
+
+def speed_table(measured: Measured) -> list[str]:
+  """Markdown: examples/s, counted GFLOP/s and share of the roof per setup."""
+  roof = float(np.median(measured.roofs))
+  tutorial = float(np.median(measured.rates[TUTORIAL]))
   lines = [
-    "# Training speed against the machine",
-    "",
-    "Command: `.venv/bin/python bench/train_speed.py "
-    f"{' '.join(sys.argv[1:])}`",
-    "",
-    f"Machine: {platform.platform()}, {os.cpu_count()} cores (shared), "
-    f"Python {platform.python_version()}, TF {tf.__version__}; wall time "
-    f"{(time.perf_counter() - started) / 60:.1f} min. Data: "
-    f"{base.data.source} ({prepared.num_items:,} items, "
-    f"{len(prepared.splits['train']):,} training interactions). "
-    f"{args.rounds} alternating rounds of {args.steps} steps per setup.",
-    "",
-    f"Roof: fp32 1024 x 1024 matmul chain, median **{roof:.0f} GFLOP/s** "
-    f"(rounds: {', '.join(f'{r:.0f}' for r in roofs)}).",
-    "",
     "| setup | batch | examples/s (median; rounds) | counted GFLOP/step "
     "| GFLOP/s | share of roof | vs tutorial |",
     "|---|---|---|---|---|---|---|",
   ]
-  for name in names:
-    rate = float(np.median(rates[name]))
-    gflop = flops[name] / 1e9
-    achieved = gflop * rate / batch[name]
-    cells = ", ".join(f"{r:,.0f}" for r in rates[name])
+  for name, rates in measured.rates.items():
+    rate = float(np.median(rates))
+    batch = measured.batch[name]
+    gflop = measured.flops[name] / 1e9
+    achieved = gflop * rate / batch
+    cells = ", ".join(f"{r:,.0f}" for r in rates)
     lines.append(
-      f"| {name} | {batch[name]} | {rate:,.0f} ({cells}) | "
+      f"| {name} | {batch} | {rate:,.0f} ({cells}) | "
       + (
         f"{gflop:.2f} | {achieved:.1f} | {achieved / roof:.0%}"
         if gflop
@@ -407,30 +430,80 @@ def main() -> None:
       )
       + f" | {rate / tutorial:.2f}x |"
     )
-  ssl_20 = float(np.median(rates["ours, main + SSL, 20 steps per call"]))
-  lines += [
+  return lines
+
+
+def profile_section(profiles: dict, steps: int) -> list[str]:
+  """Markdown: the profile tables by op class and by part of the step."""
+  if not profiles:
+    return []
+  return [
+    "",
+    f"## Profile of the step ({steps} steps each, TF profiler)",
+    "",
+    "Self time of every op, summed over threads, per step; by op class:",
+    "",
+    *profile_table(profiles, lambda key: op_class(key[0])),
+    "",
+    "By part of the step (name scope):",
+    "",
+    *profile_table(profiles, lambda key: model_part(key[1])),
+  ]
+
+
+def render(
+  args: argparse.Namespace,
+  argv: list[str],
+  minutes: float,
+  base: config_lib.Config,
+  prepared,
+  measured: Measured,
+  profiles: dict,
+) -> str:
+  """The markdown report (newline-terminated)."""
+  roofs = measured.roofs
+  main_20 = float(np.median(measured.rates[MAIN_20]))
+  ssl_20 = float(np.median(measured.rates[SSL_20]))
+  lines = [
+    "# Training speed against the machine",
+    "",
+    f"Command: `.venv/bin/python bench/train_speed.py {' '.join(argv)}`",
+    "",
+    f"Machine: {platform.platform()}, {os.cpu_count()} cores (shared), "
+    f"Python {platform.python_version()}, TF {tf.__version__}; wall time "
+    f"{minutes:.1f} min. Data: "
+    f"{base.data.source} ({prepared.num_items:,} items, "
+    f"{len(prepared.splits['train']):,} training interactions). "
+    f"{args.rounds} alternating rounds of {args.steps} steps per setup.",
+    "",
+    f"Roof: fp32 1024 x 1024 matmul chain, median "
+    f"**{float(np.median(roofs)):.0f} GFLOP/s** "
+    f"(rounds: {', '.join(f'{r:.0f}' for r in roofs)}).",
+    "",
+    *speed_table(measured),
     "",
     f"A main + SSL step costs **{main_20 / ssl_20:.2f}x** a main-only step "
     "(20 steps per call, by examples/s).",
+    *profile_section(profiles, args.profile_steps),
   ]
-  if profiles:
-    lines += [
-      "",
-      f"## Profile of the step ({args.profile_steps} steps each, TF profiler)",
-      "",
-      "Self time of every op, summed over threads, per step; by op class:",
-      "",
-      *profile_table(profiles, lambda key: op_class(key[0])),
-      "",
-      "By part of the step (name scope):",
-      "",
-      *profile_table(profiles, lambda key: model_part(key[1])),
-    ]
-  text = "\n".join(lines) + "\n"
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str]) -> None:
+  args = parse_args(argv)
+  started = time.perf_counter()
+  base = base_config(args)
+  prepared = data_lib.load(base.data)
+  setups = build_setups(base, prepared)
+  measured = warm_up(setups, base)
+  measure(setups, measured, args.rounds, args.steps)
+  profiles = profile_setups(setups, args.profile_steps)
+  minutes = (time.perf_counter() - started) / 60
+  text = render(args, argv, minutes, base, prepared, measured, profiles)
   print(text)
   if args.out:
     atomic.write_text(args.out, text)
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:])

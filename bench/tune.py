@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 # bench/ is this script's directory, so its sibling imports as a module.
-from ablation import mean_sd
+from ablation_report import mean_sd
 
 import tfr_ssl  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow)
 from tfr_ssl import atomic, train, workflow
