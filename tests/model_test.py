@@ -616,7 +616,11 @@ def test_an_item_without_training_interactions_uses_the_id_default():
 
 
 def test_id_dropout_drops_only_the_key_columns():
-  model = _model(_cold_dataset(), **{"model.id_dropout": 0.3})
+  # Value dropout off: it drops content columns on purpose (tested in
+  # unseen_values_test.py).
+  model = _model(
+    _cold_dataset(), **{"model.id_dropout": 0.3, "model.value_dropout": 0.0}
+  )
   mask = model.dropout.item_mask(20_000, True, tf.constant([0, 1], tf.int64))
   mask = mask.numpy()
   assert model.item_encoder.feature_names == ["item_id", "category", "tags"]
