@@ -263,10 +263,9 @@ def test_new_items_and_unseen_users_agree_in_every_path(run):
   np.testing.assert_allclose(
     workflow.embed_raw(query, raw_user)[0], user, atol=1e-5
   )
-  # The index (library retrieve) and the HTTP service: scores of every
-  # item for the unseen user (all 43 items: the 40 of the corpus and the
-  # 3 new ones) are the model's dot
-  # products, new items included.
+  # The index (library retrieve) and the HTTP service: the scores of all
+  # 43 items (the corpus's 40 and the 3 new ones) for the unseen user are
+  # the model's dot products.
   expected_score = {key: float(user @ v) for key, v in expected.items()}
   (hits,) = workflow.retrieve(workdir, [{"user_id": UNKNOWN_USER}], k=43)
   scored = {h["id"]: h["score"] for h in hits}
