@@ -33,7 +33,8 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import atomic, distribute
+from tfr_ssl import atomic
+from tfr_ssl.training import distribute
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 1024

@@ -31,7 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401  (Keras 2 before TensorFlow is used)
-from tfr_ssl import atomic, eval_csr, evaluate
+from tfr_ssl import atomic
+from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.evaluation import metrics as evaluate
 
 DIM = 64
 KS = (10, 50, 100)
@@ -102,7 +104,8 @@ def tfrs_recall(layer_name, queries, items, pairs_query, pairs_item):
 
 def trained_problem(workdir):
   """The test split of a trained run: its real embeddings, pairs, exclusion."""
-  from tfr_ssl import embed, train
+  from tfr_ssl.evaluation import embed
+  from tfr_ssl.training import train
 
   model, prepared, _ = train.load_trained_model(workdir)
   test = prepared.splits["test"]

@@ -37,8 +37,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import atomic, index, index_audit, index_tuning, train, workflow
+from tfr_ssl import atomic, workflow
 from tfr_ssl.config import IndexConfig
+from tfr_ssl.index import audit as index_audit
+from tfr_ssl.index import search as index
+from tfr_ssl.index import tuning as index_tuning
+from tfr_ssl.training import train
 
 DIM = 64
 TUNE_QUERIES = 1000

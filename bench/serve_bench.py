@@ -47,7 +47,10 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import data as data_lib
-from tfr_ssl import export, serving, train, workflow
+from tfr_ssl import workflow
+from tfr_ssl.serving import export
+from tfr_ssl.serving import retrieval as serving
+from tfr_ssl.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "retrieval"

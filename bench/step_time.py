@@ -25,9 +25,10 @@ import tensorflow as tf
 import tf_keras
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import atomic, data, train
+from tfr_ssl import atomic, data
 from tfr_ssl.config import Config
-from tfr_ssl.model import TwoTowerModel
+from tfr_ssl.model.two_tower import TwoTowerModel
+from tfr_ssl.training import train
 
 VARIANTS = {
   "main only (alpha=0)": {"ssl.alpha": 0.0},

@@ -43,9 +43,10 @@ import tensorflow as tf
 import tf_keras
 
 import tfr_ssl  # noqa: F401  (selects Keras 2 before TFRS is imported)
-from tfr_ssl import atomic, train
+from tfr_ssl import atomic
 from tfr_ssl import config as config_lib
 from tfr_ssl import data as data_lib
+from tfr_ssl.training import train
 
 # isort: split
 import tensorflow_recommenders as tfrs

@@ -37,8 +37,9 @@ import numpy as np
 from ablation_report import mean_sd
 
 import tfr_ssl  # noqa: F401  (sets TF_USE_LEGACY_KERAS before tensorflow)
-from tfr_ssl import atomic, train, workflow
+from tfr_ssl import atomic, workflow
 from tfr_ssl.config import Config
+from tfr_ssl.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.environ.get(

@@ -232,7 +232,7 @@ def check(config: config_lib.Config) -> None:
   """Refuses settings out of range with a one-line error naming the flag."""
   from absl import app
 
-  from tfr_ssl import workdir
+  from tfr_ssl.training import workdir
 
   try:
     workdir.check_config(config)
@@ -348,8 +348,11 @@ def fail(message: str) -> typing.NoReturn:
 
 def user_errors() -> tuple[type[Exception], ...]:
   """Errors that mean bad input or a bad workdir, not a bug: shown briefly."""
-  from tfr_ssl import distribute, model, serving, workdir, workflow
+  from tfr_ssl import workflow
   from tfr_ssl.data import errors
+  from tfr_ssl.model import two_tower as model
+  from tfr_ssl.serving import retrieval as serving
+  from tfr_ssl.training import distribute, workdir
 
   return (
     errors.DataError,
@@ -405,7 +408,7 @@ def system_error(e: BaseException) -> str | None:
 
 def run_or_fail(fn, *args, **kwargs):
   """Calls fn; a user error becomes one line on stderr and exit status 1."""
-  from tfr_ssl import workdir
+  from tfr_ssl.training import workdir
 
   try:
     return fn(*args, **kwargs)

@@ -9,7 +9,7 @@ numbered directory in TF Serving's layout under --index_dir) is picked up
 every --poll_seconds, or at once on SIGHUP, without dropping a request; one
 that fails to load or was built for another export is refused and the old
 one keeps serving. Deleting the serving numbered directory falls back to the
-highest one left. A page for people is at /. See tfr_ssl/service/ and the
+highest one left. A page for people is at /. See tfr_ssl/serving/ and the
 README's "Serving" section.
 
 Example:
@@ -26,7 +26,7 @@ import sys
 from absl import app, flags
 
 from pipelines import common
-from tfr_ssl import service
+from tfr_ssl import serving as service
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 flags.mark_flag_as_required("workdir")

@@ -25,7 +25,7 @@ import json
 from absl import app, flags
 
 from pipelines import common
-from tfr_ssl import distribute, train
+from tfr_ssl.training import distribute, train
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 flags.mark_flag_as_required("workdir")

@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import augment
+from tfr_ssl.model import augment
 
 # Dependence between 5 features (symmetric; the diagonal is the largest
 # entry of every row, so a ranking that forgot to exclude it would pick the

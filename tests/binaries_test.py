@@ -15,7 +15,7 @@ import tfr_ssl  # noqa: F401
 from tests.pipelines_test import TINY_RUN, binary
 from tests.workdir_test import _mount, one_error_line
 from tests.workflow_test import tiny_config
-from tfr_ssl import train, workdir
+from tfr_ssl.training import train, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 600

@@ -14,8 +14,8 @@ import tensorflow as tf
 import tfr_ssl  # noqa: F401
 from tests import model_fakes
 from tfr_ssl import config as config_lib
-from tfr_ssl import model as model_lib
-from tfr_ssl import optimizers
+from tfr_ssl.model import optimizers
+from tfr_ssl.model import two_tower as model_lib
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAVED = os.path.join(HERE, "data", "checkpoint_v1")

@@ -23,9 +23,11 @@ from absl import app, flags
 
 import tfr_ssl  # noqa: F401
 from pipelines import common
-from tfr_ssl import augment, eval_slices, train, workdir
 from tfr_ssl import config as config_lib
 from tfr_ssl.data import splits
+from tfr_ssl.evaluation import slices as eval_slices
+from tfr_ssl.model import augment
+from tfr_ssl.training import train, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOUNDED = config_lib.bounded_fields()

@@ -5,9 +5,9 @@ import pytest
 
 from tests import eval_pairs_test
 from tfr_ssl import config as config_lib
-from tfr_ssl import embed
 from tfr_ssl.data import report, stats
 from tfr_ssl.data.contract import PAD
+from tfr_ssl.evaluation import embed
 
 
 def test_item_train_count():

@@ -3,9 +3,9 @@
 import numpy as np
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import augment
 from tfr_ssl import config as config_lib
 from tfr_ssl.data import assemble, stats, synthetic
+from tfr_ssl.model import augment
 
 
 def test_independent_high_cardinality_columns_have_no_dependence():

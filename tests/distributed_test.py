@@ -26,8 +26,8 @@ import tensorflow as tf
 from tensorflow.core.util import event_pb2
 
 from tests.pipelines_test import REPO, TINY_RUN, binary, run_binary
-from tfr_ssl import distribute, train
 from tfr_ssl.data import pipeline
+from tfr_ssl.training import distribute, train
 
 # 3 steps per epoch; 2 epochs = 6 steps; losses logged every step.
 STEPS = 3
@@ -293,7 +293,8 @@ _PARAMETER_SERVERS = textwrap.dedent(
   import numpy as np
   import tensorflow as tf
   import tfr_ssl
-  from tfr_ssl import distribute, train
+  from tfr_ssl.training import distribute
+  from tfr_ssl.training import train
   from tfr_ssl import data as data_lib
   from tests.workflow_test import tiny_config
 

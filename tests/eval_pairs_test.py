@@ -10,8 +10,10 @@ import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
-from tfr_ssl import embed, eval_pairs, evaluate
 from tfr_ssl.data import contract, stats
+from tfr_ssl.evaluation import embed
+from tfr_ssl.evaluation import metrics as evaluate
+from tfr_ssl.evaluation import pairs as eval_pairs
 
 
 def _interactions(query_index, item_index, prev_item_index=None):

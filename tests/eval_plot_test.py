@@ -12,7 +12,8 @@ from matplotlib import colors, image
 from matplotlib import pyplot as plt
 
 from tests.evaluate_test import EXCLUDE, ITEMS, PAIRS_ITEM, PAIRS_QUERY, QUERIES
-from tfr_ssl import eval_plot, evaluate
+from tfr_ssl.evaluation import metrics as evaluate
+from tfr_ssl.evaluation import plot as eval_plot
 
 # Training counts [5, 1, 0]: popularity ranks i2 (0), i1 (1), i0 (2), and
 # decile = rank * 10 // 3: i2 -> 0, i1 -> 3, i0 -> 6. Only i1 and i0 are

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from tfr_ssl import eval_slices, evaluate
+from tfr_ssl.evaluation import metrics as evaluate
+from tfr_ssl.evaluation import slices as eval_slices
 
 
 def test_item_slices_head_tail_cold_and_deciles():

@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from tfr_ssl import evaluate
+from tfr_ssl.evaluation import metrics as evaluate
 
 # Three items and two queries in 2-D:
 #   items i0 = [1, 0], i1 = [0, 1], i2 = [1, 1]

@@ -4,8 +4,8 @@ import numpy as np
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import export
 from tfr_ssl.data import contract
+from tfr_ssl.serving import export
 
 FEATURES = (
   contract.Feature("movie", "categorical", "item"),

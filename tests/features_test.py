@@ -9,7 +9,7 @@ import tf_keras
 
 import tfr_ssl  # noqa: F401
 from tests import model_fakes
-from tfr_ssl import features
+from tfr_ssl.model import features
 
 SPECS = [
   {"name": "id", "vocabulary_size": 4, "multi": False},

@@ -15,7 +15,8 @@ import pytest
 import tfr_ssl  # noqa: F401
 from tests.workflow_test import tiny_config
 from tfr_ssl import config as config_lib
-from tfr_ssl import train, workflow
+from tfr_ssl import workflow
+from tfr_ssl.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

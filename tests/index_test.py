@@ -10,8 +10,11 @@ import pytest
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import index, index_audit, index_tuning, serving
 from tfr_ssl.config import IndexConfig
+from tfr_ssl.index import audit as index_audit
+from tfr_ssl.index import search as index
+from tfr_ssl.index import tuning as index_tuning
+from tfr_ssl.serving import retrieval as serving
 
 # TFRS layers, reached through tfr_ssl so that Keras 2 is selected first.
 top_k_layers = index.factorized_top_k
@@ -172,7 +175,8 @@ def _save(searcher, path, model_id="m1", model=None):
 _LOAD_SCRIPT = """
 import json, sys
 import tfr_ssl
-from tfr_ssl import index, serving
+from tfr_ssl.index import search as index
+from tfr_ssl.serving import retrieval as serving
 features, exclude = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 out = {}
 for path in sys.argv[3:]:

@@ -16,9 +16,10 @@ import pytest
 
 import tfr_ssl  # noqa: F401
 from tests.workflow_test import tiny_config
-from tfr_ssl import data, train, workdir
+from tfr_ssl import data
 from tfr_ssl.data import csv_source
 from tfr_ssl.data.errors import DataError
+from tfr_ssl.training import train, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_ITEMS, NUM_PAIRS = 40, 400

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import losses
+from tfr_ssl.model import losses
 
 # Two queries, two candidates (unit vectors), temperature .5:
 #   cos = [[1, .6], [0, .8]]  -> logits [[2, 1.2], [0, 1.6]]

@@ -9,9 +9,9 @@ import tf_keras
 
 import tfr_ssl  # noqa: F401
 from tests import model_fakes
-from tfr_ssl import diagnostics
-from tfr_ssl import model as model_lib
 from tfr_ssl.config import Config
+from tfr_ssl.model import diagnostics
+from tfr_ssl.model import two_tower as model_lib
 
 SMALL = {
   "model.embedding_dim": 8,

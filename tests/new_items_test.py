@@ -13,9 +13,10 @@ import pytest
 
 import tfr_ssl  # noqa: F401
 from tests.workflow_test import SCANN, trained_run
-from tfr_ssl import export, new_items, workflow
+from tfr_ssl import workflow
 from tfr_ssl.data import contract
 from tfr_ssl.data.errors import DataError
+from tfr_ssl.serving import export, new_items
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NEW_IDS = ["new-a", "new-b", "new-c"]

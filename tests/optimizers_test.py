@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import optimizers
+from tfr_ssl.model import optimizers
 
 
 def _sparse_step(optimizer, table, rows, values):

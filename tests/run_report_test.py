@@ -3,7 +3,8 @@
 import pytest
 
 from tests.evaluate_test import SLICE_COUNT, SLICED, sliced_metrics
-from tfr_ssl import evaluate, run_report
+from tfr_ssl import run_report
+from tfr_ssl.evaluation import metrics as evaluate
 
 
 def test_format_metrics_lists_overall_slices_and_deciles():

@@ -10,7 +10,7 @@ import pytest
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import sampling
+from tfr_ssl.model import sampling
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -164,7 +164,7 @@ _DISTRIBUTED = textwrap.dedent(
   import tfr_ssl
   import numpy as np
   import tensorflow as tf
-  from tfr_ssl import sampling
+  from tfr_ssl.model import sampling
 
   cpu = tf.config.list_physical_devices("CPU")[0]
   tf.config.set_logical_device_configuration(

@@ -28,14 +28,16 @@ import pytest
 
 import tfr_ssl  # noqa: F401
 from tests.workflow_test import SCANN, trained_run
-from tfr_ssl import atomic, export, serving, workflow
-from tfr_ssl.service import (
+from tfr_ssl import atomic, workflow
+from tfr_ssl.serving import (
   BackgroundServer,
   Options,
   batching,
+  export,
   protocol,
   samples,
 )
+from tfr_ssl.serving import retrieval as serving
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = "retrieval"

@@ -21,8 +21,9 @@ from tensorflow.python.tools import saved_model_utils
 
 from tests.serve_test import MODEL, PREDICT, TIMEOUT, call, options, raw_queries
 from tests.workflow_test import trained_run
-from tfr_ssl import atomic, serving
-from tfr_ssl.service import BackgroundServer
+from tfr_ssl import atomic
+from tfr_ssl.serving import BackgroundServer
+from tfr_ssl.serving import retrieval as serving
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +116,7 @@ def test_a_body_that_does_not_arrive_gets_408_and_the_connection_closes(run):
 
 
 def test_a_client_dropping_mid_body_logs_one_line(run, caplog):
-  caplog.set_level(logging.INFO, logger="tfr_ssl.service")
+  caplog.set_level(logging.INFO, logger="tfr_ssl.serving")
   background = BackgroundServer(run["workdir"], options(samples=False))
   background.start(timeout=TIMEOUT)
   try:
@@ -307,7 +308,7 @@ def _serving(url):
 def test_deleting_the_serving_version_falls_back_to_the_next(
   run, tmp_path, caplog
 ):
-  caplog.set_level(logging.INFO, logger="tfr_ssl.service")
+  caplog.set_level(logging.INFO, logger="tfr_ssl.serving")
   base = tmp_path / "versions"
   index = os.path.join(run["workdir"], "index")
   for number in ("1", "2"):

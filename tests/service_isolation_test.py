@@ -22,8 +22,8 @@ import tensorflow as tf
 
 from tests.serve_test import REPO, TIMEOUT, _read_until, raw_queries
 from tests.workflow_test import trained_run
-from tfr_ssl.service import batching, protocol
-from tfr_ssl.service.versions import QueryFeature
+from tfr_ssl.serving import batching, protocol
+from tfr_ssl.serving.versions import QueryFeature
 
 FEATURES = [
   QueryFeature("user_id", "categorical"),

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
-from tfr_ssl import ssl_task
+from tfr_ssl.model import ssl_task
 
 EYE = tf.constant([[1.0, 0.0], [0.0, 1.0]])
 

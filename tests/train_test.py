@@ -12,7 +12,8 @@ import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
 from tests.workflow_test import tiny_config
-from tfr_ssl import train, workdir, workflow
+from tfr_ssl import workflow
+from tfr_ssl.training import train, workdir
 
 
 def _history(*recalls):

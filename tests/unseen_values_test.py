@@ -19,9 +19,13 @@ from tests import model_fakes
 from tests.serve_test import PREDICT, call
 from tests.workflow_test import tiny_config
 from tfr_ssl import config as config_lib
-from tfr_ssl import export, features, model, train, workflow
+from tfr_ssl import workflow
 from tfr_ssl.data import contract
-from tfr_ssl.service.server import BackgroundServer, Options
+from tfr_ssl.model import features
+from tfr_ssl.model import two_tower as model
+from tfr_ssl.serving import export
+from tfr_ssl.serving.server import BackgroundServer, Options
+from tfr_ssl.training import train
 
 OOV, PAD = contract.OOV, contract.PAD
 

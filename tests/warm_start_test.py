@@ -6,7 +6,7 @@ import tensorflow as tf
 import tf_keras
 
 import tfr_ssl  # noqa: F401  (sets up Keras 2 before TensorFlow is used)
-from tfr_ssl import warm_start
+from tfr_ssl.training import warm_start
 
 
 def test_remap_rows_copies_known_values_by_name():

@@ -21,7 +21,9 @@ import tfr_ssl  # noqa: F401
 from pipelines import common
 from tests.pipelines_test import TINY_RUN
 from tests.workflow_test import tiny_config
-from tfr_ssl import atomic, model, train, workdir, workflow
+from tfr_ssl import atomic, workflow
+from tfr_ssl.model import two_tower as model
+from tfr_ssl.training import train, workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = [*TINY_RUN, "--validation_examples=200"]

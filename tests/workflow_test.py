@@ -19,8 +19,12 @@ import tensorflow as tf
 import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
 from tfr_ssl import data as data_lib
-from tfr_ssl import eval_pairs, export, run_report, serving, train, workflow
+from tfr_ssl import run_report, workflow
 from tfr_ssl.data import query_side
+from tfr_ssl.evaluation import pairs as eval_pairs
+from tfr_ssl.serving import export
+from tfr_ssl.serving import retrieval as serving
+from tfr_ssl.training import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

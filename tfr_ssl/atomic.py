@@ -3,7 +3,7 @@
 A reader therefore sees either the previous complete artifact or the new
 complete one, never a half-written one, even after `kill -9`. A writer killed
 mid-way leaves its `.NAME.tmp-*` sibling; the next writer of the workdir
-removes it (`tfr_ssl.workdir.clean_stale`).
+removes it (`tfr_ssl.training.workdir.clean_stale`).
 
 `tempfile` creates files 0600 and directories 0700; the artifacts get the
 modes a plain `open` / `mkdir` would give (0666 / 0777 less the umask), so a

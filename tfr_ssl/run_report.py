@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from tfr_ssl import train
+from tfr_ssl.training import train
 from tfr_ssl.workflow import EVAL_DIR, EXPORT_DIR, INDEX_DIR
 
 

@@ -18,21 +18,18 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import (
-  embed,
-  eval_csr,
-  eval_pairs,
-  eval_plot,
-  evaluate,
-  export,
-  index,
-  index_audit,
-  new_items,
-  serving,
-  train,
-)
-from tfr_ssl import workdir as workdir_lib
 from tfr_ssl.data import contract, query_side
+from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.evaluation import embed
+from tfr_ssl.evaluation import metrics as evaluate
+from tfr_ssl.evaluation import pairs as eval_pairs
+from tfr_ssl.evaluation import plot as eval_plot
+from tfr_ssl.index import audit as index_audit
+from tfr_ssl.index import search as index
+from tfr_ssl.serving import export, new_items
+from tfr_ssl.serving import retrieval as serving
+from tfr_ssl.training import train
+from tfr_ssl.training import workdir as workdir_lib
 
 EXPORT_DIR = "export"
 INDEX_DIR = "index"

@@ -24,9 +24,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tfr_ssl import eval_csr
 from tfr_ssl.data import query_side
 from tfr_ssl.data.contract import PAD, PreparedDataset
+from tfr_ssl.evaluation import csr as eval_csr
 
 # Joint tables up to this many cells are accumulated densely (bincount);
 # larger ones (e.g. item id x tags) as sparse (code, weight) lists.

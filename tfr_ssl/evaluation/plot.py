@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from tfr_ssl import atomic
-from tfr_ssl.eval_slices import NUM_DECILES, SLICES
+from tfr_ssl.evaluation.slices import NUM_DECILES, SLICES
 
 
 def plot_recall_by_decile(

@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import atomic, export
-from tfr_ssl.index import ExactIndex, ScaNNIndex
+from tfr_ssl import atomic
+from tfr_ssl.index.search import ExactIndex, ScaNNIndex
+from tfr_ssl.serving import export
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1

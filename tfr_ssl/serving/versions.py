@@ -45,8 +45,9 @@ import numpy as np
 from google.protobuf import json_format
 from tensorflow.core.protobuf import saved_model_pb2
 
-from tfr_ssl import export, serving
 from tfr_ssl.data import contract
+from tfr_ssl.serving import export
+from tfr_ssl.serving import retrieval as serving
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import augment, distribute, ssl_task
 from tfr_ssl.config import SSLConfig
 from tfr_ssl.data import contract
+from tfr_ssl.model import augment, replicas, ssl_task
 
 _VIEW_STREAM = 1
 
@@ -93,9 +93,9 @@ class ItemSSL(tf_keras.layers.Layer):
     masks (view 1's rows, then view 2's)."""
     rows = tf.shape(batch[self.feature_names[0]])[0]
     view_seed = tf.random.experimental.stateless_fold_in(seed, _VIEW_STREAM)
-    views = self.augmenter(distribute.gather_structure(batch), view_seed)
+    views = self.augmenter(replicas.gather_structure(batch), view_seed)
     view1, mask1, view2, mask2 = tf.nest.map_structure(
-      lambda x: distribute.local_rows(x, rows), views
+      lambda x: replicas.local_rows(x, rows), views
     )
     stacked = {n: concat_rows(view1[n], view2[n]) for n in self.feature_names}
     return stacked, tf.concat([mask1, mask2], axis=0)
@@ -114,10 +114,10 @@ class ItemSSL(tf_keras.layers.Layer):
     z1, z2 = tf.split(z, 2, axis=0)
     rows = tf.shape(z1)[0]
     # Every replica's view 2, this replica's first (see `distribute`).
-    z2 = distribute.local_first(distribute.gather(z2), rows)
+    z2 = replicas.local_first(replicas.gather(z2), rows)
     if item_ids is not None:
       item_ids = tf.cast(item_ids, tf.int32)
-      item_ids = distribute.local_first(distribute.gather(item_ids), rows)
+      item_ids = replicas.local_first(replicas.gather(item_ids), rows)
     return self.contrastive(z1, z2, item_ids=item_ids)
 
   def build_head(self, embedding: tf.Tensor) -> None:

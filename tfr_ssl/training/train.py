@@ -22,19 +22,15 @@ import time
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import (
-  atomic,
-  diagnostics,
-  distribute,
-  embed,
-  optimizers,
-  warm_start,
-)
+from tfr_ssl import atomic
 from tfr_ssl import config as config_lib
-from tfr_ssl import model as model_lib
-from tfr_ssl import workdir as workdir_lib
 from tfr_ssl.data import contract, csv_source, pipeline, query_side
-from tfr_ssl.model import TwoTowerModel
+from tfr_ssl.evaluation import embed
+from tfr_ssl.model import diagnostics, optimizers
+from tfr_ssl.model import two_tower as model_lib
+from tfr_ssl.model.two_tower import TwoTowerModel
+from tfr_ssl.training import distribute, warm_start
+from tfr_ssl.training import workdir as workdir_lib
 
 CONFIG_FILE = workdir_lib.CONFIG_FILE
 DATASET_FILE = workdir_lib.DATASET_FILE
@@ -61,14 +57,14 @@ def train_and_evaluate(
 ) -> dict:
   """Trains (or resumes training) and validates at epoch ends.
 
-  The workdir is locked for the whole run (tfr_ssl.workdir). Everything
+  The workdir is locked for the whole run (tfr_ssl.training.workdir). Everything
   that can refuse the run (a setting out of range, a fixed setting changed,
   the data changed, a config the model or the data cannot take) is checked
   before config.json is written; a new workdir refused then is removed.
 
-  Under a `tf.distribute` strategy with several workers (`tfr_ssl.distribute`)
-  every worker runs this with the same config and workdir (on storage they
-  all reach); only the chief locks and writes the workdir, the others keep
+  Under a `tf.distribute` strategy with several workers
+  (`tfr_ssl.training.distribute`) every worker runs this with the same
+  config and workdir (on storage they all reach); only the chief locks and writes the workdir, the others keep
   their share of each checkpoint in a private temporary directory, and all
   of them resume from the chief's last checkpoint.
 

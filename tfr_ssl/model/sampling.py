@@ -31,7 +31,7 @@ import tensorflow as tf
 import tf_keras
 
 from tfr_ssl import config as config_lib
-from tfr_ssl import distribute
+from tfr_ssl.model import replicas
 
 # Mersenne prime 2^31 - 1: products of a hash multiplier (< 2^31) with an item
 # row (< 2^31) stay below 2^62 and fit int64.
@@ -275,7 +275,7 @@ class StreamingFrequencyEstimator(SamplingProbability):
     return tf.math.floormod(hashed, self.num_buckets) + offsets
 
   def update(self, item_index: tf.Tensor) -> None:
-    ids = distribute.gather(tf.reshape(tf.cast(item_index, tf.int64), [-1]))
+    ids = replicas.gather(tf.reshape(tf.cast(item_index, tf.int64), [-1]))
     buckets, _, counts = tf.unique_with_counts(
       tf.reshape(self.buckets(ids), [-1])
     )
@@ -422,7 +422,7 @@ class MixedNegatives:
             "item stream)."
           )
         return None
-      features, ids = distribute.gather_structure(
+      features, ids = replicas.gather_structure(
         (inputs["ssl_item"], inputs["ssl_item_index"])
       )
       features = {k: v[: self.count] for k, v in features.items()}

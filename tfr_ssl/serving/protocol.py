@@ -33,7 +33,8 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from tfr_ssl import export, serving
+from tfr_ssl.serving import export
+from tfr_ssl.serving import retrieval as serving
 
 # Top-level keys of a predict body.
 BODY_KEYS = ("signature_name", "instances", "inputs", "top_k", "item_features")

@@ -25,8 +25,8 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 
-from tfr_ssl import distribute, losses, sampling
 from tfr_ssl.config import Config
+from tfr_ssl.model import losses, replicas, sampling
 
 _UNIGRAM_STREAM = 3
 
@@ -109,8 +109,8 @@ class RetrievalTask(tf_keras.layers.Layer):
     """
     rows = tf.shape(item_index)[0]
     local_index = item_index
-    items = distribute.local_first(distribute.gather(items), rows)
-    item_index = distribute.local_first(distribute.gather(item_index), rows)
+    items = replicas.local_first(replicas.gather(items), rows)
+    item_index = replicas.local_first(replicas.gather(item_index), rows)
     candidates, candidate_ids = items, item_index
     extra = None
     if self.mixed_negatives is not None:
@@ -156,5 +156,5 @@ class RetrievalTask(tf_keras.layers.Layer):
     self.spread_out_tracker.update_state(spread)
     # A global quantity computed by every replica, whose gradients the
     # optimizer sums: each replica adds its share.
-    num_replicas, _ = distribute.replica()
+    num_replicas, _ = replicas.replica()
     return weight * spread / num_replicas

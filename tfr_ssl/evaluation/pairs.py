@@ -47,8 +47,8 @@ import math
 
 import numpy as np
 
-from tfr_ssl import eval_csr
 from tfr_ssl.data import contract, query_side
+from tfr_ssl.evaluation import csr as eval_csr
 
 # What `EvalPairs.exclusion_sources` names for the item-to-item exclusion.
 SEED_ITEM = "seed_item"

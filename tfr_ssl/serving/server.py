@@ -45,8 +45,8 @@ from collections.abc import Callable
 
 from aiohttp import http_exceptions, web, web_protocol
 
-from tfr_ssl.service import batching, page, protocol, samples, versions
-from tfr_ssl.service.protocol import RequestError
+from tfr_ssl.serving import batching, page, protocol, samples, versions
+from tfr_ssl.serving.protocol import RequestError
 
 log = logging.getLogger(__name__)
 

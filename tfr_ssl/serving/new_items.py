@@ -39,10 +39,11 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tfr_ssl import atomic, export
+from tfr_ssl import atomic
 from tfr_ssl.data import contract, csv_source
 from tfr_ssl.data.errors import DataError
 from tfr_ssl.data.files import read_text, require_file
+from tfr_ssl.serving import export
 
 ITEMS_FILE = "items.jsonl"
 

@@ -14,8 +14,9 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import config as config_lib
-from tfr_ssl import eval_pairs, evaluate
 from tfr_ssl.data import contract, query_side
+from tfr_ssl.evaluation import metrics as evaluate
+from tfr_ssl.evaluation import pairs as eval_pairs
 
 Tower = Callable[[Mapping[str, tf.Tensor]], tf.Tensor]
 

@@ -49,7 +49,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import atomic, eval_csr, eval_slices
+from tfr_ssl import atomic
+from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.evaluation import slices as eval_slices
 
 # Cap on the scores matrix of one block ([queries, items] float32 entries):
 # 2**26 entries are 256 MB, so a large corpus gets fewer queries per block.

@@ -29,15 +29,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfr_ssl import (
-  augment,
-  dropout,
-  features,
-  item_ssl,
-  retrieval_task,
-)
 from tfr_ssl.config import Config
 from tfr_ssl.data import contract, query_side, stats
+from tfr_ssl.model import augment, dropout, features, item_ssl, retrieval_task
 
 PHASES = ("joint", "ssl_only", "main_only")
 
@@ -323,7 +317,7 @@ class TwoTowerModel(tfrs.Model):
     else:
       step = tf.constant(_EVAL_STEP, tf.int64)
     # The same seed on every replica: per-row draws are made for the
-    # global batch and sliced (`distribute.local_rows`), so a step draws
+    # global batch and sliced (`replicas.local_rows`), so a step draws
     # what it would draw in one process.
     return tf.stack([tf.constant(self.config.train.seed, tf.int64), step])
 

@@ -17,7 +17,7 @@ import tensorflow_recommenders as tfrs
 import tf_keras
 
 from tfr_ssl import config as config_lib
-from tfr_ssl import losses
+from tfr_ssl.model import losses
 
 
 @tf_keras.saving.register_keras_serializable(package="tfr_ssl")

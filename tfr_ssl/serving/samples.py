@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from tfr_ssl import data as data_lib
-from tfr_ssl import export, train
 from tfr_ssl.data import contract, query_side
+from tfr_ssl.serving import export
+from tfr_ssl.training import train
 
 log = logging.getLogger(__name__)
 

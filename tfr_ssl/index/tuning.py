@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import index_audit
+from tfr_ssl.index import audit as index_audit
 
 
 class TunableSearcher(Protocol):

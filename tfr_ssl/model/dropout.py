@@ -16,7 +16,7 @@ trained:
     interactions gets a trained embedding from the rest of the query.
 
 Each draw is per row and feature, made for the global batch with a seed
-that every replica shares and then sliced (`distribute.local_rows`), so a
+that every replica shares and then sliced (`replicas.local_rows`), so a
 cluster draws what one process draws. Random streams folded into the
 step's seed: 2 (item features), 4 (item values), 5 (query); the model uses
 1 for the SSL views and 3 for unigram negatives.
@@ -29,20 +29,20 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl import distribute
 from tfr_ssl.config import ModelConfig
+from tfr_ssl.model import replicas
 
 _ITEM_STREAM, _VALUE_STREAM, _QUERY_STREAM = 2, 4, 5
 
 
 def draws(batch_size, columns: int, seed: tf.Tensor, stream: int) -> tf.Tensor:
   """This replica's rows of `[global batch, columns]` uniform draws."""
-  num_replicas, _ = distribute.replica()
+  num_replicas, _ = replicas.replica()
   values = tf.random.stateless_uniform(
     [batch_size * num_replicas, columns],
     seed=tf.random.experimental.stateless_fold_in(seed, stream),
   )
-  return distribute.local_rows(values, batch_size)
+  return replicas.local_rows(values, batch_size)
 
 
 class MainTaskDropout:

@@ -42,9 +42,10 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_recommenders as tfrs
 
-from tfr_ssl import index_audit, index_tuning
 from tfr_ssl.config import IndexConfig
-from tfr_ssl.index_tuning import TARGET_RECALL
+from tfr_ssl.index import audit as index_audit
+from tfr_ssl.index import tuning as index_tuning
+from tfr_ssl.index.tuning import TARGET_RECALL
 
 factorized_top_k = tfrs.layers.factorized_top_k
 

@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl.service import versions
-from tfr_ssl.service.protocol import Query, RequestError
+from tfr_ssl.serving import versions
+from tfr_ssl.serving.protocol import Query, RequestError
 
 log = logging.getLogger(__name__)
 

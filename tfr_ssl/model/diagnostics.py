@@ -14,7 +14,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from tfr_ssl.model import loss_weights
+from tfr_ssl.model.two_tower import loss_weights
 
 
 def gradient_norms(model, inputs: Mapping[str, Any]) -> dict[str, tf.Tensor]:
