@@ -64,9 +64,10 @@ def train_and_evaluate(
 
   Under a `tf.distribute` strategy with several workers
   (`tfr_ssl.training.distribute`) every worker runs this with the same
-  config and workdir (on storage they all reach); only the chief locks and writes the workdir, the others keep
-  their share of each checkpoint in a private temporary directory, and all
-  of them resume from the chief's last checkpoint.
+  config and workdir (on storage they all reach); only the chief locks and
+  writes the workdir, the others keep their share of each checkpoint in a
+  private temporary directory, and all of them resume from the chief's last
+  checkpoint.
 
   Args:
     config: The run's config.
