@@ -32,7 +32,7 @@ import tensorflow as tf
 
 import tfr_ssl  # noqa: F401  (Keras 2 before TensorFlow is used)
 from tfr_ssl import atomic
-from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.data import csr as eval_csr
 from tfr_ssl.evaluation import metrics as evaluate
 
 DIM = 64

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.data import csr as eval_csr
 
 
 def test_select_csr_rows_renumbers_the_csr():

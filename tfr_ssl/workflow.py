@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl.data import contract, query_side
-from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.data import csr as eval_csr
 from tfr_ssl.evaluation import embed
 from tfr_ssl.evaluation import metrics as evaluate
 from tfr_ssl.evaluation import pairs as eval_pairs

@@ -24,9 +24,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from tfr_ssl.data import query_side
+from tfr_ssl.data import csr, query_side
 from tfr_ssl.data.contract import PAD, PreparedDataset
-from tfr_ssl.evaluation import csr as eval_csr
 
 # Joint tables up to this many cells are accumulated densely (bincount);
 # larger ones (e.g. item id x tags) as sparse (code, weight) lists.
@@ -45,13 +44,13 @@ def items_by_query(
   """CSR of the distinct items each query interacted with.
 
   The same CSR as the evaluation's exclusion lists, by the same builder
-  (`eval_csr.from_entries`).
+  (`csr.from_entries`).
 
   Returns:
     (indptr int64 [num_queries + 1], indices int32 [nnz]); the items of query
     q are `indices[indptr[q]:indptr[q + 1]]`, sorted ascending.
   """
-  return eval_csr.from_entries(query_rows, item_rows, num_queries)
+  return csr.from_entries(query_rows, item_rows, num_queries)
 
 
 def _spread(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

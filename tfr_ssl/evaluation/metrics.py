@@ -50,7 +50,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import atomic
-from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.data import csr as eval_csr
 from tfr_ssl.evaluation import slices as eval_slices
 
 # Cap on the scores matrix of one block ([queries, items] float32 entries):

@@ -48,7 +48,7 @@ import math
 import numpy as np
 
 from tfr_ssl.data import contract, query_side
-from tfr_ssl.evaluation import csr as eval_csr
+from tfr_ssl.data import csr as eval_csr
 
 # What `EvalPairs.exclusion_sources` names for the item-to-item exclusion.
 SEED_ITEM = "seed_item"

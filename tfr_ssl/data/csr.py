@@ -1,5 +1,8 @@
 """Per-query item lists as CSR: row selection, entries, targets left out.
 
+A data structure of the prepared data (`PreparedDataset.train_items_by_query`
+is one) that the evaluation applies, so it lives with the data.
+
 Evaluation keeps "the corpus rows query q must not be recommended" as one
 compressed sparse row pair `(indptr int [Q + 1], indices int [nnz])`: row q
 holds `indices[indptr[q]:indptr[q + 1]]`. Building those lists
