@@ -255,28 +255,7 @@ def _interactions(path: str, spec: CsvSchema) -> tuple[RawInteractions, bool]:
       )
   weight = None
   if spec.weight_column:
-    weight = parse_numbers(
-      cells[spec.weight_column],
-      np.float64,
-      path=path,
-      lines=lines,
-      column=spec.weight_column,
-    )
-    negative = np.flatnonzero(weight < 0)
-    if negative.size:
-      raise DataError(
-        f"weight {weight[negative[0]]} is negative",
-        path=path,
-        line=int(lines[negative[0]]),
-        column=spec.weight_column,
-      )
-    if not np.any(weight > 0):
-      raise DataError(
-        f"every weight is 0 ({weight.size} rows), so the main task would "
-        "train on nothing; give positive weights",
-        path=path,
-        column=spec.weight_column,
-      )
+    weight = _weights(cells[spec.weight_column], path, lines, spec)
   timestamp = None
   if spec.timestamp_column:
     timestamp = _timestamps(
@@ -300,6 +279,30 @@ def _interactions(path: str, spec: CsvSchema) -> tuple[RawInteractions, bool]:
     ),
   )
   return raw, named
+
+
+def _weights(values, path: str, lines, spec: CsvSchema) -> np.ndarray:
+  """The weight column: numbers, none negative, not all zero."""
+  column = spec.weight_column
+  weight = parse_numbers(
+    values, np.float64, path=path, lines=lines, column=column
+  )
+  negative = np.flatnonzero(weight < 0)
+  if negative.size:
+    raise DataError(
+      f"weight {weight[negative[0]]} is negative",
+      path=path,
+      line=int(lines[negative[0]]),
+      column=column,
+    )
+  if not np.any(weight > 0):
+    raise DataError(
+      f"every weight is 0 ({weight.size} rows), so the main task would "
+      "train on nothing; give positive weights",
+      path=path,
+      column=column,
+    )
+  return weight
 
 
 def read(data_dir: str) -> RawData:

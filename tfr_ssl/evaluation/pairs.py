@@ -217,19 +217,9 @@ def select_pairs(
   kept, sampling = _sample_queries(query, max_pairs, seed)
   rows, query = rows[kept], query[kept]
   queries, query_of_pair = np.unique(query, return_inverse=True)
-  indptr, indices = eval_csr.select_csr_rows(
-    seen, np.searchsorted(candidates, queries)
+  (indptr, indices), sources = _exclusions(
+    seen, candidates, queries, earlier, side.is_item
   )
-  sources = earlier
-  if side.is_item:
-    # Each seed item also excludes itself from its own ranking.
-    owner = np.repeat(np.arange(queries.shape[0]), np.diff(indptr))
-    indptr, indices = eval_csr.from_entries(
-      np.concatenate([owner, np.arange(queries.shape[0])]),
-      np.concatenate([indices, queries]),
-      queries.shape[0],
-    )
-    sources = (SEED_ITEM, *earlier)
   selection = {
     "split": split,
     "task": task,
@@ -251,6 +241,26 @@ def select_pairs(
     exclusion_sources=sources,
     selection=selection,
   )
+
+
+def _exclusions(seen, candidates, queries, earlier, query_is_item):
+  """(the CSR of what each kept query must not be recommended, its sources).
+
+  The items the query saw in the earlier splits; a seed item (item-to-item)
+  also excludes itself from its own ranking.
+  """
+  indptr, indices = eval_csr.select_csr_rows(
+    seen, np.searchsorted(candidates, queries)
+  )
+  if not query_is_item:
+    return (indptr, indices), earlier
+  owner = np.repeat(np.arange(queries.shape[0]), np.diff(indptr))
+  csr = eval_csr.from_entries(
+    np.concatenate([owner, np.arange(queries.shape[0])]),
+    np.concatenate([indices, queries]),
+    queries.shape[0],
+  )
+  return csr, (SEED_ITEM, *earlier)
 
 
 def _sample_queries(
