@@ -139,14 +139,15 @@ def test_every_binary_reports_a_bad_command_line_through_common_run():
   # absl's own app.run prints the whole --help before a usage error;
   # common.run makes it one line. A binary calling app.run would not.
   folder = os.path.join(REPO, "pipelines")
-  binaries = [
-    name
-    for name in sorted(os.listdir(folder))
-    if name.endswith(".py") and name not in ("__init__.py", "common.py")
-  ]
+  sources = {}
+  for name in sorted(os.listdir(folder)):
+    if name.endswith(".py"):
+      with open(os.path.join(folder, name)) as f:
+        sources[name] = f.read()
+  # A binary is a module that runs as a program (helpers such as common.py
+  # are imported by them).
+  binaries = [n for n, s in sources.items() if '__name__ == "__main__"' in s]
   assert len(binaries) >= 8
   for name in binaries:
-    with open(os.path.join(folder, name)) as f:
-      source = f.read()
-    assert "app.run(" not in source, name
-    assert "common.run(main)" in source, name
+    assert "app.run(" not in sources[name], name
+    assert "common.run(main)" in sources[name], name

@@ -24,11 +24,13 @@ import threading
 import time
 import urllib.parse
 
+import numpy as np
 import pytest
 
 import tfr_ssl  # noqa: F401
 from tests.workflow_test import SCANN, trained_run
 from tfr_ssl import atomic, workflow
+from tfr_ssl.data import query_side
 from tfr_ssl.serving import (
   BackgroundServer,
   Options,
@@ -780,7 +782,10 @@ def test_binary_without_an_index_fails_in_one_line(run, tmp_path):
 def test_item_to_item_samples_are_popular_items_with_their_features(run):
   prepared = run["prepared"]
   offered = samples.Samples(prepared, "item_to_item", num_samples=3)
-  count = prepared.item_train_count
+  # Counted over the rows the item-to-item task trains on (those with a
+  # query item), as its evaluation counts them.
+  count = query_side.query_side("item_to_item").item_train_count(prepared)
+  assert not np.array_equal(count, prepared.item_train_count)
   top = int(count.argmax())
   first = offered.samples[0]
   assert first["label"] == (
