@@ -18,9 +18,13 @@ $(VENV)/.installed: setup.py
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
 
+# Two worker processes (pytest-xdist): many tests wait on binaries, servers
+# and multi-worker training in subprocesses, and those waits overlap with the
+# other worker's work. `--dist loadfile` keeps each test file on one worker,
+# so a module-scoped fixture (a trained run) is still built once.
 test: install
 	$(VENV)/bin/ruff check tfr_ssl pipelines tests bench
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 tests
 
 lint: install
 	$(VENV)/bin/ruff check tfr_ssl pipelines tests bench

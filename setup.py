@@ -23,5 +23,8 @@ setuptools.setup(
         # The HTTP retrieval service (pipelines.serve).
         "aiohttp>=3.14,<3.15",
     ],
-    extras_require={"dev": ["pytest>=8", "ruff>=0.6"]},
+    extras_require={
+        # pytest-xdist: `make test` runs the suite on 2 worker processes.
+        "dev": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.6"],
+    },
 )

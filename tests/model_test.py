@@ -457,8 +457,12 @@ OPTIONS = [
 ]
 
 
+# Ids name the effect function, never its repr: an address in an id differs
+# between processes, and pytest-xdist workers must collect the same ids.
 @pytest.mark.parametrize(
-  "overrides, contrast, effect", OPTIONS, ids=lambda o: str(o)[:60]
+  "overrides, contrast, effect",
+  OPTIONS,
+  ids=lambda o: o.__name__ if callable(o) else str(o)[:60],
 )
 def test_every_option_has_its_effect_and_trains_a_step(
   dataset, overrides, contrast, effect
