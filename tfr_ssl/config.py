@@ -228,13 +228,13 @@ class ModelConfig:
       embedding in the main task, so that embedding (which an empty bag, a
       value never seen in training and a masked feature all read) is
       trained. 0.02 by default (validation, bench/results/tune.md: a small
-      rate trains the unknown embedding; 0.1 cost 4% Recall@10 on
+      rate trains the unknown embedding; 0.1 cost 2.8% Recall@10 on
       synthetic full data).
     query_id_dropout: Rate at which a training example's query id (the
       user id) is replaced by its unknown embedding, the one a user with
       no training interactions reads (the query-side cold rule). 0.05 by
-      default (validation, bench/results/tune.md: 0.3 cost 6% Recall@10 on
-      synthetic full data).
+      default (validation, bench/results/tune.md: 0.3 cost 6.1% Recall@10
+      on synthetic full data).
   """
 
   task: str = _field(
