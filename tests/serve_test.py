@@ -9,6 +9,7 @@ asserts on timing.
 """
 
 import asyncio
+import contextlib
 import csv
 import dataclasses
 import http.client
@@ -724,15 +725,19 @@ def _read_until(stream, pattern, timeout):
   return found.get("line")
 
 
-def test_binary_serves_and_stops_on_sigterm(run):
+@contextlib.contextmanager
+def serve_binary(workdir: str, *flags: str):
+  """`pipelines.serve` started as a user starts it, on a loopback port the
+  OS picks; yields (process, url) and ends the process within a bound."""
   process = subprocess.Popen(
     [
       sys.executable,
       "-m",
       "pipelines.serve",
-      f"--workdir={run['workdir']}",
+      f"--workdir={workdir}",
       "--port=0",
       "--poll_seconds=0",
+      *flags,
     ],
     cwd=REPO,
     stdout=subprocess.PIPE,
@@ -742,7 +747,16 @@ def test_binary_serves_and_stops_on_sigterm(run):
   try:
     line = _read_until(process.stdout, r"^Serving model", 180)
     assert line, "the server did not start"
-    url = re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+    yield process, re.search(r"http://127\.0\.0\.1:\d+", line).group(0)
+  finally:
+    if process.poll() is None:
+      process.kill()
+      process.wait(timeout=30)
+    process.stdout.close()
+
+
+def test_binary_serves_and_stops_on_sigterm(run):
+  with serve_binary(run["workdir"]) as (process, url):
     status, _, value = call(url, path=f"/v1/models/{MODEL}")
     assert value["model_version_status"][0]["state"] == "AVAILABLE"
     status, _, meta = call(url, path=f"/v1/models/{MODEL}/metadata")
@@ -755,11 +769,6 @@ def test_binary_serves_and_stops_on_sigterm(run):
     assert status == 200 and "<html" in text
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-  finally:
-    if process.poll() is None:
-      process.kill()
-      process.wait(timeout=30)
-    process.stdout.close()
 
 
 def test_binary_without_an_index_fails_in_one_line(run, tmp_path):

@@ -10,17 +10,14 @@ port, with a bounded number of requests, and stops it with SIGTERM.
 import asyncio
 import http.client
 import json
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 import tensorflow as tf
 
-from tests.serve_test import REPO, TIMEOUT, _read_until, raw_queries
+from tests.serve_test import TIMEOUT, raw_queries, serve_binary
 from tests.workflow_test import trained_run
 from tfr_ssl.serving import batching, protocol
 from tfr_ssl.serving.versions import QueryFeature
@@ -146,28 +143,11 @@ def run(tmp_path_factory):
 
 def test_a_bad_request_under_load_fails_only_itself(run):
   """8 clients x 40 valid requests, and a surrogate request every 50 ms."""
-  process = subprocess.Popen(
-    [
-      sys.executable,
-      "-m",
-      "pipelines.serve",
-      f"--workdir={run['workdir']}",
-      "--port=0",
-      "--poll_seconds=0",
-      "--nosamples",
-      # A longer gathering window makes every bad request share its batch
-      # with valid ones, which is what failed them before.
-      "--batch_wait_ms=20",
-    ],
-    cwd=REPO,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.DEVNULL,
-    text=True,
-  )
-  try:
-    line = _read_until(process.stdout, r"^Serving model", 180)
-    assert line, "the server did not start"
-    port = int(re.search(r"http://127\.0\.0\.1:(\d+)", line).group(1))
+  # A longer gathering window makes every bad request share its batch with
+  # valid ones, which is what failed them before.
+  flags = ("--nosamples", "--batch_wait_ms=20")
+  with serve_binary(run["workdir"], *flags) as (process, url):
+    port = int(url.rsplit(":", 1)[1])
     queries = raw_queries(run["prepared"], list(range(16)))
     per_client, clients = 40, 8
     results = {"valid": [], "bad": []}
@@ -220,8 +200,3 @@ def test_a_bad_request_under_load_fails_only_itself(run):
       assert value["error"].startswith("instances[0].user_id: not valid")
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
-  finally:
-    if process.poll() is None:
-      process.kill()
-      process.wait(timeout=30)
-    process.stdout.close()
