@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
+from tests.model_fakes import interactions as _interactions
 from tfr_ssl import config as config_lib
 from tfr_ssl.data import contract
 from tfr_ssl.evaluation import embed
@@ -19,19 +20,6 @@ def test_embed_rows_batches_in_order():
 
   out = embed.embed_rows(tower, table, rows=np.array([9, 3, 4]), batch_size=2)
   np.testing.assert_array_equal(out, [[9, 18], [3, 6], [4, 8]])
-
-
-def _interactions(query_index, item_index, prev_item_index=None):
-  n = len(query_index)
-  if prev_item_index is None:
-    prev_item_index = [contract.PAD] * n
-  return contract.Interactions(
-    query_index=np.array(query_index, np.int32),
-    item_index=np.array(item_index, np.int32),
-    weight=np.ones(n, np.float32),
-    timestamp=None,
-    prev_item_index=np.array(prev_item_index, np.int32),
-  )
 
 
 def known_positives_dataset():

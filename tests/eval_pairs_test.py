@@ -9,24 +9,12 @@ import pytest
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
+from tests.model_fakes import interactions as _interactions
 from tfr_ssl import config as config_lib
 from tfr_ssl.data import contract, stats
 from tfr_ssl.evaluation import embed
 from tfr_ssl.evaluation import metrics as evaluate
 from tfr_ssl.evaluation import pairs as eval_pairs
-
-
-def _interactions(query_index, item_index, prev_item_index=None):
-  n = len(query_index)
-  if prev_item_index is None:
-    prev_item_index = [contract.PAD] * n
-  return contract.Interactions(
-    query_index=np.array(query_index, np.int32),
-    item_index=np.array(item_index, np.int32),
-    weight=np.ones(n, np.float32),
-    timestamp=None,
-    prev_item_index=np.array(prev_item_index, np.int32),
-  )
 
 
 def _dataset(num_items, num_queries, train, validation, test):
@@ -174,7 +162,11 @@ def _users_dataset(pairs_per_user):
   num_items = max(pairs_per_user) + 1
   empty = _interactions([0], [num_items - 1])
   return _dataset(
-    num_items, len(pairs_per_user), empty, empty, _interactions(users, items)
+    num_items,
+    len(pairs_per_user),
+    empty,
+    empty,
+    _interactions(users, items),
   )
 
 

@@ -139,3 +139,18 @@ def as_dataset(batch_list: list[dict]) -> tf.data.Dataset:
     lambda t: tf.TensorSpec(t.shape, t.dtype), batch_list[0]
   )
   return tf.data.Dataset.from_generator(gen, output_signature=spec)
+
+
+def interactions(query_index, item_index, prev_item_index=None):
+  """A split of (query, item) rows, weight 1, no timestamps; no query items
+  unless `prev_item_index` gives them."""
+  n = len(query_index)
+  if prev_item_index is None:
+    prev_item_index = [contract.PAD] * n
+  return contract.Interactions(
+    query_index=np.array(query_index, np.int32),
+    item_index=np.array(item_index, np.int32),
+    weight=np.ones(n, np.float32),
+    timestamp=None,
+    prev_item_index=np.array(prev_item_index, np.int32),
+  )
