@@ -111,6 +111,7 @@ def test_a_full_disk_while_checkpointing_leaves_no_temporary(tmp_path):
     )
     out = result.stdout.decode()
     assert result.returncode == 1, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]
     lines = [x for x in out.splitlines() if "error:" in x]
     assert len(lines) == 1 and lines[0].startswith("error: "), out[-3000:]
     assert "No space left" in lines[0] or "disk is full" in lines[0]

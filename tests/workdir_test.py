@@ -302,23 +302,8 @@ def _mount(*args) -> bool:
     return False
 
 
-def test_disk_full_while_training_is_one_line(tmp_path):
-  full = tmp_path / "full"
-  full.mkdir()
-  if not _mount("-t", "tmpfs", "-o", "size=192k", "tmpfs", str(full)):
-    pytest.skip("mount is not allowed here")
-  try:
-    result = run_binary(
-      "train",
-      f"--workdir={full / 'run'}",
-      f"--cache_dir={tmp_path / 'cache'}",
-      *TINY,
-      "--epochs=1",
-    )
-    line = one_error_line(result)
-    assert "disk is full" in line or "No space left" in line
-  finally:
-    subprocess.run(["umount", str(full)], check=False)
+# A disk filling up while training: tests/binaries_test.py
+# (test_a_full_disk_while_checkpointing_leaves_no_temporary).
 
 
 def test_disk_full_while_exporting_is_one_line_and_leaves_nothing(
