@@ -157,6 +157,12 @@ class DataConfig:
     test_fraction: Share of interactions held out for test.
     train_fraction: Uniform share of the training split that is kept.
     seed: Seed of the split and of the train_fraction subsample.
+    heldout_users: Share of the users with at least 5 interactions whose
+      whole history stays out of training, validation and test; the test
+      evaluation folds in the first 80% of each one's interactions as
+      history and scores the rest (Liang et al. 2018's strong
+      generalisation). Seeded by `seed`; chosen after the split, so the
+      other users' splits do not move with it.
     synthetic: Settings of the synthetic source.
   """
 
@@ -182,6 +188,12 @@ class DataConfig:
     0,
     "Seed of the split and the train_fraction subsample (not of training).",
     bounds=AT_LEAST_0,
+  )
+  heldout_users: float = _field(
+    0.1,
+    "Share of the users with at least 5 interactions held out of training "
+    "entirely and evaluated from a folded-in history (0 = none).",
+    bounds=Bounds(low=0, high=0.5),
   )
   synthetic: SyntheticConfig = dataclasses.field(
     default_factory=SyntheticConfig
@@ -235,6 +247,15 @@ class ModelConfig:
       no training interactions reads (the query-side cold rule). 0.05 by
       default (validation, bench/results/tune.md: 0.3 cost 6.1% Recall@10
       on synthetic full data).
+    history_length: User-to-item: the query tower also reads the user's
+      last N interacted items, embedded by the item tower's own tables
+      (0 = the query is the user's features and id only).
+    history_pooling: How the history's item embeddings are pooled: `mean`,
+      or `recency` (a learned weight per position, most recent first,
+      renormalised over the positions present).
+    query_id: Whether the query tower reads the user id: `on` (with
+      `query_id_dropout`) or `off` (always its unknown embedding: the user
+      is its features and history).
   """
 
   task: str = _field(
@@ -319,6 +340,20 @@ class ModelConfig:
     "Main task: rate of replacing the query id by its unknown embedding.",
     bounds=RATE,
   )
+  history_length: int = _field(
+    20,
+    "User-to-item: last N items of the user's history read by the query "
+    "tower (0 = id and features only).",
+    bounds=AT_LEAST_0,
+  )
+  history_pooling: str = _field(
+    "mean",
+    "Pooling of the history's item embeddings.",
+    choices=("mean", "recency"),
+  )
+  query_id: str = _field(
+    "on", "Query tower reads the user id.", choices=("on", "off")
+  )
 
 
 @dataclasses.dataclass
@@ -344,6 +379,10 @@ class SSLConfig:
     projection_dim: Width of the SSL projection head (two dense layers on
       the item embedding, used by the SSL loss only); 0 = no head, the SSL
       loss acts on the retrieval embedding itself.
+    user_alpha: Weight (beta) of the user-side SSL task: two disjoint
+      random halves of a uniformly sampled user's training history, with
+      the user id masked, pulled together through the query tower (needs
+      `model.history_length > 0`); 0 = off.
   """
 
   alpha: float = _field(
@@ -377,6 +416,11 @@ class SSLConfig:
   )
   projection_dim: int = _field(
     0, "Width of the SSL projection head (0 = none).", bounds=AT_LEAST_0
+  )
+  user_alpha: float = _field(
+    0.0,
+    "User-side SSL loss weight (beta; 0 = off).",
+    bounds=AT_LEAST_0,
   )
 
 
@@ -470,6 +514,8 @@ class EvalConfig:
     head_fraction: Share of most frequent training items called head.
     split: Split to evaluate (`validation` or `test`).
     batch_size: Queries scored per matmul batch.
+    sparse_user_max: Users with at most this many training interactions
+      form the `sparse` user slice.
   """
 
   ks: tuple[int, ...] = _field(
@@ -483,6 +529,11 @@ class EvalConfig:
   )
   batch_size: int = _field(
     1024, "Queries per scoring batch.", bounds=AT_LEAST_1
+  )
+  sparse_user_max: int = _field(
+    3,
+    "Users with at most this many training interactions are `sparse`.",
+    bounds=AT_LEAST_0,
   )
 
 

@@ -323,6 +323,8 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
     )
   else:
     checkpoint = train.trained_checkpoint(workdir)
+    history_length = train.query_history_length(config)
+    item_embeddings = embed.embed_rows(model.item_tower, prepared.items)
     metrics = embed.evaluate_model(
       model.query_tower,
       model.item_tower,
@@ -330,7 +332,19 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
       split,
       config.eval,
       pairs=pairs,
+      history_length=history_length,
+      item_embeddings=item_embeddings,
     )
+    if split == "test":
+      held = embed.evaluate_heldout(
+        model.query_tower,
+        item_embeddings,
+        prepared,
+        config.eval,
+        history_length,
+      )
+      if held is not None:
+        metrics["heldout_users"] = held
   metrics["seconds"] = time.perf_counter() - started
   metrics["split"] = split
   metrics["search"] = "index" if use_index else "exact"
@@ -340,7 +354,11 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
   )
   metrics["baseline"] = {
     "most_popular": most_popular_baseline(
-      prepared, pairs, metrics["ks"], config.eval.head_fraction
+      prepared,
+      pairs,
+      metrics["ks"],
+      config.eval.head_fraction,
+      embed.user_slices(prepared, pairs, config.eval),
     )
   }
   eval_dir = os.path.join(workdir, EVAL_DIR)
@@ -408,6 +426,7 @@ def most_popular_baseline(
   pairs: eval_pairs.EvalPairs,
   ks: Sequence[int],
   head_fraction: float,
+  pair_slices: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
   """Metrics of ranking every item by training count, on `pairs`.
 
@@ -423,6 +442,7 @@ def most_popular_baseline(
     exclude=pairs.excluded_items,
     ks=ks,
     head_fraction=head_fraction,
+    pair_slices=pair_slices,
   )
   metrics["excluded"] = list(pairs.exclusion_sources)
   metrics["seconds"] = time.perf_counter() - started

@@ -36,9 +36,10 @@ FROM_PREVIOUS_ITEM = "previous_item"
 # Feature names become input names of SavedModel signatures, which keep only
 # names of this form (`age group` or `país` fail at export, `item-id` would
 # be renamed `item_id`), and the retrieval model's `exclude` signature takes
-# one input of its own.
+# one input of its own, and the query tower's `history` input is not a
+# column.
 NAME_PATTERN = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-RESERVED_NAMES = ("exclude",)
+RESERVED_NAMES = ("exclude", "history")
 
 
 def feature_name_problem(name: str) -> str | None:

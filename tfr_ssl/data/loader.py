@@ -19,7 +19,7 @@ import re
 import time
 
 from tfr_ssl.config import DataConfig
-from tfr_ssl.data import cache, csv_source, movielens, synthetic
+from tfr_ssl.data import cache, csv_source, heldout, movielens, synthetic
 from tfr_ssl.data.assemble import build_prepared
 from tfr_ssl.data.contract import PreparedDataset
 from tfr_ssl.data.raw import RawData
@@ -172,7 +172,7 @@ def prepare(config: DataConfig, force: bool = False) -> PreparedDataset:
   path = cache_path(config, version_string)
   if not force and cache.read_metadata(path) is not None:
     try:
-      prepared = cache.load(path)
+      prepared = _held_out(cache.load(path), config)
       log.info(
         "Loaded %s from the cache %s in %.2f s.",
         version_string,
@@ -200,7 +200,18 @@ def prepare(config: DataConfig, force: bool = False) -> PreparedDataset:
     time.perf_counter() - start,
     path,
   )
-  return prepared
+  return _held_out(prepared, config)
+
+
+def _held_out(
+  prepared: PreparedDataset, config: DataConfig
+) -> PreparedDataset:
+  """The cached data with `data.heldout_users` applied (`heldout.py`).
+
+  Applied after the cache, not stored in it: the share chooses users of
+  one prepared version, so changing it needs no new preparation.
+  """
+  return heldout.hold_out_users(prepared, config.heldout_users, config.seed)
 
 
 def load_version(
@@ -211,7 +222,7 @@ def load_version(
   if cache.read_metadata(path) is None:
     return None
   try:
-    return cache.load(path)
+    return _held_out(cache.load(path), config)
   except Exception as e:  # A damaged version is not trusted.
     log.warning("Cached %s is unreadable (%s).", path, e)
     return None

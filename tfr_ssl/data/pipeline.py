@@ -14,7 +14,10 @@ gives the same sequence of permutations in every program run.
 
 Batch format (see docs/architecture.md, "Data flow"):
   query: feature name -> int32 [B] or [B, L]; in `item_to_item` mode the item
-    features of the interaction's previous item.
+    features of the interaction's previous item. With a history length N
+    (user-to-item), also `history`: int32 [B, N], corpus rows of the
+    user's latest items before the example, latest first, PAD-padded
+    (`history.py` says which items may be there).
   item: item feature name -> int32 [B] or [B, L].
   item_index: int32 [B], corpus row of the positive item.
   weight: float32 [B].
@@ -28,8 +31,8 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import config as config_lib
-from tfr_ssl.data import query_side
-from tfr_ssl.data.contract import SPLITS, PreparedDataset
+from tfr_ssl.data import history, query_side
+from tfr_ssl.data.contract import PAD, SPLITS, PreparedDataset
 
 TASKS = query_side.TASKS
 
@@ -89,6 +92,7 @@ def _main_parts(
   repeat: bool,
   seed: int,
   drop_remainder: bool,
+  history_length: int = 0,
 ):
   """(row batches, function gathering a batch of rows) of the main stream."""
   if split not in SPLITS:
@@ -108,11 +112,19 @@ def _main_parts(
   )
   item_rows = tf.convert_to_tensor(data.item_index.astype(np.int32))
   weights = tf.convert_to_tensor(data.weight.astype(np.float32))
+  histories = (
+    _history_gather(prepared, split, history_length)
+    if history_length and not side.is_item
+    else None
+  )
 
   def gather(batch_rows):
     items = tf.gather(item_rows, batch_rows)
+    query = _gather(query_tables, tf.gather(query_rows, batch_rows))
+    if histories is not None:
+      query["history"] = histories(batch_rows, tf.gather(query_rows, batch_rows))
     return {
-      "query": _gather(query_tables, tf.gather(query_rows, batch_rows)),
+      "query": query,
       "item": _gather(item_tables, items),
       "item_index": items,
       "weight": tf.gather(weights, batch_rows),
@@ -130,6 +142,39 @@ def _main_parts(
   return batches, gather
 
 
+def _history_gather(prepared: PreparedDataset, split: str, length: int):
+  """The function (split rows, query rows) -> int32 [B, length] histories.
+
+  Training rows read the training items before them (`TrainingHistories`:
+  two position vectors and the ordered items, no [rows, N] matrix);
+  validation and test rows read their user's history at evaluation time
+  (`history.evaluation_histories`).
+  """
+  if split == "train":
+    train = history.training_histories(prepared)
+    items = tf.convert_to_tensor(train.items)
+    position = tf.convert_to_tensor(train.position)
+    start = tf.convert_to_tensor(train.start)
+    offsets = tf.range(1, length + 1, dtype=tf.int32)
+
+    def gather(rows, _):
+      at = tf.gather(position, rows)[:, tf.newaxis] - offsets[tf.newaxis]
+      valid = at >= tf.gather(start, rows)[:, tf.newaxis]
+      return tf.where(valid, tf.gather(items, tf.maximum(at, 0)), PAD)
+
+    return gather
+  matrix = tf.convert_to_tensor(
+    history.evaluation_histories(prepared, split, length)
+  )
+  return lambda _, query_rows: tf.gather(matrix, query_rows)
+
+
+def user_histories(prepared: PreparedDataset, length: int) -> np.ndarray:
+  """int32 [Q, length]: each user's latest training items, latest first:
+  what the user-side SSL task splits into two views."""
+  return history.latest_items(history.sequences(prepared, ("train",)), length)
+
+
 def main_dataset(
   prepared: PreparedDataset,
   split: str,
@@ -140,6 +185,7 @@ def main_dataset(
   repeat: bool = False,
   seed: int = 0,
   drop_remainder: bool = True,
+  history_length: int = 0,
 ) -> tf.data.Dataset:
   """Interactions of one split with their gathered features.
 
@@ -153,6 +199,7 @@ def main_dataset(
     repeat: Stream epochs forever (batches then span epoch boundaries).
     seed: Seed of the permutations.
     drop_remainder: Drop a last partial batch (gives static batch shapes).
+    history_length: User-to-item: add `query["history"]` of this length.
 
   Returns:
     A dataset of {"query", "item", "item_index", "weight"}.
@@ -170,6 +217,7 @@ def main_dataset(
     repeat=repeat,
     seed=seed,
     drop_remainder=drop_remainder,
+    history_length=history_length,
   )
   return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -233,6 +281,8 @@ def train_dataset(
   repeat: bool = False,
   shard: Shard | None = None,
   start_step: int = 0,
+  history_length: int = 0,
+  user_ssl: bool = False,
 ) -> tf.data.Dataset:
   """The training stream: main batches zipped with uniform item batches.
 
@@ -251,10 +301,16 @@ def train_dataset(
       `ssl_batch_size / replicas` items), consecutively.
     start_step: Skip the first `start_step` global steps (resuming). Only
       row numbers are skipped, so this is cheap.
+    history_length: User-to-item: each query also carries `history`, the
+      user's training items before the example (`history.py`).
+    user_ssl: Add `ssl_user`, a uniform sample (`ssl_batch_size` per step)
+      of the users with at least two training interactions: their query
+      features and `history`, their latest `2 * history_length` training
+      items, for the user-side SSL task to split into two views.
 
   Returns:
     A prefetched dataset of {"query", "item", "item_index", "weight",
-    "ssl_item", "ssl_item_index"}.
+    "ssl_item", "ssl_item_index"} (and "ssl_user").
   """
   main_rows, main_gather = _main_parts(
     prepared,
@@ -265,21 +321,33 @@ def train_dataset(
     repeat=repeat,
     seed=seed,
     drop_remainder=True,
+    history_length=history_length,
   )
   item_rows, item_gather = _item_parts(
     prepared, ssl_batch_size, uniform=True, seed=seed
   )
+  streams = [main_rows, item_rows]
+  user_gather = None
+  if user_ssl:
+    user_rows, user_gather = _user_parts(
+      prepared, ssl_batch_size, 2 * history_length, seed
+    )
+    streams.append(user_rows)
 
   # Zip the integer streams first, then gather everything in one map.
-  def gather(rows, ssl_rows):
+  def gather(rows, ssl_rows, *user_rows):
     ssl = item_gather(ssl_rows)
-    return {
+    out = {
       **main_gather(rows),
       "ssl_item": ssl["item"],
       "ssl_item_index": ssl["item_index"],
     }
+    if user_gather is not None:
+      out["ssl_user"] = user_gather(user_rows[0])
+      out["ssl_user_index"] = user_rows[0]
+    return out
 
-  rows = tf.data.Dataset.zip((main_rows, item_rows))
+  rows = tf.data.Dataset.zip(tuple(streams))
   if start_step:
     rows = rows.skip(start_step)
   if shard is not None:
@@ -287,6 +355,34 @@ def train_dataset(
   return rows.map(gather, num_parallel_calls=tf.data.AUTOTUNE).prefetch(
     tf.data.AUTOTUNE
   )
+
+
+def _user_parts(prepared: PreparedDataset, batch_size: int, length, seed):
+  """(row batches, gather) of the uniform user stream of the user SSL task."""
+  names = [f.name for f in prepared.schema.query_features]
+  tables = _tensors(prepared.queries, names)
+  latest = user_histories(prepared, length)
+  users = np.flatnonzero((latest != PAD).sum(axis=1) >= 2)
+  if users.shape[0] == 0:
+    raise ValueError(
+      "The user SSL task needs users with at least two training "
+      "interactions; this training split has none."
+    )
+  histories = tf.convert_to_tensor(latest)
+
+  def gather(rows):
+    return {**_gather(tables, rows), "history": tf.gather(histories, rows)}
+
+  batches = _row_batches(
+    users,
+    batch_size,
+    shuffle=True,
+    repeat=True,
+    seed=seed,
+    drop_remainder=True,
+    salt=2,
+  )
+  return batches, gather
 
 
 @dataclasses.dataclass(frozen=True)
@@ -328,9 +424,10 @@ class Shard:
     self.check("ssl.batch_size", ssl_batch_size)
     start, stop = self.first, self.first + self.local
 
-    def local_batches(rows, ssl_rows):
-      rows = tf.reshape(rows, [self.replicas, -1])[start:stop]
-      ssl_rows = tf.reshape(ssl_rows, [self.replicas, -1])[start:stop]
-      return tf.data.Dataset.from_tensor_slices((rows, ssl_rows))
+    def local_batches(rows, ssl_rows, *user_rows):
+      parts = (rows, ssl_rows, *user_rows)
+      return tf.data.Dataset.from_tensor_slices(
+        tuple(tf.reshape(p, [self.replicas, -1])[start:stop] for p in parts)
+      )
 
     return local_batches

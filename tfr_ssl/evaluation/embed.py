@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfr_ssl import config as config_lib
-from tfr_ssl.data import contract, query_side
+from tfr_ssl.data import contract, heldout, history, query_side
 from tfr_ssl.evaluation import metrics as evaluate
 from tfr_ssl.evaluation import pairs as eval_pairs
 
@@ -74,6 +74,7 @@ def evaluate_model(
   seed: int = 0,
   item_embeddings: np.ndarray | None = None,
   pairs: eval_pairs.EvalPairs | None = None,
+  history_length: int = 0,
 ) -> dict:
   """Full-corpus metrics of a model on one split (see evaluate.py).
 
@@ -96,6 +97,8 @@ def evaluate_model(
     item_embeddings: Precomputed corpus embeddings (else computed here).
     pairs: Pairs already selected (e.g. to score a baseline on the same
       ones); replaces split, task, max_pairs and seed.
+    history_length: The query tower's history length: users' histories
+      at the split (`history.query_table`) are part of its input.
 
   The slices count the training rows the task trains on
   (`QuerySide.item_train_count`).
@@ -111,9 +114,10 @@ def evaluate_model(
   if item_embeddings is None:
     item_embeddings = embed_rows(item_tower, prepared.items)
   side = query_side.query_side(pairs.task)
-  query_embeddings = embed_rows(
-    query_tower, side.table(prepared), pairs.queries
+  table = history.query_table(
+    prepared, pairs.task, pairs.split, history_length
   )
+  query_embeddings = embed_rows(query_tower, table, pairs.queries)
   metrics = evaluate.evaluate_embeddings(
     query_embeddings,
     item_embeddings,
@@ -124,7 +128,72 @@ def evaluate_model(
     ks=eval_config.ks,
     head_fraction=eval_config.head_fraction,
     batch_size=eval_config.batch_size,
+    pair_slices=user_slices(prepared, pairs, eval_config),
   )
   metrics["excluded"] = list(pairs.exclusion_sources)
   metrics["protocol"] = eval_pairs.protocol(pairs)
+  return metrics
+
+
+def user_slices(
+  prepared: contract.PreparedDataset,
+  pairs: eval_pairs.EvalPairs,
+  eval_config: config_lib.EvalConfig,
+) -> dict[str, np.ndarray] | None:
+  """Pair masks by the query user's training interactions (`sparse`:
+  at most `eval.sparse_user_max`); None when queries are items."""
+  if query_side.query_side(pairs.task).is_item:
+    return None
+  return history.user_activity(
+    prepared, pairs.query_rows, eval_config.sparse_user_max
+  )
+
+
+def evaluate_heldout(
+  query_tower: Tower,
+  item_embeddings: np.ndarray,
+  prepared: contract.PreparedDataset,
+  eval_config: config_lib.EvalConfig,
+  history_length: int,
+) -> dict | None:
+  """Held-out users (`heldout.py`): never trained on, each embedded from
+  its first 80% of interactions folded in as history (and its features,
+  with the id's unknown embedding), the rest scored against the corpus
+  with the folded-in items excluded; beside the most-popular ranking of
+  the same pairs. None when the data holds no user out.
+
+  Returns:
+    The metrics of `evaluate.evaluate_embeddings` (no item slices' deciles
+    needed, they are included), `num_users`, `folded_in`, and
+    `most_popular`: the baseline's metrics on the same pairs.
+  """
+  fold = heldout.fold_in(prepared, history_length)
+  if fold is None:
+    return None
+  table = {
+    name: values[fold.queries]
+    for name, values in query_side.query_side("user_to_item")
+    .table(prepared)
+    .items()
+  }
+  if history_length:
+    table[history.HISTORY] = fold.histories
+  query_embeddings = embed_rows(query_tower, table)
+  common = {
+    "pairs_query": fold.query_of_pair,
+    "pairs_item": fold.targets,
+    "exclude": fold.excluded_items,
+    "item_train_count": prepared.item_train_count,
+    "ks": eval_config.ks,
+    "head_fraction": eval_config.head_fraction,
+  }
+  metrics = evaluate.evaluate_embeddings(
+    query_embeddings,
+    item_embeddings,
+    batch_size=eval_config.batch_size,
+    **common,
+  )
+  metrics["num_users"] = int(fold.queries.shape[0])
+  metrics["folded_in"] = fold.folded_in
+  metrics["most_popular"] = evaluate.evaluate_most_popular(**common)
   return metrics

@@ -94,6 +94,7 @@ def evaluate_embeddings(
   ks: Sequence[int] = (10, 50, 100),
   head_fraction: float = 0.1,
   batch_size: int = 1024,
+  pair_slices: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
   """Full-corpus Recall@K and MAP@K of held-out pairs, overall and by slice.
 
@@ -118,6 +119,9 @@ def evaluate_embeddings(
     head_fraction: Share of the items seen in training called head.
     batch_size: Distinct queries scored per matmul (fewer on a corpus so
       large that the [batch, N] score matrix would exceed 256 MB).
+    pair_slices: Optional name -> bool [P]: more slices of the pairs (e.g.
+      by the query user's activity), reported under `user_slices` with
+      their pairs, queries and recall@K.
 
   Returns:
     A JSON-ready dict: `recall@K` and `map@K` for every K, counts
@@ -157,6 +161,7 @@ def evaluate_embeddings(
   metrics = _metrics_from_positions(
     positions, pairs_query, pairs_item, ks, item_train_count, head_fraction
   )
+  _add_pair_slices(metrics, pair_slices, positions, pairs_query, ks)
   metrics["num_items"] = int(num_items)
   metrics["num_pairs_target_in_train"] = int(target_in_train)
   return metrics
@@ -278,6 +283,7 @@ def evaluate_most_popular(
   ks: Sequence[int] = (10, 50, 100),
   head_fraction: float = 0.1,
   with_slices: bool = True,
+  pair_slices: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any]:
   """The metrics of `evaluate_embeddings` for the most-popular recommender.
 
@@ -297,6 +303,7 @@ def evaluate_most_popular(
     ks: Cut-offs K.
     head_fraction: Share of the seen items called head.
     with_slices: Also report the slices and deciles.
+    pair_slices: More slices of the pairs, as in `evaluate_embeddings`.
 
   Returns:
     The dict of `evaluate_embeddings` (recall@K, map@K, counts, slices).
@@ -334,6 +341,7 @@ def evaluate_most_popular(
     count if with_slices else None,
     head_fraction,
   )
+  _add_pair_slices(metrics, pair_slices, positions, pairs_query, ks)
   metrics["num_items"] = int(num_items)
   metrics["num_pairs_target_in_train"] = int(target_in_train)
   return metrics
@@ -360,6 +368,28 @@ def _metrics_from_positions(
       _slice_metrics(item_train_count, head_fraction, pairs_item, positions, ks)
     )
   return metrics
+
+
+def _add_pair_slices(metrics, pair_slices, positions, pairs_query, ks):
+  """`metrics["user_slices"]`: recall@K of each named subset of pairs."""
+  if not pair_slices:
+    return
+  out = {}
+  for name, mask in pair_slices.items():
+    mask = np.asarray(mask, bool)
+    if mask.shape != positions.shape:
+      raise EvaluationInputError(
+        f"pair slice {name!r} has shape {mask.shape}, expected one entry "
+        f"per pair {positions.shape}."
+      )
+    row = {
+      "num_pairs": int(mask.sum()),
+      "num_queries": int(eval_csr.sorted_distinct(pairs_query[mask]).shape[0]),
+    }
+    for k in ks:
+      row[f"recall@{k}"] = _recall(positions[mask] < k)
+    out[name] = row
+  metrics["user_slices"] = out
 
 
 def _check_inputs(queries, items, pairs_query, pairs_item, ks, batch_size):

@@ -361,10 +361,14 @@ class Tower(tf_keras.layers.Layer):
     encoder: FeatureEncoder,
     layer_sizes: Sequence[int],
     output_dim: int,
+    history: tf_keras.layers.Layer | None = None,
     **kwargs: Any,
   ):
     super().__init__(**kwargs)
     self.encoder = encoder
+    # A query tower's `history.HistoryEncoder`: its pooled history joins the
+    # encoder's features (a batch without `history` has empty histories).
+    self.history = history
     self.layer_sizes = tuple(int(n) for n in layer_sizes)
     self.output_dim = int(output_dim)
     self.hidden = [
@@ -381,11 +385,22 @@ class Tower(tf_keras.layers.Layer):
   ) -> tf.Tensor:
     """Embeds `features` (ids, see `FeatureEncoder`) to unit vectors [B, E]."""
     x = self.encoder(features, feature_mask=feature_mask)
+    if self.history is not None:
+      rows = features.get("history")
+      if rows is None:
+        rows = tf.fill([tf.shape(x)[0], 1], contract.PAD)
+      x = tf.concat([x, self.history(rows)], axis=1)
     for layer in self.hidden:
       x = layer(x)
     return tf.math.l2_normalize(self.projection(x), axis=-1)
 
   def get_config(self) -> dict[str, Any]:
+    if self.history is not None:
+      # Its corpus table is data, rebuilt with the model from the dataset.
+      raise NotImplementedError(
+        f"{self.name}: a tower with a history is rebuilt from the dataset, "
+        "not from a config."
+      )
     config = super().get_config()
     config.update(
       {

@@ -36,12 +36,13 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
   item (the uniform stream samples with replacement) are dropped from the
   denominators: they are not negatives.
 
-  Metrics it owns: `ssl_loss` (running mean of the loss) and
-  `ssl_accuracy` (share of rows whose own other view scores highest, i.e.
+  Metrics it owns: `<prefix>_loss` (running mean of the loss) and
+  `<prefix>_accuracy` (share of rows whose own other view scores highest, i.e.
   top-1 view alignment within the batch).
 
   Args:
     temperature: `tau`.
+    metric_prefix: Names the metrics (`ssl`; the user task's `user_ssl`).
     **kwargs: Passed to `tf_keras.layers.Layer`.
 
   Example:
@@ -49,12 +50,15 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
     >>> loss = task(item_tower(view1), item_tower(view2))  # [N, E] each
   """
 
-  def __init__(self, temperature: float = 0.1, **kwargs: Any):
+  def __init__(
+    self, temperature: float = 0.1, metric_prefix: str = "ssl", **kwargs: Any
+  ):
     super().__init__(**kwargs)
     config_lib.check_value("ssl.temperature", temperature)
     self.temperature = float(temperature)
-    self.loss_tracker = tf_keras.metrics.Mean(name="ssl_loss")
-    self.accuracy = tf_keras.metrics.Mean(name="ssl_accuracy")
+    self.metric_prefix = metric_prefix
+    self.loss_tracker = tf_keras.metrics.Mean(name=f"{metric_prefix}_loss")
+    self.accuracy = tf_keras.metrics.Mean(name=f"{metric_prefix}_accuracy")
 
   def call(
     self,
@@ -101,4 +105,5 @@ class ContrastiveTask(tf_keras.layers.Layer, tfrs.tasks.base.Task):
   def get_config(self) -> dict[str, Any]:
     config = super().get_config()
     config["temperature"] = self.temperature
+    config["metric_prefix"] = self.metric_prefix
     return config

@@ -31,7 +31,15 @@ import tensorflow_recommenders as tfrs
 
 from tfr_ssl.config import Config
 from tfr_ssl.data import contract, query_side, stats
-from tfr_ssl.model import augment, dropout, features, item_ssl, retrieval_task
+from tfr_ssl.model import (
+  augment,
+  dropout,
+  features,
+  history,
+  item_ssl,
+  retrieval_task,
+  user_ssl,
+)
 
 PHASES = ("joint", "ssl_only", "main_only")
 
@@ -187,6 +195,15 @@ class TwoTowerModel(tfrs.Model):
       self.query_tower.encoder.feature_names,
       query_keys,
     )
+    self.user_ssl = None
+    if config.ssl.user_alpha > 0:
+      self.user_ssl = user_ssl.UserSSL(
+        config.ssl,
+        self.query_tower.encoder.feature_names,
+        dataset.schema.query_id,
+        config.model.history_length,
+        name="user_ssl",
+      )
     self.seed_step = self.add_weight(
       name="seed_step",
       shape=(),
@@ -268,12 +285,23 @@ class TwoTowerModel(tfrs.Model):
     if main_weight == 0:
       return self.ssl_loss(inputs, training, seed)
     if ssl_weight == 0:
-      return self.main_loss(inputs, training, seed)
-    items, views = self._joint_item_pass(inputs, training, seed)
-    loss = self.main_loss(inputs, training, seed, items=items)
-    return loss + ssl_weight * self.ssl_loss(
-      inputs, training, seed, views=views
-    )
+      loss = self.main_loss(inputs, training, seed)
+    else:
+      items, views = self._joint_item_pass(inputs, training, seed)
+      loss = self.main_loss(inputs, training, seed, items=items)
+      loss += ssl_weight * self.ssl_loss(inputs, training, seed, views=views)
+    if self.user_ssl is not None and "ssl_user" in inputs:
+      loss += self.config.ssl.user_alpha * self.user_ssl_loss(
+        inputs, training, seed
+      )
+    return loss
+
+  def user_ssl_loss(self, inputs, training, seed) -> tf.Tensor:
+    """L_user_ssl of a batch: two halves of uniform users' histories
+    through the query tower (`user_ssl.py`)."""
+    features, masks = self.user_ssl.views(inputs["ssl_user"], seed)
+    z = self.query_tower(features, feature_mask=masks, training=training)
+    return self.user_ssl.loss(z, inputs.get("ssl_user_index"))
 
   def _joint_item_pass(self, inputs, training, seed):
     """The main positives and both SSL views in ONE item-tower call.
@@ -365,19 +393,35 @@ def _towers(config, dataset, item_keys, query_is_item):
   item_tower = features.Tower(
     item_encoder, m.item_layers, m.output_dim, name="item_tower"
   )
+  history_encoder = None
   if query_is_item:
     query_encoder = item_encoder
   else:
+    query_id = dataset.schema.query_id
+    known = features.trained_values(dataset, [query_id], role=contract.QUERY)
+    if m.query_id == "off":
+      # Every user reads the id's unknown embedding, everywhere.
+      known[query_id][:] = False
     query_encoder = features.FeatureEncoder(
       features.feature_specs(dataset, contract.QUERY),
       m.embedding_dim,
-      known_values=features.trained_values(
-        dataset, [dataset.schema.query_id], role=contract.QUERY
-      ),
+      known_values=known,
       name="query_encoder",
     )
+    if m.history_length:
+      history_encoder = history.HistoryEncoder(
+        item_encoder,
+        {n: dataset.items[n] for n in item_encoder.feature_names},
+        m.history_length,
+        m.history_pooling,
+        name="history_encoder",
+      )
   query_tower = features.Tower(
-    query_encoder, m.query_layers, m.output_dim, name="query_tower"
+    query_encoder,
+    m.query_layers,
+    m.output_dim,
+    history=history_encoder,
+    name="query_tower",
   )
   return item_encoder, item_tower, query_tower
 
@@ -407,6 +451,12 @@ def _validate(
     config_lib.check(config)
   except config_lib.ConfigError as e:
     raise ModelConfigError(str(e)) from None
+  if s.user_alpha > 0 and (m.task != query_side.USER_TO_ITEM or not m.history_length):
+    raise ModelConfigError(
+      f"ssl.user_alpha={s.user_alpha}: the user SSL task splits user "
+      "histories, so it needs model.task=user_to_item and "
+      f"model.history_length > 0 (got {m.task}, {m.history_length})."
+    )
   if (
     m.mixed_negatives
     and m.mixed_negative_sampling == "uniform"

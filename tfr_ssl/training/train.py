@@ -532,7 +532,17 @@ def train_stream(
     repeat=True,
     shard=shard,
     start_step=start_step,
+    history_length=query_history_length(config),
+    user_ssl=config.ssl.user_alpha > 0,
   )
+
+
+def query_history_length(config: config_lib.Config) -> int:
+  """The history length the query tower reads (0: none; item-to-item
+  queries are items)."""
+  if query_side.query_side(config.model.task).is_item:
+    return 0
+  return config.model.history_length
 
 
 def _shard(role: distribute.Role) -> pipeline.Shard:
@@ -556,6 +566,7 @@ def validate(
     task=config.model.task,
     max_pairs=config.train.validation_examples,
     seed=config.train.seed,
+    history_length=query_history_length(config),
   )
   return {
     name: float(value)
