@@ -64,6 +64,7 @@ COLUMNS = (
   "tail/recall@10",
   "tail/recall@100",
   "cold/recall@100",
+  "sparse/recall@10",
 )
 
 
@@ -96,6 +97,10 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 def metric_of(metrics: dict[str, Any], name: str) -> float | None:
   if "/" in name:
     part, metric = name.split("/")
+    if part in metrics.get("user_slices", {}):
+      return metrics["user_slices"][part][metric]
+    if part not in metrics.get("slices", {}):
+      return None
     return metrics["slices"][part][metric]
   return metrics[name]
 
@@ -185,6 +190,16 @@ def report(args, argv, rows, seconds) -> str:
     "| setting | seeds | best epoch | " + " | ".join(COLUMNS) + " |",
     "|" + "---|" * (len(COLUMNS) + 3),
   ]
+  # The most-popular ranking of the same validation pairs (the same for
+  # every run of a dataset and fraction).
+  baseline = rows[0][1][0]["metrics"].get("baseline", {}).get("most_popular")
+  if baseline:
+    cells = [
+      f"{metric_of(baseline, c):.4f}" if metric_of(baseline, c) is not None
+      else "-"
+      for c in COLUMNS
+    ]
+    lines.append("| most popular | | | " + " | ".join(cells) + " |")
   for name, runs in rows:
     cells = [mean_sd(_values(runs, c)) for c in COLUMNS]
     x = _values(runs, "recall@10")

@@ -379,6 +379,9 @@ class SSLConfig:
     projection_dim: Width of the SSL projection head (two dense layers on
       the item embedding, used by the SSL loss only); 0 = no head, the SSL
       loss acts on the retrieval embedding itself.
+    dependence: How CFM measures feature dependence: `corrected` (plug-in
+      MI minus a shuffled-column baseline, normalised by sqrt(H_a H_b);
+      `stats.feature_dependence`) or `raw_mi` (the paper's plug-in MI).
     user_alpha: Weight (beta) of the user-side SSL task: two disjoint
       random halves of a uniformly sampled user's training history, with
       the user id masked, pulled together through the query tower (needs
@@ -416,6 +419,12 @@ class SSLConfig:
   )
   projection_dim: int = _field(
     0, "Width of the SSL projection head (0 = none).", bounds=AT_LEAST_0
+  )
+  dependence: str = _field(
+    "corrected",
+    "CFM's feature dependence: bias-corrected normalised MI, or the "
+    "paper's raw plug-in MI.",
+    choices=("corrected", "raw_mi"),
   )
   user_alpha: float = _field(
     0.0,

@@ -141,6 +141,23 @@ def format_metrics(metrics: Mapping[str, Any]) -> str:
     if baseline is not None and name in baseline.get("slices", {}):
       line += f" | most popular: {recalls(baseline['slices'][name])}"
     lines.append(line)
+  for name, row in metrics.get("user_slices", {}).items():
+    line = (
+      f"{name} users ({row['num_queries']:,} users, {row['num_pairs']:,} "
+      f"pairs): {recalls(row)}"
+    )
+    base = (baseline or {}).get("user_slices", {}).get(name)
+    if base is not None:
+      line += f" | most popular: {recalls(base)}"
+    lines.append(line)
+  held = metrics.get("heldout_users")
+  if held:
+    lines.append(
+      f"held-out users ({held['num_users']:,} never trained on, "
+      f"{held['folded_in']:,} interactions folded in as history, "
+      f"{held['num_pairs']:,} pairs): {recalls(held)} | most popular: "
+      f"{recalls(held['most_popular'])}"
+    )
   if metrics.get("deciles") and ks:
     k = ks[0]
     runs = [("", metrics)]

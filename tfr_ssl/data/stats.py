@@ -164,7 +164,8 @@ def mutual_information(
   high-cardinality features it is large even when they are independent;
   CFM ranks features by `feature_dependence`, which removes that bias. This
   raw estimate is for analysing a corpus (e.g. checking that one feature
-  determines another: MI(a, b) = H(a)).
+  determines another: MI(a, b) = H(a)), and the paper's dependence that
+  `ssl.dependence=raw_mi` compares against.
 
   Args:
     items: feature name -> ids, [num_items] or [num_items, L] padded with

@@ -431,6 +431,8 @@ def _cfm_dependence(config, dataset) -> np.ndarray | None:
   if config.ssl.masking != "cfm":
     return None
   names = [f.name for f in dataset.schema.item_features]
+  if config.ssl.dependence == "raw_mi":
+    return stats.mutual_information(dataset.items, names)
   return stats.feature_dependence(dataset.items, names)
 
 
