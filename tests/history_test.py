@@ -6,17 +6,21 @@ more than the training split would hold it), a test item older than every
 other interaction (a history reading the test split would hold it), ties
 in time inside the training split and across splits (the order's tie
 rules decide which item comes first), and, through the real split path,
-training rows dropped by `data.train_fraction`.
+training rows dropped by `data.train_fraction`. The evaluation's user
+slices (by training activity) are checked here too, on the same data.
 """
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tfr_ssl import data
-from tfr_ssl.config import DataConfig
+from tfr_ssl.config import DataConfig, EvalConfig
 from tfr_ssl.data import contract, history, stats
 from tfr_ssl.data.assemble import build_prepared
 from tfr_ssl.data.raw import RawData, RawInteractions, RawTable
+from tfr_ssl.evaluation import embed
+from tfr_ssl.evaluation import metrics as evaluate
 
 P = contract.PAD
 NUM_ITEMS = 8
@@ -358,3 +362,95 @@ def test_training_rows_dropped_by_train_fraction_are_in_no_history():
     assert not np.isin(
       history.evaluation_histories(half, split, length), dropped
     ).any()
+
+
+def test_pair_slices_report_recall_of_each_subset_of_pairs():
+  # Items embed [3], [2], [1], [0]; queries q0 = [1] and q2 = [1] rank
+  # i0, i1, i2, i3, q1 = [-1] ranks i3, i2, i1, i0. Positions: (q0, i0) 0,
+  # (q0, i2) 2, (q1, i3) 0, (q1, i0) 3, (q2, i1) 1.
+  items = np.array([[3.0], [2.0], [1.0], [0.0]])
+  queries = np.array([[1.0], [-1.0], [1.0]])
+  pairs_query = np.array([0, 0, 1, 1, 2])
+  sparse = pairs_query == 0
+  metrics = evaluate.evaluate_embeddings(
+    queries,
+    items,
+    pairs_query,
+    np.array([0, 2, 3, 0, 1]),
+    ks=(1, 3),
+    pair_slices={"sparse": sparse, "active": ~sparse},
+  )
+  # Overall: hits@1 (q0, i0), (q1, i3); hits@3 also (q0, i2), (q2, i1).
+  assert metrics["recall@1"] == pytest.approx(2 / 5)
+  assert metrics["recall@3"] == pytest.approx(4 / 5)
+  assert metrics["user_slices"] == {
+    "sparse": {
+      "num_pairs": 2,
+      "num_queries": 1,
+      "recall@1": pytest.approx(1 / 2),
+      "recall@3": pytest.approx(1.0),
+    },
+    "active": {
+      "num_pairs": 3,
+      "num_queries": 2,
+      "recall@1": pytest.approx(1 / 3),
+      "recall@3": pytest.approx(2 / 3),
+    },
+  }
+  with pytest.raises(evaluate.EvaluationInputError, match="'sparse'"):
+    evaluate.evaluate_embeddings(
+      queries,
+      items,
+      pairs_query,
+      np.array([0, 2, 3, 0, 1]),
+      ks=(1, 3),
+      pair_slices={"sparse": sparse[:2]},
+    )
+
+
+def test_evaluate_model_reads_test_histories_and_slices_users():
+  prepared = leak_dataset()
+  # The query is the one-hot of the latest history item; item j is the
+  # one-hot of g(j) with g = identity except g(i7) = 2, g(i6) = 5,
+  # g(i3) = 1. With the test histories (latest: u0 i2, u1 i5, u2 i1) each
+  # user's test item is the only item of score 1 that is not excluded
+  # (u0's i2 is a training item, u1's i5 and u2's i1 validation items):
+  # recall@1 = 1. With any other history (the validation ones: u1 i4, u2
+  # none) some user misses.
+  g = np.array([0, 1, 2, 1, 4, 5, 5, 2])
+
+  def item_tower(features):
+    return tf.one_hot(tf.gather(g, features["item_id"] - 1), NUM_ITEMS)
+
+  def query_tower(features):
+    return tf.one_hot(features["history"][:, 0], NUM_ITEMS)
+
+  eval_config = EvalConfig(ks=(1, 2), sparse_user_max=2)
+  metrics = embed.evaluate_model(
+    query_tower, item_tower, prepared, "test", eval_config, history_length=5
+  )
+  assert metrics["num_pairs"] == 3
+  assert metrics["recall@1"] == 1.0
+  # Training interactions: u0 4 (active), u1 2 and u2 0 (sparse, <= 2).
+  slices = metrics["user_slices"]
+  assert slices["sparse"]["num_pairs"] == 2
+  assert slices["active"]["num_pairs"] == 1
+  assert (
+    slices["sparse"]["num_pairs"] + slices["active"]["num_pairs"]
+    == metrics["num_pairs"]
+  )
+  assert slices["sparse"]["num_queries"] == 2
+  # The validation split reads training histories (latest: u0 i2, u1 i4,
+  # u2 none) and misses every target at rank 1: u0's i7 (g = 2) outscores
+  # its i6; u1's and u2's targets score 0, behind i0 (ties go to the lower
+  # row in top_k).
+  validation = embed.evaluate_model(
+    query_tower,
+    item_tower,
+    prepared,
+    "validation",
+    eval_config,
+    history_length=5,
+  )
+  assert validation["num_pairs"] == 3
+  assert validation["recall@1"] == 0.0
