@@ -77,14 +77,19 @@ def six_users(timestamps: bool = True) -> contract.PreparedDataset:
 
 
 def _triples(split, users):
-  """(user, item, time, weight) of the rows of `users`, in row order."""
+  """(user, item, time, weight) of the rows of `users`, in row order; time
+  None without timestamps."""
   keep = np.isin(split.query_index, list(users))
-  time = split.timestamp if split.timestamp is not None else split.weight * 0
+  times = (
+    [None] * int(keep.sum())
+    if split.timestamp is None
+    else split.timestamp[keep].tolist()
+  )
   return list(
     zip(
       split.query_index[keep].tolist(),
       split.item_index[keep].tolist(),
-      time[keep].tolist(),
+      times,
       split.weight[keep].tolist(),
       strict=True,
     )
@@ -110,9 +115,11 @@ def test_held_out_users_leave_every_split():
   assert _triples(moved, chosen) == expected
   # The input is not modified.
   assert "heldout" not in prepared.splits
-  assert len(prepared.splits["train"]) + len(prepared.splits["test"]) + len(
-    prepared.splits["validation"]
-  ) == sum(COUNTS)
+  everyone = set(range(len(COUNTS)))
+  for name in contract.SPLITS:
+    assert _triples(prepared.splits[name], everyone) == _triples(
+      six_users().splits[name], everyone
+    )
 
 
 def test_training_counts_and_lists_no_longer_count_held_out_users():
