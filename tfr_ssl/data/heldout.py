@@ -54,7 +54,7 @@ def hold_out_users(
   for split in splits.values():
     total += np.bincount(split.query_index, minlength=prepared.num_queries)
   candidates = np.flatnonzero(total >= MIN_INTERACTIONS)
-  count = int(round(share * candidates.shape[0]))
+  count = round(share * candidates.shape[0])
   if count == 0:
     return prepared
   rng = np.random.default_rng([seed, 7])
@@ -163,9 +163,7 @@ def fold_in(prepared: contract.PreparedDataset, length: int) -> FoldIn | None:
     histories=history.latest_items(fold_seq, length) if length else None,
     query_of_pair=(keys // width).astype(np.int64),
     targets=(keys % width).astype(np.int32),
-    excluded_items=csr.from_entries(
-      user_of_fold, fold_items, queries.shape[0]
-    ),
+    excluded_items=csr.from_entries(user_of_fold, fold_items, queries.shape[0]),
     folded_in=int(folded.sum()),
   )
 

@@ -8,8 +8,9 @@ in one place, and the tests build data where a leak would change a number.
 by split (train, then validation, then test), then by position in the
 split (file order; splits keep their rows in file order). With timestamps
 that is time order, ties broken by the file. Without timestamps (the
-MovieLens copies and CSV logs come without them) it is file order within a split, and a later split counts
-as later: every validation interaction comes after every training one.
+MovieLens copies and CSV logs come without them) it is file order within
+a split, and a later split counts as later: every validation interaction
+comes after every training one.
 
   * A **training** example's history is the same user's training
     interactions before it, never itself and never a validation or test
@@ -88,9 +89,7 @@ def sequences(
   # lexsort: the last key is primary (query, time, split, file order).
   order = np.lexsort((position, rank, time, query))
   indptr = np.zeros(prepared.num_queries + 1, np.int64)
-  np.cumsum(
-    np.bincount(query, minlength=prepared.num_queries), out=indptr[1:]
-  )
+  np.cumsum(np.bincount(query, minlength=prepared.num_queries), out=indptr[1:])
   return Sequences(indptr=indptr, items=item[order], source=order)
 
 
@@ -149,9 +148,7 @@ class TrainingHistories:
     (numpy twin of the pipeline's gather, for tests and reports)."""
     at = self.position[rows][:, None] - 1 - np.arange(length)[None, :]
     valid = at >= self.start[rows][:, None]
-    return np.where(valid, self.items[np.maximum(at, 0)], PAD).astype(
-      np.int32
-    )
+    return np.where(valid, self.items[np.maximum(at, 0)], PAD).astype(np.int32)
 
 
 def training_histories(prepared: contract.PreparedDataset) -> TrainingHistories:

@@ -107,9 +107,7 @@ class UserSSL(tf_keras.layers.Layer):
     kept = tf.where(keep, rows, contract.PAD)
     return tf.gather(kept, order, batch_dims=1)[:, : self.length]
 
-  def loss(
-    self, z: tf.Tensor, user_ids: tf.Tensor | None = None
-  ) -> tf.Tensor:
+  def loss(self, z: tf.Tensor, user_ids: tf.Tensor | None = None) -> tf.Tensor:
     """L_user_ssl of the stacked view embeddings `z` `[2U, E]`; `user_ids`
     `[U]` drop same-user pairs from the denominators."""
     z1, z2 = tf.split(z, 2, axis=0)
@@ -119,4 +117,3 @@ class UserSSL(tf_keras.layers.Layer):
       user_ids = tf.cast(user_ids, tf.int32)
       user_ids = replicas.local_first(replicas.gather(user_ids), rows)
     return self.contrastive(z1, z2, item_ids=user_ids)
-
