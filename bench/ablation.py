@@ -1,4 +1,4 @@
-"""The evidence table of the SSL study: logQ, SSL (RFM / CFM), id dropout.
+"""The evidence table of the study: history query tower, item and user SSL.
 
 Trains every variant below on every dataset, training fraction and seed,
 keeps each run's best validation epoch (train.py saves it in WORKDIR/best/;
@@ -7,38 +7,56 @@ evaluates that model on the **test** split with full-corpus exact search
 (`workflow.evaluate_run`). Every run is thus compared at its own best epoch,
 chosen on validation Recall@10, never on test.
 
-Variants (overrides on top of `Config()`, whose defaults are the
-recommended SSL config; whatever a variant does not list keeps its default):
+Variants (overrides on top of `Config()`; whatever a variant does not list
+keeps its default: streaming logQ, id dropout, `model.history_length` 20,
+CFM masking on the corrected dependence, `ssl.alpha` 0.3). "Item SSL" is
+`ssl.masking=cfm` at the default `ssl.alpha`; "user SSL" is
+`ssl.user_alpha=--user_alpha`:
 
-  plain     model.logq=none,      ssl.alpha=0, model.id_dropout=0
-  logq      model.logq=streaming, ssl.alpha=0, model.id_dropout=0
-  rfm       model.logq=streaming, ssl.masking=rfm
-  cfm       model.logq=streaming, ssl.masking=cfm  (the default SSL config)
-  cfm_proj  as cfm, ssl.projection_dim=--projection_dim
-  iddrop    model.logq=streaming, ssl.alpha=0, model.id_dropout=--id_dropout
+  idonly         model.history_length=0, ssl.alpha=0, ssl.user_alpha=0
+  idonly_item    model.history_length=0, item SSL, ssl.user_alpha=0
+  hist           ssl.alpha=0, ssl.user_alpha=0 (the history tower alone)
+  hist_item      item SSL, ssl.user_alpha=0
+  hist_user      ssl.alpha=0, user SSL
+  hist_both      item SSL, user SSL
+  hist_item_raw  as hist_item, ssl.dependence=raw_mi (the paper's MI)
+  default        nothing: `Config()` as the binaries train it
+  plain          model.logq=none, model.history_length=0, ssl.alpha=0,
+                 ssl.user_alpha=0, model.id_dropout=0 (not run by default)
+  logq           as plain with model.logq=streaming (not run by default)
+
+Every variant but `plain` sets `model.logq=streaming`, and every variant
+but `default` states `ssl.user_alpha` (the user task needs a history, and
+its default may change). `default` is what the targets are about.
 
 Datasets: `synthetic` (the embedded generator), `ml1m` (MovieLens 1M,
 random split) and `ml100k` (MovieLens 100K, temporal split). Fractions are
 `data.train_fraction` (uniform share of the training split; validation and
 test unchanged), seeds are `train.seed` (initialisation, shuffling,
-augmentation; the split is fixed). `--set KEY=VALUE` applies to every run,
-but a variant's own settings win over it, and the keys the script sets per
-run (data.source, data.train_fraction, train.seed, train.epochs, ...) are
+augmentation; the split, and so the held-out users, are fixed).
+`--set KEY=VALUE` applies to every run, `default` included, but a
+variant's own settings win over it, and the keys the script sets per run
+(data.source, data.train_fraction, train.seed, train.epochs, ...) are
 refused: use --data, --fractions, --seeds, --epochs instead.
 
 The report gives, per dataset and fraction, the test split sizes, mean ±
-sample sd (ddof=1) over seeds of Recall@10/@100 overall and on the head,
-tail and cold slices, with a most-popular row (same pairs, same
-exclusions), the relative change of the means of each SSL / id-dropout
-variant vs `logq`, of the SSL variants vs `iddrop` (the SSL task alone:
-both carry id dropout), and of `logq` vs `plain`, the best epochs, and at
-the end the study's targets computed from these numbers. A change is marked `~`
-when it is within seed noise (the seeds overlap: not every seed of one
-variant beats every seed of the other), `*` when it is beyond it (every
-seed of one beats every seed of the other) and `?` when a side has fewer
-than two seeds (noise unknown). `--plot` draws, per dataset and fraction,
-the overall / head / tail Recall@10 and cold Recall@100 of every variant
-(mean, sd error bars) beside the most-popular baseline.
+sample sd (ddof=1) over seeds of Recall@10/@100 overall, on the head, tail
+and cold item slices, on the sparse users (`eval.sparse_user_max` training
+interactions at most) and on the held-out users (`data.heldout_users`:
+never trained on, scored from a folded-in history), each with a
+most-popular row (same pairs, same exclusions; `-` where an evaluation has
+no such figure), the relative change of the means of: hist vs idonly,
+idonly_item vs idonly, hist_item / hist_user / hist_both vs hist,
+hist_item_raw vs hist_item, default vs idonly (and logq vs plain), the
+best epochs, and at the end the study's targets computed from these
+numbers, each met, not met or not measured. A change is marked `~` when it
+is within seed noise (the seeds overlap: not every seed of one variant
+beats every seed of the other), `*` when it is beyond it (every seed of
+one beats every seed of the other) and `?` when a side has fewer than two
+seeds (noise unknown). `--plot` draws, per dataset and fraction, the
+overall / head / tail Recall@10, cold Recall@100 and sparse / held-out
+users' Recall@10 of every variant (mean, sd error bars) beside the
+most-popular baseline.
 
 Runs live in `--workdir_root/<data>/<variant>-f<fraction>-s<seed>`. A
 finished run (train_metrics.json present and training does nothing more)
@@ -51,12 +69,13 @@ the plot are made by `ablation_report.py`.
 
 Usage:
   .venv/bin/python bench/ablation.py [--data=synthetic,ml1m,ml100k]
-      [--fractions=1,0.1] [--seeds=0,1,2] [--variants=plain,logq,rfm,cfm,
-      cfm_proj,iddrop] [--epochs=10] [--sparse_epochs=30] [--patience=2]
-      [--validation_examples=20000] [--projection_dim=64] [--id_dropout=R]
-      [--set=KEY=VALUE ...] [--ml1m_dir=DIR] [--ml100k_dir=DIR]
-      [--cache_dir=/tmp/ablation_cache] [--workdir_root=/tmp/ablation]
-      [--fresh] [--out=REPORT.md] [--json=RESULTS.json] [--plot=PLOT.png]
+      [--fractions=1,0.1] [--seeds=0,1,2] [--variants=idonly,idonly_item,
+      hist,hist_item,hist_user,hist_both,hist_item_raw,default]
+      [--user_alpha=B] [--epochs=10] [--sparse_epochs=30] [--patience=2]
+      [--validation_examples=20000] [--set=KEY=VALUE ...]
+      [--ml1m_dir=DIR] [--ml100k_dir=DIR] [--cache_dir=/tmp/ablation_cache]
+      [--workdir_root=/tmp/ablation] [--fresh] [--out=REPORT.md]
+      [--json=RESULTS.json] [--plot=PLOT.png] [--from_json=A.json,...]
 """
 
 from __future__ import annotations
@@ -71,6 +90,8 @@ from typing import Any
 
 # bench/ is this script's directory, so its sibling imports as a module.
 from ablation_report import (
+  DEFAULT_VARIANTS,
+  HELDOUT,
   VARIANTS,
   config_of,
   epochs_for,
@@ -124,7 +145,9 @@ def _add_study_flags(parser: argparse.ArgumentParser) -> None:
   )
   parser.add_argument("--seeds", default="0,1,2", help="train.seed values.")
   parser.add_argument(
-    "--variants", default=",".join(VARIANTS), help=f"Subset of {VARIANTS}."
+    "--variants",
+    default=",".join(DEFAULT_VARIANTS),
+    help=f"Subset of {VARIANTS}.",
   )
   parser.add_argument(
     "--epochs", type=int, default=10, help="Max epochs at fraction 1."
@@ -154,16 +177,11 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     "training or evaluating anything.",
   )
   parser.add_argument(
-    "--projection_dim",
-    type=int,
-    default=64,
-    help="ssl.projection_dim of cfm_proj.",
-  )
-  parser.add_argument(
-    "--id_dropout",
+    "--user_alpha",
     type=float,
     default=None,
-    help="model.id_dropout of iddrop (default: Config()'s if > 0, else 0.2).",
+    help="ssl.user_alpha of the user-SSL variants (hist_user, hist_both; "
+    "default: Config()'s if > 0, else 0.1).",
   )
   parser.add_argument(
     "--set",
@@ -189,48 +207,75 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   args = parser.parse_args(argv)
   args.data = _csv(args.data)
   args.variants = _csv(args.variants)
-  args.fractions = [float(f) for f in _csv(args.fractions)]
-  args.seeds = [int(s) for s in _csv(args.seeds)]
-  for name, given, known in (
-    ("datasets", args.data, DATASETS),
-    ("variants", args.variants, VARIANTS),
+  try:
+    args.fractions = [float(f) for f in _csv(args.fractions)]
+    args.seeds = [int(s) for s in _csv(args.seeds)]
+  except ValueError as e:
+    raise SystemExit(f"error: --fractions / --seeds: {e}") from None
+  for flag, given, known in (
+    ("--data", args.data, DATASETS),
+    ("--variants", args.variants, VARIANTS),
   ):
     unknown = sorted(set(given) - set(known))
     if unknown or not given:
-      raise SystemExit(f"Unknown {name} {unknown}: choose from {known}.")
+      raise SystemExit(
+        f"error: {flag}: unknown {unknown}: choose from {known}."
+      )
   if not args.seeds or not args.fractions:
-    raise SystemExit("--seeds and --fractions must not be empty.")
+    raise SystemExit("error: --seeds and --fractions must not be empty.")
   if any(not 0 < f <= 1 for f in args.fractions):
-    raise SystemExit(f"--fractions must be in (0, 1], got {args.fractions}.")
+    raise SystemExit(
+      f"error: --fractions must be in (0, 1], got {args.fractions}."
+    )
+  if args.user_alpha is not None and not args.user_alpha > 0:
+    raise SystemExit(
+      f"error: --user_alpha must be > 0 (the user-SSL weight), got "
+      f"{args.user_alpha}."
+    )
   # Canonical order, whatever the command line's.
   args.variants = [v for v in VARIANTS if v in args.variants]
   return args
 
 
-def id_dropout_rate(args: argparse.Namespace) -> float:
-  if args.id_dropout is not None:
-    return args.id_dropout
-  default = Config().model.id_dropout
-  return default if default > 0 else 0.2
+def user_alpha(args: argparse.Namespace) -> float:
+  """The user-SSL weight of hist_user and hist_both."""
+  if args.user_alpha is not None:
+    return args.user_alpha
+  default = Config().ssl.user_alpha
+  return default if default > 0 else 0.1
 
 
 def variant_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+  """Each variant's own settings (they win over --set)."""
   streaming = {"model.logq": "streaming"}
+  # The user task needs a history: every id-only variant turns it off.
+  id_only = {**streaming, "model.history_length": 0, "ssl.user_alpha": 0.0}
+  no_item = {"ssl.alpha": 0.0}
+  # ssl.alpha keeps its default (or --set's) value.
+  item = {"ssl.masking": "cfm"}
+  no_user = {"ssl.user_alpha": 0.0}
+  user = {"ssl.user_alpha": user_alpha(args)}
   return {
-    "plain": {"model.logq": "none", "ssl.alpha": 0.0, "model.id_dropout": 0.0},
-    "logq": {**streaming, "ssl.alpha": 0.0, "model.id_dropout": 0.0},
-    "rfm": {**streaming, "ssl.masking": "rfm"},
-    "cfm": {**streaming, "ssl.masking": "cfm"},
-    "cfm_proj": {
-      **streaming,
-      "ssl.masking": "cfm",
-      "ssl.projection_dim": args.projection_dim,
+    "plain": {
+      **id_only,
+      **no_item,
+      "model.logq": "none",
+      "model.id_dropout": 0.0,
     },
-    "iddrop": {
+    "logq": {**id_only, **no_item, "model.id_dropout": 0.0},
+    "idonly": {**id_only, **no_item},
+    "idonly_item": {**id_only, **item},
+    "hist": {**streaming, **no_item, **no_user},
+    "hist_item": {**streaming, **item, **no_user},
+    "hist_user": {**streaming, **no_item, **user},
+    "hist_both": {**streaming, **item, **user},
+    "hist_item_raw": {
       **streaming,
-      "ssl.alpha": 0.0,
-      "model.id_dropout": id_dropout_rate(args),
+      **item,
+      **no_user,
+      "ssl.dependence": "raw_mi",
     },
+    "default": {},
   }
 
 
@@ -251,9 +296,9 @@ def set_overrides(args: argparse.Namespace) -> dict[str, str]:
   for item in args.set:
     key, sep, value = item.partition("=")
     if not sep:
-      raise SystemExit(f"--set expects KEY=VALUE, got {item!r}.")
+      raise SystemExit(f"error: --set expects KEY=VALUE, got {item!r}.")
     if key in RESERVED:
-      raise SystemExit(f"--set {key}: use {RESERVED[key]} instead.")
+      raise SystemExit(f"error: --set {key}: use {RESERVED[key]} instead.")
     overrides[key] = value
   return overrides
 
@@ -329,8 +374,8 @@ def run_one(run: dict[str, Any], fresh: bool) -> dict[str, Any]:
     summary = train.train_and_evaluate(config, workdir)
   except train.WorkdirError as e:
     raise SystemExit(
-      f"{workdir} holds a run with other settings ({e}); use --fresh or "
-      "another --workdir_root."
+      f"error: {workdir} holds a run with other settings ({e}); use "
+      "--fresh or another --workdir_root."
     ) from None
   finished = summary["steps_this_run"] == 0 and previous is not None
   if finished:
@@ -371,7 +416,7 @@ def run_one(run: dict[str, Any], fresh: bool) -> dict[str, Any]:
 def check_data_dirs(args: argparse.Namespace) -> None:
   for data, path in (("ml1m", args.ml1m_dir), ("ml100k", args.ml100k_dir)):
     if data in args.data and not os.path.isdir(path):
-      raise SystemExit(f"--data={data}: no directory {path}.")
+      raise SystemExit(f"error: --data={data}: no directory {path}.")
 
 
 def main(argv: list[str]) -> None:
@@ -396,7 +441,8 @@ def main(argv: list[str]) -> None:
       f"{os.path.basename(run['workdir'])}] {time.perf_counter() - t:.0f}s "
       f"best epoch {result['best_epoch']} of {result['epochs_run']}, test "
       f"R@10 {fmt(recall(m, 'overall', 10))} R@100 "
-      f"{fmt(recall(m, 'overall', 100))}",
+      f"{fmt(recall(m, 'overall', 100))}, held-out users R@10 "
+      f"{fmt(recall(m, HELDOUT, 10))}",
       flush=True,
     )
     if args.json:  # after every run, so a crash keeps what is done
