@@ -195,7 +195,8 @@ def report(args, argv, rows, seconds) -> str:
   baseline = rows[0][1][0]["metrics"].get("baseline", {}).get("most_popular")
   if baseline:
     cells = [
-      f"{metric_of(baseline, c):.4f}" if metric_of(baseline, c) is not None
+      f"{metric_of(baseline, c):.4f}"
+      if metric_of(baseline, c) is not None
       else "-"
       for c in COLUMNS
     ]

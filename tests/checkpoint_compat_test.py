@@ -33,7 +33,11 @@ def test_a_checkpoint_of_the_flat_layout_restores_exactly(tmp_path):
   with open(os.path.join(SAVED, "expected.json")) as f:
     expected = json.load(f)
   dataset = model_fakes.tiny_dataset()
-  config = config_lib.Config().override(expected["overrides"])
+  # The fields that run's config did not have take what they meant then
+  # (an id-only query tower), as `Config.from_saved_json` reads a workdir.
+  config = config_lib.Config().override(
+    {**config_lib.BEFORE_FIELD, **expected["overrides"]}
+  )
   model = model_lib.TwoTowerModel(config, dataset)
   model.compile(optimizer=optimizers.make_optimizer("adam", 0.01))
   checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)

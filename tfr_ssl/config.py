@@ -606,6 +606,19 @@ class Config:
   def from_json(cls, text: str) -> Config:
     return cls.from_dict(json.loads(text))
 
+  @classmethod
+  def from_saved_json(cls, text: str) -> Config:
+    """A run's saved config.json: a field it lacks takes the value runs
+    had before the field existed (`BEFORE_FIELD`), not today's default,
+    so an older run restores into the model it trained."""
+    values = json.loads(text)
+    missing = {}
+    for key, value in BEFORE_FIELD.items():
+      section, leaf = key.split(".")
+      if isinstance(values, dict) and leaf not in values.get(section, {}):
+        missing[key] = value
+    return cls.from_dict(values).override(missing)
+
   def override(self, overrides: dict[str, Any]) -> Config:
     """Returns a copy with dotted keys (`"ssl.alpha"`) replaced.
 
@@ -624,6 +637,17 @@ class Config:
         raise ValueError(f"Unknown config key {key!r}.")
       node[leaf] = value
     return Config.from_dict(values)
+
+
+# What a field meant in runs saved before it existed: the history query
+# tower, held-out users and the CFM dependence arrived together, and a run
+# without them had an id-only query tower and every user in training.
+BEFORE_FIELD = {
+  "model.history_length": 0,
+  "data.heldout_users": 0.0,
+  "ssl.dependence": "corrected",
+  "ssl.user_alpha": 0.0,
+}
 
 
 def fields_of(cls: type) -> list[tuple[str, dataclasses.Field, Any]]:

@@ -335,7 +335,7 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
       history_length=history_length,
       item_embeddings=item_embeddings,
     )
-    if split == "test":
+    if split == "test" and not query_side.query_side(config.model.task).is_item:
       held = embed.evaluate_heldout(
         model.query_tower,
         item_embeddings,

@@ -146,7 +146,9 @@ def build(config: DataConfig) -> PreparedDataset:
   Raises:
     DataError: bad input data.
   """
-  return build_prepared(read_raw(config), config, version(config))
+  return _held_out(
+    build_prepared(read_raw(config), config, version(config)), config
+  )
 
 
 def is_cached(config: DataConfig) -> bool:
@@ -203,9 +205,7 @@ def prepare(config: DataConfig, force: bool = False) -> PreparedDataset:
   return _held_out(prepared, config)
 
 
-def _held_out(
-  prepared: PreparedDataset, config: DataConfig
-) -> PreparedDataset:
+def _held_out(prepared: PreparedDataset, config: DataConfig) -> PreparedDataset:
   """The cached data with `data.heldout_users` applied (`heldout.py`).
 
   Applied after the cache, not stored in it: the share chooses users of

@@ -122,7 +122,9 @@ def _main_parts(
     items = tf.gather(item_rows, batch_rows)
     query = _gather(query_tables, tf.gather(query_rows, batch_rows))
     if histories is not None:
-      query["history"] = histories(batch_rows, tf.gather(query_rows, batch_rows))
+      query["history"] = histories(
+        batch_rows, tf.gather(query_rows, batch_rows)
+      )
     return {
       "query": query,
       "item": _gather(item_tables, items),

@@ -114,9 +114,7 @@ def evaluate_model(
   if item_embeddings is None:
     item_embeddings = embed_rows(item_tower, prepared.items)
   side = query_side.query_side(pairs.task)
-  table = history.query_table(
-    prepared, pairs.task, pairs.split, history_length
-  )
+  table = history.query_table(prepared, pairs.task, pairs.split, history_length)
   query_embeddings = embed_rows(query_tower, table, pairs.queries)
   metrics = evaluate.evaluate_embeddings(
     query_embeddings,

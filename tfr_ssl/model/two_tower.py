@@ -453,7 +453,9 @@ def _validate(
     config_lib.check(config)
   except config_lib.ConfigError as e:
     raise ModelConfigError(str(e)) from None
-  if s.user_alpha > 0 and (m.task != query_side.USER_TO_ITEM or not m.history_length):
+  if s.user_alpha > 0 and (
+    m.task != query_side.USER_TO_ITEM or not m.history_length
+  ):
     raise ModelConfigError(
       f"ssl.user_alpha={s.user_alpha}: the user SSL task splits user "
       "histories, so it needs model.task=user_to_item and "

@@ -369,7 +369,7 @@ def read_config(workdir: str) -> config_lib.Config:
     )
   try:
     with open(path) as f:
-      return config_lib.Config.from_json(f.read())
+      return config_lib.Config.from_saved_json(f.read())
   except ValueError as e:
     raise WorkdirError(f"{path}: {e}") from None
 
