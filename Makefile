@@ -34,8 +34,9 @@ format: install
 	$(VENV)/bin/ruff format tfr_ssl pipelines tests bench
 	$(VENV)/bin/ruff check --fix tfr_ssl pipelines tests bench
 
-# The demo: synthetic data, CFM (alpha 0.3) + streaming logQ, then the whole chain.
-DEMO_FLAGS ?= --masking=cfm --logq=streaming --epochs=3
+# The demo: synthetic data, the default model (history query tower, CFM
+# item SSL, static logQ), then the whole chain.
+DEMO_FLAGS ?= --epochs=3
 demo: install
 	rm -rf $(WORKDIR)
 	$(PY) -m pipelines.prepare_data --source=synthetic --cache_dir=$(CACHE_DIR)

@@ -8,7 +8,7 @@ evaluates that model on the **test** split with full-corpus exact search
 chosen on validation Recall@10, never on test.
 
 Variants (overrides on top of `Config()`; whatever a variant does not list
-keeps its default: streaming logQ, id dropout, `model.history_length` 20,
+keeps its default: static logQ, id dropout, `model.history_length` 20,
 CFM masking on the corrected dependence, `ssl.alpha` 0.3). "Item SSL" is
 `ssl.masking=cfm` at the default `ssl.alpha`; "user SSL" is
 `ssl.user_alpha=--user_alpha`:
@@ -23,9 +23,10 @@ CFM masking on the corrected dependence, `ssl.alpha` 0.3). "Item SSL" is
   default        nothing: `Config()` as the binaries train it
   plain          model.logq=none, model.history_length=0, ssl.alpha=0,
                  ssl.user_alpha=0, model.id_dropout=0 (not run by default)
-  logq           as plain with model.logq=streaming (not run by default)
+  logq           as plain with model.logq=--logq (not run by default)
 
-Every variant but `plain` sets `model.logq=streaming`, and every variant
+Every variant but `plain` sets `model.logq=--logq` (static by default,
+the config's default), and every variant
 but `default` states `ssl.user_alpha` (the user task needs a history, and
 its default may change). `default` is what the targets are about.
 
@@ -191,6 +192,12 @@ def _add_output_flags(parser: argparse.ArgumentParser) -> None:
     help="Config override for every run (repeatable); a variant's own "
     "settings win over it.",
   )
+  parser.add_argument(
+    "--logq",
+    default="static",
+    choices=("static", "streaming"),
+    help="The logQ correction of every variant but plain.",
+  )
   parser.add_argument("--cache_dir", default="/tmp/ablation_cache")
   parser.add_argument("--workdir_root", default="/tmp/ablation")
   parser.add_argument("--fresh", action="store_true")
@@ -247,7 +254,7 @@ def user_alpha(args: argparse.Namespace) -> float:
 
 def variant_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
   """Each variant's own settings (they win over --set)."""
-  streaming = {"model.logq": "streaming"}
+  streaming = {"model.logq": args.logq}
   # The user task needs a history: every id-only variant turns it off.
   id_only = {**streaming, "model.history_length": 0, "ssl.user_alpha": 0.0}
   no_item = {"ssl.alpha": 0.0}

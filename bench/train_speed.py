@@ -7,7 +7,8 @@ Measured, in alternating rounds so machine load hits all alike:
   - the TFRS basic-retrieval tutorial model (user id and item id embedding
     towers of 32 dims, `tfrs.tasks.Retrieval`, batch 8192, Adagrad; no
     training-time metrics);
-  - our model (default config) main-only and main + SSL, driven by the
+  - our model (default config) main-only and main + SSL, and main + SSL
+    with the id-only query tower of before the history tower, driven by the
     training loop's own step function (`train._train_step_fn`): one step
     per call (`--steps_per_loop=1`, a Python round trip per step) and 20
     steps per call (the default).
@@ -282,6 +283,7 @@ def profile_table(profiles: dict, group) -> list[str]:
 TUTORIAL = "TFRS tutorial (batch 8192)"
 MAIN_20 = "ours, main only, 20 steps per call"
 SSL_20 = "ours, main + SSL, 20 steps per call"
+ID_ONLY_20 = "ours, id-only query, main + SSL, 20 steps per call"
 # The two setups the profiler runs, by their label in the profile tables.
 PROFILED = (("main only", MAIN_20), ("main + SSL", SSL_20))
 
@@ -325,6 +327,9 @@ def build_setups(base: config_lib.Config, prepared) -> dict:
   `ssl` slot holds its FLOPs instead (its model is not ours).
   """
   main_only = base.override({"ssl.alpha": 0.0})
+  # The default model before the history query tower: the user id and
+  # features only (the same config otherwise).
+  id_only = base.override({"model.history_length": 0})
   return {
     "input pipeline alone": (build_input(base, prepared), base, None),
     TUTORIAL: (
@@ -344,6 +349,7 @@ def build_setups(base: config_lib.Config, prepared) -> dict:
       True,
     ),
     SSL_20: (build_ours(base, prepared, 20), base, True),
+    ID_ONLY_20: (build_ours(id_only, prepared, 20), id_only, True),
   }
 
 

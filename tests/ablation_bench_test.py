@@ -167,7 +167,7 @@ def test_plan_runs_the_study_variants_with_their_overrides():
       c.ssl.dependence,
     )
     assert got == want, v
-    assert c.model.logq == "streaming", v
+    assert c.model.logq == "static", v
     assert c.model.id_dropout == base.model.id_dropout, v
     if c.ssl.alpha:
       assert c.ssl.masking == "cfm", v
@@ -175,7 +175,7 @@ def test_plan_runs_the_study_variants_with_their_overrides():
   # Every variant but default states the user weight and the correction,
   # so that a change of their defaults leaves the study as it is.
   for r in runs[:7]:
-    assert r["overrides"]["model.logq"] == "streaming", r["variant"]
+    assert r["overrides"]["model.logq"] == "static", r["variant"]
     assert r["overrides"]["ssl.user_alpha"] in (0.0, user), r["variant"]
   # `default` has no setting of its own: only the per-run keys.
   default = runs[7]
@@ -211,7 +211,7 @@ def test_plan_flags_set_and_the_kept_baselines():
   configs = {r["variant"]: ablation.config_of(r) for r in ablation.plan(args)}
   assert list(configs) == ["plain", "logq", "hist", "hist_both", "default"]
   plain, logq = configs["plain"], configs["logq"]
-  assert (plain.model.logq, logq.model.logq) == ("none", "streaming")
+  assert (plain.model.logq, logq.model.logq) == ("none", "static")
   for c in (plain, logq):
     assert c.model.history_length == 0 and c.ssl.alpha == 0
     assert c.model.id_dropout == 0 and c.ssl.user_alpha == 0
