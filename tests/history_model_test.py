@@ -10,7 +10,7 @@ from tests import model_fakes
 from tests.model_test import SMALL
 from tfr_ssl import data
 from tfr_ssl.config import Config, SSLConfig
-from tfr_ssl.model import features, history, user_ssl
+from tfr_ssl.model import diagnostics, features, history, user_ssl
 from tfr_ssl.model import two_tower as model_lib
 
 P = -1
@@ -264,3 +264,35 @@ def test_a_few_training_steps_report_a_finite_user_ssl_loss(dataset):
     - without.item_encoder.tables[0].numpy()
   )
   assert moved.max() > 1e-6
+
+
+def test_user_ssl_gradient_norms_scale_with_beta(dataset):
+  # As for the item task: the user task's gradient on the query tower is
+  # beta * dL_user/dw, so doubling beta doubles its norm and leaves the
+  # main task's norm on the query tower and the cosine unchanged.
+  stream = data.train_dataset(
+    dataset,
+    batch_size=32,
+    ssl_batch_size=16,
+    history_length=4,
+    user_ssl=True,
+    repeat=True,
+  )
+  batch = next(iter(stream))
+  norms = []
+  for beta in (0.5, 1.0):
+    model = _model(dataset, **{"ssl.user_alpha": beta})
+    norms.append(
+      {k: float(v) for k, v in diagnostics.gradient_norms(model, batch).items()}
+    )
+  one, two = norms
+  assert one["grad_norm/query_main"] > 0 and one["grad_norm/user_ssl"] > 0
+  assert two["grad_norm/query_main"] == pytest.approx(
+    one["grad_norm/query_main"], 1e-5
+  )
+  assert two["grad_norm/user_ssl"] == pytest.approx(
+    2 * one["grad_norm/user_ssl"], 1e-5
+  )
+  assert two["grad_norm/user_cosine"] == pytest.approx(
+    one["grad_norm/user_cosine"], abs=1e-4
+  )
