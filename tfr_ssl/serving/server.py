@@ -475,8 +475,13 @@ class Server:
     return web.json_response(
       {
         "model_name": self.options.model_name,
+        # The history input is a list of item ids, not a feature value.
         "query_features": [
-          {"name": f.name, "kind": f.kind} for f in current.features
+          {
+            "name": f.name,
+            "kind": "history" if f.name == protocol.HISTORY else f.kind,
+          }
+          for f in current.features
         ],
         "multi_separator": "|",
         "top_k": {"default": current.k, "max": current.k},
