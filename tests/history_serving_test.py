@@ -6,19 +6,24 @@ tower, `workflow.retrieve`, the HTTP service) with the trained model fed
 the history rows the rules of `data/history.py` give.
 """
 
+import json
 import os
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
+from tests.pipelines_test import run_binary
 from tests.serve_test import PREDICT, call, serve_binary
 from tests.workflow_test import tiny_config
 from tfr_ssl import workflow
 from tfr_ssl.data import contract, history
 from tfr_ssl.evaluation import embed
-from tfr_ssl.serving import export
+from tfr_ssl.serving import export, page, protocol, versions
+from tfr_ssl.serving.server import BackgroundServer, Options
 from tfr_ssl.training import train
 
 PAD, OOV = contract.PAD, contract.OOV
@@ -126,9 +131,10 @@ def test_exported_query_tower_reads_a_history_as_the_model_does(run):
     # one: the model reads an empty history.
     (known, UNKNOWN_ITEM, []),
     # No history given: a known user reads the stored one, the stranger
-    # an empty one.
+    # an empty one; "|" is a history given with no item.
     (known, "", list(stored[known][stored[known] >= 0])),
     (None, "", []),
+    (known, "|", []),
   ]
   for user, text, rows in cases:
     raw = _raw_user(run, user)
@@ -208,13 +214,19 @@ def test_index_evaluation_matches_the_exact_one(run):
   # The index returns the whole corpus exactly (40 items, k = 40, exact
   # search), so its Recall@K equals the exact evaluation's only if both
   # feed the same histories.
+  # Validation queries read training items only, test queries training
+  # and validation items.
   workdir = run["workdir"]
-  exact = workflow.evaluate_run(workdir)
-  through = workflow.evaluate_run(workdir, use_index=True)
-  assert through["ks"]
-  for k in through["ks"]:
-    for name in (f"recall@{k}", f"map@{k}"):
-      assert through[name] == pytest.approx(exact[name], abs=1e-9), name
+  for split in ("validation", "test"):
+    exact = workflow.evaluate_run(workdir, split=split)
+    through = workflow.evaluate_run(workdir, use_index=True, split=split)
+    assert through["ks"]
+    for k in through["ks"]:
+      for name in (f"recall@{k}", f"map@{k}"):
+        assert through[name] == pytest.approx(exact[name], abs=1e-9), (
+          split,
+          name,
+        )
 
 
 def test_the_service_takes_a_history(run):
@@ -254,3 +266,192 @@ def test_the_service_takes_a_history(run):
     # The page's form offers the history.
     _, _, model = call(url, path="/ui/model")
     assert {"name": "history", "kind": "history"} in model["query_features"]
+
+
+def test_retrieve_binary_takes_a_typed_history(run):
+  keys = run["keys"]
+  typed = [keys[3], keys[11], keys[20]]
+  expected_ids, _ = _exact_top(run, _model_query(run, None, [20, 11, 3]), 10)
+  flag = "--history=" + ",".join(typed)
+  result = run_binary(
+    "retrieve",
+    f"--workdir={run['workdir']}",
+    flag,
+    "--json",
+    "--noexclude_history",
+    "--top_k=5",
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  (line,) = result.stdout.strip().splitlines()
+  record = json.loads(line)
+  assert record["query"] == {"history": typed}
+  assert [h["id"] for h in record["items"]] == expected_ids[:5]
+  # By default the items given are the user's own: left out.
+  result = run_binary(
+    "retrieve", f"--workdir={run['workdir']}", flag, "--json", "--top_k=5"
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  ids = [h["id"] for h in json.loads(result.stdout)["items"]]
+  assert ids == [i for i in expected_ids if i not in typed][:5]
+  # With --query, the history is that query's (a stranger here).
+  result = run_binary(
+    "retrieve",
+    f"--workdir={run['workdir']}",
+    f'--query={{"user_id": "{STRANGER}"}}',
+    flag,
+    "--json",
+    "--noexclude_history",
+    "--top_k=5",
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  ids = [h["id"] for h in json.loads(result.stdout)["items"]]
+  assert ids == expected_ids[:5]
+
+
+USER = versions.QueryFeature("user_id", contract.CATEGORICAL)
+HISTORY_INPUT = versions.QueryFeature("history", contract.CATEGORICAL)
+
+
+def test_protocol_reads_a_history_as_a_list_or_a_string():
+  features = [USER, HISTORY_INPUT]
+  body = {
+    "instances": [
+      {"history": ["i1", {"b64": "aTI="}]},  # "i2", base64-encoded
+      {"user_id": "u", "history": "i3|i4"},
+      {"user_id": "u", "history": []},
+    ]
+  }
+  queries = protocol.parse_predict(body, features, 10).queries
+  assert [q.features.get("history") for q in queries] == ["i1|i2", "i3|i4", ""]
+  columns = {"inputs": {"history": [["i1", "i2"], "i3"]}}
+  queries = protocol.parse_predict(columns, features, 10).queries
+  assert [q.features["history"] for q in queries] == ["i1|i2", "i3"]
+  for value, message in (
+    ([None], "instances[0].history[0]: item ids are strings, got null"),
+    (7, "instances[0].history: expected a list of item ids"),
+  ):
+    with pytest.raises(protocol.RequestError) as error:
+      protocol.parse_predict({"instances": [{"history": value}]}, features, 10)
+    assert error.value.message.startswith(message), error.value.message
+    assert error.value.status == 400
+  with pytest.raises(protocol.RequestError) as error:
+    protocol.parse_predict({"inputs": {"history": [["i1", 2]]}}, features, 10)
+  assert error.value.message.startswith("inputs.history[0][1]: ")
+
+
+def test_a_model_without_history_says_so():
+  with pytest.raises(protocol.RequestError) as error:
+    protocol.parse_predict({"instances": [{"history": ["i1"]}]}, [USER], 10)
+  assert "reads no history" in error.value.message
+  with pytest.raises(workflow.QueryError, match="reads no history"):
+    workflow.check_query({"history": ["i1"]}, ["user_id"], "query 1")
+
+
+def test_history_strings_invert_the_rows():
+  # Rows are latest first; the strings list the ids oldest first, and
+  # PAD columns carry nothing.
+  # An empty row is the explicit "no history", which a known user's
+  # stored history does not replace.
+  rows = np.array([[2, 0, PAD], [PAD, PAD, PAD], [1, PAD, PAD]])
+  assert list(export.history_strings(rows, ["a", "b", "c"])) == [
+    "a|c",
+    "|",
+    "b",
+  ]
+
+
+# The page's script run under Node on a minimal DOM (no browser is needed):
+# its fetches go to the test's server; once the page marks itself ready the
+# epilogue prints the result and history tables.
+_DOM = """
+const registry = {};
+class El {
+  constructor(tag) {
+    this.tagName = tag; this.children = []; this._text = "";
+    this.className = ""; this.style = {}; this.dataset = {};
+    this.value = ""; this.checked = false; this.listeners = {};
+  }
+  set id(v) { this._id = v; registry[v] = this; }
+  get id() { return this._id; }
+  appendChild(c) { this.children.push(c); return c; }
+  append(...xs) {
+    for (const x of xs) {
+      this.children.push(typeof x === "string" ? { text: x } : x);
+    }
+  }
+  replaceChildren(...xs) { this.children = []; this.append(...xs); }
+  set textContent(v) { this._text = String(v); this.children = []; }
+  get textContent() {
+    return this._text + this.children.map(
+      (c) => (c instanceof El ? c.textContent : c.text)).join("");
+  }
+  addEventListener(type, f) { this.listeners[type] = f; }
+}
+const document = {
+  body: new El("body"),
+  createElement: (tag) => new El(tag),
+  getElementById: (id) => registry[id] || null,
+};
+for (const id of ["model", "query", "sample", "fields", "top_k",
+  "exclude_history", "run", "error", "status", "results", "history_title",
+  "history_rows"]) {
+  new El("x").id = id;
+}
+registry.top_k.value = "10";
+registry.exclude_history.checked = true;
+const [serverUrl, search] = process.argv.slice(2);
+const location = { search: search };
+const realFetch = globalThis.fetch;
+const fetch = (url, options) => realFetch(serverUrl + url, options);
+"""
+_DUMP = """
+const deadline = Date.now() + 30000;
+const timer = setInterval(() => {
+  const ready = document.body.dataset.ready === "1";
+  if (!ready && !registry.error.textContent && Date.now() < deadline) return;
+  clearInterval(timer);
+  const ids = (tbody) => tbody.children.filter((tr) => tr.children.length > 2)
+    .map((tr) => tr.children[1].textContent);
+  console.log(JSON.stringify({
+    ready: ready, error: registry.error.textContent,
+    results: ids(registry.results), history: ids(registry.history_rows),
+    title: registry.history_title.textContent,
+    status: registry.status.textContent,
+  }));
+}, 20);
+"""
+
+
+@pytest.mark.skipif(
+  shutil.which("node") is None, reason="Node is not installed"
+)
+def test_page_sends_a_typed_history_and_shows_it(run, tmp_path):
+  keys = run["keys"]
+  typed = [keys[3], UNKNOWN_ITEM, keys[11], keys[20]]
+  # The unknown id drops out: the model reads rows 20, 11, 3.
+  expected_ids, _ = _exact_top(run, _model_query(run, None, [20, 11, 3]), 10)
+  script = page.render("retrieval").split("<script>")[1].split("</script>")[0]
+  path = tmp_path / "page.js"
+  path.write_text(_DOM + script + _DUMP)
+  search = "?exclude_history=0&top_k=5&history=" + ",".join(typed)
+  background = BackgroundServer(
+    run["workdir"], Options(port=0, poll_seconds=0.0, batch_wait_ms=1.0)
+  )
+  background.start(timeout=60.0)
+  try:
+    result = subprocess.run(
+      ["node", str(path), background.url, search],
+      capture_output=True,
+      text=True,
+      timeout=120,
+    )
+  finally:
+    background.stop(timeout=60.0)
+  assert result.returncode == 0, result.stderr[-2000:]
+  shown = json.loads(result.stdout)
+  assert shown["ready"], shown
+  assert shown["results"] == expected_ids[:5]
+  # The typed history is listed as typed, the unknown id marked.
+  assert shown["history"] == typed
+  assert shown["title"].startswith("History given (4, oldest first; 1 not")
+  assert "from a given history of 4 items" in shown["status"]

@@ -545,6 +545,12 @@ def check_query(query: Mapping, names: Sequence[str], where: str) -> None:
     QueryError: names `where` (e.g. "query 3") and the feature.
   """
   unknown = sorted(set(query) - set(names))
+  if history.HISTORY in unknown:
+    raise QueryError(
+      f"{where}: this model's query tower reads no history (its export has "
+      "no 'history' input: model.history_length is 0, or the queries are "
+      "items); leave 'history' out."
+    )
   if unknown:
     raise QueryError(
       f"{where}: unknown query feature(s) {_short(unknown)}; this model's "
@@ -700,8 +706,15 @@ def user_query(workdir: str, user: str) -> dict[str, str]:
 def embed_raw(
   tower, raw: Mapping[str, np.ndarray], batch_size: int = 4096
 ) -> np.ndarray:
-  """Runs an exported tower (`export.load_tower`) over raw string features."""
+  """Runs an exported tower (`export.load_tower`) over raw string features.
+
+  An input of the tower that `raw` leaves out is sent empty: an unknown
+  feature, or no history (as `retrieve` does).
+  """
   n = len(next(iter(raw.values())))
+  raw = dict(raw)
+  for name in _input_names(tower):
+    raw.setdefault(name, np.full(n, "", dtype=object))
   out = []
   for start in range(0, n, batch_size):
     batch = {
@@ -710,6 +723,14 @@ def embed_raw(
     }
     out.append(tower.serve(batch).numpy())
   return np.concatenate(out).astype(np.float32)
+
+
+def _input_names(tower) -> list[str]:
+  """The inputs of a loaded tower's serving signature ([] if unknown)."""
+  signature = getattr(tower, "signatures", {}).get(export.SIGNATURE)
+  if signature is None:
+    return []
+  return list(signature.structured_input_signature[1])
 
 
 def _query_table(

@@ -19,7 +19,9 @@ history (an empty string) for a user the data knows reads the history the
 system knew at export, the user's training and validation items
 (`history.latest_items`), a constant of the tower; for any other user an
 empty history reads the encoder's learned empty vector. A history that is
-given replaces the stored one, even if none of its ids is known.
+given (any non-empty string) replaces the stored one, even if none of its
+ids is known; `NO_HISTORY` (`|`, no id) says "this user has no history"
+where an empty string would read the stored one.
 
 Layout (WORKDIR/export/):
   query/          SavedModel: {feature: string [B]} -> float32 [B, D]
@@ -47,6 +49,9 @@ MULTI_SEPARATOR = "|"
 SIGNATURE = "serving_default"
 # The query input holding the user's history (a reserved feature name).
 HISTORY = history.HISTORY
+# A history given with no item in it (an empty string gives none, and a
+# known user then reads the stored one).
+NO_HISTORY = MULTI_SEPARATOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,14 +126,20 @@ def history_strings(rows: np.ndarray, item_keys: Sequence[str]) -> np.ndarray:
     item_keys: The item id of every corpus row.
 
   Returns:
-    object array `[R]` of item ids `|`-joined, oldest first.
+    object array `[R]` of item ids `|`-joined, oldest first; a row without
+    items gives `NO_HISTORY`, so that the tower reads it empty rather than
+    the user's stored history.
 
   Example:
-    Rows `[[2, 0, -1]]` with keys `["a", "b", "c"]` give `["a|c"]`.
+    Rows `[[2, 0, -1], [-1, -1, -1]]` with keys `["a", "b", "c"]` give
+    `["a|c", "|"]`.
   """
   keys = np.asarray(item_keys, dtype=object)
   return np.array(
-    [MULTI_SEPARATOR.join(keys[r[r >= 0]][::-1]) for r in np.asarray(rows)],
+    [
+      MULTI_SEPARATOR.join(keys[r[r >= 0]][::-1]) or NO_HISTORY
+      for r in np.asarray(rows)
+    ],
     dtype=object,
   )
 
@@ -233,11 +244,11 @@ class RawFeatureTower(tf.Module):
     the stored history of a known user where none is given."""
     length = self._history.length
     names = tf.strings.split(text, MULTI_SEPARATOR)
-    given = tf.reduce_any(tf.strings.length(names) > 0, axis=1)
+    given = tf.strings.length(text) > 0
     # An unknown id (OOV 0) or an id without a corpus row maps to -1 and
     # drops out, as an unseen value does everywhere.
-    rows = tf.ragged.map_flat_values(
-      lambda v: tf.gather(self._item_rows, self.item_ids.lookup(v)), names
+    rows = names.with_flat_values(
+      tf.gather(self._item_rows, self.item_ids.lookup(names.flat_values))
     )
     rows = tf.ragged.boolean_mask(rows, rows >= 0)
     # The latest N, latest first (the twin of `history.latest_items`):

@@ -295,6 +295,10 @@ def _value(value: Any, where: str, feature, limits: Limits) -> str:
 
 def _unknown_feature(name: str, where: str, features) -> RequestError:
   names = [f.name for f in features]
+  if name == HISTORY:
+    return RequestError(
+      f"{where}: this model's query tower reads no history; leave it out"
+    )
   return RequestError(
     f"{where}: unknown feature {name!r}; this model's query features are "
     f"{names} (plus {EXCLUDE!r} and {TOP_K!r})"
