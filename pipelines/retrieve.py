@@ -9,10 +9,17 @@ them out of the results (as the service's page does; --noexclude_history
 keeps them). --top_k goes from 1 to the index's k (pipelines.build_index
 --k), the bound the service's `top_k` has too.
 
+--history=i1,i2,... (item ids, oldest first) gives the query's user a
+history, for a run whose query tower reads one: alone it is the whole
+query (a user the data does not hold, answered without retraining); with
+--user or --query it replaces the history the run knew for that user. Its
+items are printed and, unless --noexclude_history, left out of the results.
+
 Example:
   python -m pipelines.retrieve --workdir=runs/cfm --query='{"user_id": "42"}'
   echo '{"user_id": "7"}' | python -m pipelines.retrieve --workdir=runs/cfm
   python -m pipelines.retrieve --workdir=runs/cfm --user=7 --top_k=5
+  python -m pipelines.retrieve --workdir=runs/cfm --history=1193,661,914
 """
 
 import json
@@ -44,6 +51,13 @@ _K = flags.DEFINE_integer(
   lower_bound=1,
 )
 _EXCLUDE = flags.DEFINE_list("exclude", [], "Item ids never to return.")
+_TYPED_HISTORY = flags.DEFINE_list(
+  "history",
+  None,
+  "The user's item ids, oldest first (comma-separated): alone, the query "
+  "of a user the data need not hold; with --user or --query, that query's "
+  "history.",
+)
 _JSON = flags.DEFINE_bool(
   "json",
   False,
@@ -59,7 +73,7 @@ _EXCLUDE_HISTORY = flags.DEFINE_bool(
   "exclude_history",
   True,
   "With --user or --show_history: leave the user's training items out of "
-  "the results.",
+  "the results; with --history, the items given.",
 )
 flags.mark_flag_as_required("workdir")
 
@@ -117,10 +131,20 @@ def _queries() -> list[dict]:
   if _QUERY.value is not None and _USER.value is not None:
     raise workflow.QueryError("give --query or --user, not both")
   if _USER.value is not None:
-    return [workflow.user_query(_WORKDIR.value, _USER.value)]
-  if _QUERY.value is not None:
-    return [_parse(_QUERY.value, "--query", _FLAG_HINT)]
-  return _stdin_queries()
+    queries = [workflow.user_query(_WORKDIR.value, _USER.value)]
+  elif _QUERY.value is not None:
+    queries = [_parse(_QUERY.value, "--query", _FLAG_HINT)]
+  elif _TYPED_HISTORY.value is not None:
+    queries = [{}]
+  else:
+    return _stdin_queries()
+  if _TYPED_HISTORY.value is not None:
+    if "history" in queries[0]:
+      raise workflow.QueryError(
+        "--history: --query has a history too; give it in one place"
+      )
+    queries[0]["history"] = [i.strip() for i in _TYPED_HISTORY.value]
+  return queries
 
 
 def _echo(query: dict) -> dict:
@@ -143,7 +167,13 @@ def _print(
     print(json.dumps(record))
     return
   print(f"query {json.dumps(_echo(query))}")
-  if history is not None:
+  if _TYPED_HISTORY.value is not None:
+    left_out = "; left out of the results" if _EXCLUDE_HISTORY.value else ""
+    typed = [i.strip() for i in _TYPED_HISTORY.value]
+    print(f"  given history ({len(typed)} items, oldest first{left_out}):")
+    for item_id in typed:
+      print(f"       {item_id:>12}")
+  elif history is not None:
     shown = len(history.items)
     which = (
       f"{shown} most recent"
@@ -169,7 +199,11 @@ def _run() -> None:
   queries = _queries()
   histories = [None] * len(queries)
   exclude = [list(_EXCLUDE.value) for _ in queries]
-  if _HISTORY.value or _USER.value is not None:
+  if _TYPED_HISTORY.value is not None:
+    # The history given is the user's own items.
+    if _EXCLUDE_HISTORY.value:
+      exclude[0].extend(queries[0]["history"])
+  elif _HISTORY.value or _USER.value is not None:
     histories = workflow.query_history(_WORKDIR.value, queries)
     if _EXCLUDE_HISTORY.value:
       for ids, history in zip(exclude, histories, strict=True):

@@ -12,9 +12,15 @@ one keeps serving. Deleting the serving numbered directory falls back to the
 highest one left. A page for people is at /. See tfr_ssl/serving/ and the
 README's "Serving" section.
 
+When the run's query tower reads a history, a query may carry `history`
+(item ids, oldest first): a user the data does not hold is answered from it
+without retraining (docs/serving.md, "A user's history").
+
 Example:
   python -m pipelines.serve --workdir=runs/cfm --port=8501
   curl -d '{"instances": [{"user_id": "u1"}], "top_k": 5}' \
+      http://127.0.0.1:8501/v1/models/retrieval:predict
+  curl -d '{"instances": [{"history": ["1193", "661"]}], "top_k": 5}' \
       http://127.0.0.1:8501/v1/models/retrieval:predict
 """
 

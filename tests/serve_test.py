@@ -125,12 +125,15 @@ def test_predict_status_and_metadata(server, run):
   assert status == 200
   signatures = meta["metadata"]["signature_def"]["signature_def"]
   names = [f.name for f in run["prepared"].schema.query_features]
-  assert list(signatures["serving_default"]["inputs"]) == names
+  # The run's query tower reads a history (model.history_length > 0): one
+  # more input, after the features.
+  inputs = [*names, "history"]
+  assert list(signatures["serving_default"]["inputs"]) == inputs
   assert "exclude" in signatures["exclude"]["inputs"]
   assert signatures["serving_default"]["inputs"][names[0]]["dtype"] == (
     "DT_STRING"
   )
-  assert [f["name"] for f in model["query_features"]] == names
+  assert [f["name"] for f in model["query_features"]] == inputs
   assert model["top_k"] == {"default": 50, "max": 50}
 
   # Row format: the same top 5 as the library's retrieve, in one request.

@@ -20,7 +20,7 @@ import tfr_ssl  # noqa: F401
 from tfr_ssl import config as config_lib
 from tfr_ssl import data as data_lib
 from tfr_ssl import run_report, workflow
-from tfr_ssl.data import query_side
+from tfr_ssl.data import history, query_side
 from tfr_ssl.evaluation import pairs as eval_pairs
 from tfr_ssl.serving import export
 from tfr_ssl.serving import retrieval as serving
@@ -175,12 +175,23 @@ def test_chain_writes_the_workdir_contract(run):
   )
 
 
+def _stored_histories(prepared, config):
+  """What the exported query tower reads for a known user sent without a
+  history: the latest training and validation items (see export.py)."""
+  return history.latest_items(
+    history.sequences(prepared, ("train", "validation")),
+    train.query_history_length(config),
+  )
+
+
 def test_exported_towers_equal_the_trained_model(run):
-  model, prepared, _ = train.load_trained_model(run["workdir"])
+  model, prepared, config = train.load_trained_model(run["workdir"])
   schema = prepared.schema
   rows = np.arange(10)
+  queries = dict(prepared.queries)
+  queries[history.HISTORY] = _stored_histories(prepared, config)
   for name, features, table, tower in (
-    ("query", schema.query_features, prepared.queries, model.query_tower),
+    ("query", schema.query_features, queries, model.query_tower),
     ("item", schema.item_features, prepared.items, model.item_tower),
   ):
     loaded = export.load_tower(os.path.join(run["workdir"], "export", name))
@@ -200,7 +211,7 @@ print(json.dumps([[(h["id"], h["score"]) for h in r] for r in results]))
 
 
 def test_retrieval_savedmodel_in_a_fresh_process_matches_the_model(run):
-  model, prepared, _ = train.load_trained_model(run["workdir"])
+  model, prepared, config = train.load_trained_model(run["workdir"])
   rows = np.array([0, 1, 2])
   raw = export.raw_features(
     prepared.queries,
@@ -228,7 +239,10 @@ def test_retrieval_savedmodel_in_a_fresh_process_matches_the_model(run):
     {k: tf.constant(v) for k, v in prepared.items.items()}
   ).numpy()
   users = model.query_tower(
-    {k: tf.constant(v[rows]) for k, v in prepared.queries.items()}
+    {
+      **{k: tf.constant(v[rows]) for k, v in prepared.queries.items()},
+      history.HISTORY: tf.constant(_stored_histories(prepared, config)[rows]),
+    }
   ).numpy()
   scores = users @ items.T
   keys = prepared.item_keys()

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import tensorflow as tf
 
-from tfr_ssl.data import contract, query_side
+from tfr_ssl.data import contract, history, query_side
 from tfr_ssl.data import csr as eval_csr
 from tfr_ssl.evaluation import embed
 from tfr_ssl.evaluation import metrics as evaluate
@@ -87,6 +87,7 @@ def _export_run(workdir: str) -> dict:
       "dataset_version": prepared.version,
     },
     extra_files={ITEMS_FILE: _items_jsonl(prepared)},
+    history=export.history_input(prepared, train.query_history_length(config)),
   )
 
 
@@ -152,7 +153,9 @@ def index_inputs(
   The corpus goes through the exported item tower; queries are rows of the
   query table drawn apart (seeded by `train.seed`) into a tuning and an
   audit set of `index.audit_queries` each, so the audit does not grade the
-  index on what it was tuned on.
+  index on what it was tuned on. A query tower with a history reads each
+  user's history at `eval.split` (`history.query_table`), the one the
+  exact evaluation feeds the model, sent as a client sends it.
   """
   export_dir = os.path.join(workdir, EXPORT_DIR)
   if not os.path.exists(os.path.join(export_dir, "manifest.json")):
@@ -177,7 +180,12 @@ def index_inputs(
   item_embeddings = embed_raw(item_tower, item_raw)
   embed_seconds = time.perf_counter() - started
 
-  query_table, query_feats = _query_table(prepared, config.model.task)
+  query_table, query_feats = _query_table(
+    prepared,
+    config.model.task,
+    config.eval.split,
+    export_manifest.get("history_length", 0),
+  )
   num_rows = next(iter(query_table.values())).shape[0]
   rng = np.random.default_rng(config.train.seed)
   order = rng.permutation(num_rows)
@@ -186,10 +194,7 @@ def index_inputs(
 
   def embed_queries(rows):
     return embed_raw(
-      query_tower,
-      export.raw_features(
-        query_table, query_feats, prepared.vocabularies, rows
-      ),
+      query_tower, _raw_queries(prepared, query_table, query_feats, rows)
     )
 
   return IndexInputs(
@@ -474,6 +479,10 @@ def retrieve(
     workdir: A run with an index.
     queries: One dict of raw feature values per query (multi-valued
       features as `|`-joined strings; missing features count as unknown).
+      With a history query tower, `history` holds the user's item ids,
+      oldest first: a list of strings or a `|`-joined string. Without
+      one (or empty), a user of the data reads the history known at
+      export; any other user, an empty history (see `export`).
     exclude: Item ids to leave out, per query.
     k: How many items to return, from 1 to the index's k (the bound the
       service's `top_k` has too); None: the index's k.
@@ -482,9 +491,9 @@ def retrieve(
     Per query, a list of {"id", "score", "features"} dicts, best first.
 
   Raises:
-    QueryError: k out of range, a feature the model does not have, or a
-      value that is not a string or not Unicode text (names the query and
-      the feature).
+    QueryError: k out of range, a feature the model does not have, a
+      value that is not a string or not Unicode text, or a history element
+      that is not a string (names the query and the feature).
   """
   if k is not None and k <= 0:
     raise QueryError(f"k (--top_k) must be >= 1, got {k}.")
@@ -501,7 +510,8 @@ def retrieve(
   for number, q in enumerate(queries, 1):
     check_query(q, names, where=f"query {number}")
   raw = {
-    name: tf.constant([str(q.get(name, "")) for q in queries]) for name in names
+    name: tf.constant([_raw_value(q.get(name, "")) for q in queries])
+    for name in names
   }
   scores, ids = retriever(raw, exclude=exclude)
   # The index's own list knows items added with --add_items; an index
@@ -528,16 +538,35 @@ def retrieve(
 def check_query(query: Mapping, names: Sequence[str], where: str) -> None:
   """Refuses unknown features and values that are not strings.
 
+  `history` (when `names` has it) may also be a list of item ids, each a
+  string.
+
   Raises:
     QueryError: names `where` (e.g. "query 3") and the feature.
   """
   unknown = sorted(set(query) - set(names))
+  if history.HISTORY in unknown:
+    raise QueryError(
+      f"{where}: this model's query tower reads no history (its export has "
+      "no 'history' input: model.history_length is 0, or the queries are "
+      "items); leave 'history' out."
+    )
   if unknown:
     raise QueryError(
       f"{where}: unknown query feature(s) {_short(unknown)}; this model's "
       f"query features are {names}."
     )
   for name, value in query.items():
+    if name == history.HISTORY and isinstance(value, list):
+      for number, item in enumerate(value, 1):
+        problem = text_problem(item) if isinstance(item, str) else None
+        if not isinstance(item, str):
+          problem = f"must be an item id (a string), got {_short(item)}"
+        if problem:
+          raise QueryError(
+            f"{where}: feature {name!r}, element {number}: {problem}."
+          )
+      continue
     problem = text_problem(value) if isinstance(value, str) else None
     if problem:
       raise QueryError(f"{where}: feature {name!r} {problem}.")
@@ -566,6 +595,13 @@ def text_problem(text: str) -> str | None:
       "surrogate that is not a Unicode character"
     )
   return None
+
+
+def _raw_value(value) -> str:
+  """A checked query value as the tower takes it (a history list joined)."""
+  if isinstance(value, list):
+    return export.MULTI_SEPARATOR.join(value)
+  return str(value)
 
 
 def _short(value, limit: int = 80) -> str:
@@ -670,8 +706,15 @@ def user_query(workdir: str, user: str) -> dict[str, str]:
 def embed_raw(
   tower, raw: Mapping[str, np.ndarray], batch_size: int = 4096
 ) -> np.ndarray:
-  """Runs an exported tower (`export.load_tower`) over raw string features."""
+  """Runs an exported tower (`export.load_tower`) over raw string features.
+
+  An input of the tower that `raw` leaves out is sent empty: an unknown
+  feature, or no history (as `retrieve` does).
+  """
   n = len(next(iter(raw.values())))
+  raw = dict(raw)
+  for name in _input_names(tower):
+    raw.setdefault(name, np.full(n, "", dtype=object))
   out = []
   for start in range(0, n, batch_size):
     batch = {
@@ -682,11 +725,37 @@ def embed_raw(
   return np.concatenate(out).astype(np.float32)
 
 
+def _input_names(tower) -> list[str]:
+  """The inputs of a loaded tower's serving signature ([] if unknown)."""
+  signature = getattr(tower, "signatures", {}).get(export.SIGNATURE)
+  if signature is None:
+    return []
+  return list(signature.structured_input_signature[1])
+
+
 def _query_table(
-  prepared: contract.PreparedDataset, task: str
+  prepared: contract.PreparedDataset, task: str, split: str, length: int
 ) -> tuple[dict[str, np.ndarray], tuple[contract.Feature, ...]]:
-  side = query_side.query_side(task)
-  return side.table(prepared), side.features(prepared.schema)
+  """The query tower's input table when scoring `split` (with `history`
+  when `length` > 0, `history.query_table`) and its raw features."""
+  table = history.query_table(prepared, task, split, length)
+  return table, query_side.query_side(task).features(prepared.schema)
+
+
+def _raw_queries(
+  prepared: contract.PreparedDataset,
+  table: Mapping[str, np.ndarray],
+  features: Sequence[contract.Feature],
+  rows: np.ndarray,
+) -> dict[str, np.ndarray]:
+  """Rows of a `_query_table` as a client sends them: raw strings, and the
+  history as item ids `|`-joined oldest first."""
+  raw = export.raw_features(table, features, prepared.vocabularies, rows)
+  if history.HISTORY in table:
+    raw[history.HISTORY] = export.history_strings(
+      table[history.HISTORY][rows], prepared.item_keys()
+    )
+  return raw
 
 
 def _evaluate_through_index(workdir, prepared, config, pairs) -> dict:
@@ -694,8 +763,13 @@ def _evaluate_through_index(workdir, prepared, config, pairs) -> dict:
   retriever = load_retriever(workdir)
   queries = pairs.queries
   query_of_pair = pairs.query_of_pair
-  table, feats = _query_table(prepared, pairs.task)
-  raw = export.raw_features(table, feats, prepared.vocabularies, queries)
+  # The histories the exact evaluation feeds the model, as a client sends
+  # them (the export's length: what the served tower reads).
+  exported = export.read_manifest(os.path.join(workdir, EXPORT_DIR))
+  table, feats = _query_table(
+    prepared, pairs.task, pairs.split, exported.get("history_length", 0)
+  )
+  raw = _raw_queries(prepared, table, feats, queries)
   keys = np.array(prepared.item_keys())
   # The index drops every listed id: leave the pairs' own items off the
   # lists, so they stay rankable as in the exact evaluation.

@@ -2,16 +2,26 @@
 
 One self-contained HTML document (no external scripts, styles or fonts: the
 service must work without internet). Its script uses the public `:predict`
-for the results plus three page helpers, `/ui/model` (the form's features
-and bounds), `/ui/samples` and `/ui/history`. Data is put into the page with
+for the results plus four page helpers, `/ui/model` (the form's features
+and bounds), `/ui/samples`, `/ui/history` and `/ui/items` (the features of
+typed item ids).
+
+When the model's query tower reads a history, the form has a History field:
+item ids, oldest first, comma-separated, sent as the query's `history`. A
+person can so describe a user the data does not hold (leave the user id
+empty or type a new one) and see what the model recommends from those items
+alone; the typed items are listed beside the results (the ones the corpus
+does not hold are marked: they drop out) and, with the box checked, left out
+of them. Data is put into the page with
 `textContent`, never as HTML, so item features cannot inject markup; the
 server also sends a Content-Security-Policy that lets only the page's own
 script and style block run (no inline `style=` attributes, no handlers).
 
 Query-string parameters fill the form and run it at once, which makes a
 result linkable (and lets a headless browser test the page): any query
-feature (`?user_id=u1`), `sample=N` (the N-th sample), `top_k=N`, and
-`exclude_history=0` to keep a user's own items in the results.
+feature (`?user_id=u1`), `history=i1,i2` (a typed history), `sample=N` (the
+N-th sample), `top_k=N`, and `exclude_history=0` to keep a user's own items
+in the results.
 """
 
 from __future__ import annotations
@@ -62,6 +72,7 @@ _PAGE = """<!doctype html>
   .feat b.shared { background: #fff1b8; border-radius: 3px; padding: 0 2px; }
   .muted { color: #8a93a6; }
   #fields { display: contents; }
+  input#f_history { min-width: 260px; }
 </style>
 </head>
 <body>
@@ -98,6 +109,7 @@ _PAGE = """<!doctype html>
 const MODEL = __MODEL__;
 const base = "/v1/models/" + encodeURIComponent(MODEL);
 let features = [], samples = [], queryId = null, maxK = 10;
+let hasHistory = false;
 const $ = (id) => document.getElementById(id);
 
 function cell(row, text, cls) {
@@ -155,10 +167,22 @@ async function getJSON(url, options) {
 
 async function setup() {
   const [meta] = await getJSON("/ui/model");
-  features = meta.query_features;
+  // The history is a list of item ids, not a feature value: its own field.
+  features = meta.query_features.filter((f) => f.kind !== "history");
+  hasHistory = features.length < meta.query_features.length;
   maxK = meta.top_k.max;
   $("top_k").max = maxK;
   const fields = $("fields");
+  if (hasHistory) {
+    const label = document.createElement("label");
+    label.textContent = "history: item ids, oldest first (a, b, c)";
+    const input = document.createElement("input");
+    input.type = "text";
+    input.id = "f_history";
+    input.name = "history";
+    label.appendChild(input);
+    fields.appendChild(label);
+  }
   for (const f of features) {
     const label = document.createElement("label");
     const multi = f.kind === "multi_categorical";
@@ -200,6 +224,10 @@ async function setup() {
       auto = true;
     }
   }
+  if (hasHistory && params.has("history")) {
+    $("f_history").value = params.get("history");
+    auto = true;
+  }
   if (params.has("top_k")) $("top_k").value = params.get("top_k");
   if (params.get("exclude_history") === "0") {
     $("exclude_history").checked = false;
@@ -209,6 +237,24 @@ async function setup() {
 
 function fill(values) {
   for (const f of features) $("f_" + f.name).value = values[f.name] || "";
+  if (hasHistory) $("f_history").value = "";
+}
+
+function typedHistory() {
+  if (!hasHistory) return [];
+  return $("f_history").value.split(",").map((v) => v.trim())
+    .filter((v) => v);
+}
+
+// The typed items with their features (unknown ids: none).
+async function typedItems(ids) {
+  try {
+    const query = ids.map(encodeURIComponent).join(",");
+    const [data] = await getJSON("/ui/items?ids=" + query);
+    return data.items;
+  } catch (e) {
+    return ids.map((id) => ({ id: id, known: false, features: {} }));
+  }
 }
 
 async function history(instance) {
@@ -227,10 +273,40 @@ async function run() {
     const value = $("f_" + f.name).value.trim();
     if (value !== "") instance[f.name] = value;
   }
+  const typed = typedHistory();
+  if (typed.length) instance.history = typed;
   const seen = await history(instance);
   const rows = $("history_rows");
   historyValues = new Set();
-  if (seen) {
+  if (typed.length) {
+    // The typed history replaces the one the model knew.
+    const items = await typedItems(typed);
+    const unknown = items.filter((item) => !item.known).length;
+    $("history_title").textContent = "History given (" + typed.length +
+      ", oldest first" + (unknown ? "; " + unknown + " not in the corpus, "
+      + "left out" : "") + ")";
+    rows.replaceChildren();
+    items.forEach((item, i) => {
+      const tr = document.createElement("tr");
+      tr.className = "given";
+      cell(tr, String(i + 1), "num");
+      cell(tr, item.id, "id");
+      if (item.known) {
+        featureCell(tr, item.features, item.id, false);
+        for (const [name, value] of Object.entries(item.features)) {
+          if (value === item.id) continue;
+          tokens(name, value).forEach((t) => historyValues.add(t));
+        }
+      } else {
+        cell(tr, "not in the corpus", "muted");
+      }
+      rows.appendChild(tr);
+    });
+    if ($("exclude_history").checked) {
+      const own = seen ? seen.exclude : [];
+      instance.exclude = [...new Set([...typed, ...own])];
+    }
+  } else if (seen) {
     for (const item of seen.items) {
       for (const [name, value] of Object.entries(item.features)) {
         if (value === item.id) continue;
@@ -287,8 +363,10 @@ async function run() {
   if (!p.ids.length) empty(tbody, 4, "No results.");
   const excluded = instance.exclude
     ? instance.exclude.length + " own items left out, " : "";
+  const given = typed.length
+    ? "from a given history of " + typed.length + " items, " : "";
   $("status").textContent = p.ids.length + " items from model version " +
-    response.headers.get("X-Model-Version") + " (" + excluded +
+    response.headers.get("X-Model-Version") + " (" + given + excluded +
     Math.round(ms) + " ms)" +
     (historyValues.size ? "; marked: values also in the user's items" : "");
   document.body.dataset.ready = "1";

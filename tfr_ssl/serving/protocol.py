@@ -9,6 +9,13 @@ one string per categorical feature; for a multi-valued feature a
 `|`-joined string or a list of strings. A feature left out is unknown (its
 out-of-vocabulary embedding), as in `workflow.retrieve`.
 
+A model whose query tower reads a history has one more input, `history`:
+the user's item ids, oldest first, as a list of strings or a `|`-joined
+string (`["i1", "i2"]` or `"i1|i2"`). Ids the corpus does not hold drop
+out; a query without one reads, for a user the data knows, the history
+known at export (see `export`). A history alone is a query: a user the
+data does not hold is answered from it.
+
 Beyond TF Serving, each query may carry `exclude` (item ids never to
 return) and `top_k` (1..the index's k; a body-level `top_k` applies to every
 query), and `"item_features": true` adds the features of each returned item.
@@ -43,6 +50,7 @@ SIGNATURES = (DEFAULT_SIGNATURE, serving.EXCLUDE_SIGNATURE)
 B64 = "b64"
 TOP_K = "top_k"
 EXCLUDE = serving.EXCLUDE_KEY
+HISTORY = export.HISTORY
 
 
 class RequestError(Exception):
@@ -224,8 +232,36 @@ def _exclude(value: Any, where: str, limits: Limits) -> tuple[str, ...]:
   return tuple(ids)
 
 
+def _history(value: Any, where: str, limits: Limits) -> str:
+  """A history (a list of item ids or a `|`-joined string), `|`-joined."""
+  if isinstance(value, list):
+    ids = []
+    for i, item in enumerate(value):
+      text = _string(item, f"{where}[{i}]")
+      if text is None:
+        raise RequestError(
+          f"{where}[{i}]: item ids are strings, got {_type_name(item)}"
+        )
+      ids.append(text)
+    value = export.MULTI_SEPARATOR.join(ids)
+  elif (text := _string(value, where)) is not None:
+    value = text
+  else:
+    raise RequestError(
+      f"{where}: expected a list of item ids, oldest first (strings), or "
+      f'a "|"-joined string, got {_type_name(value)}'
+    )
+  if len(value) > limits.max_value_chars:
+    raise RequestError(
+      f"{where}: longer than {limits.max_value_chars} characters"
+    )
+  return value
+
+
 def _value(value: Any, where: str, feature, limits: Limits) -> str:
   """A raw feature value as the tower takes it (multi: `|`-joined)."""
+  if feature.name == HISTORY:
+    return _history(value, where, limits)
   if feature.multi and isinstance(value, list):
     parts = []
     for i, part in enumerate(value):
@@ -259,6 +295,10 @@ def _value(value: Any, where: str, feature, limits: Limits) -> str:
 
 def _unknown_feature(name: str, where: str, features) -> RequestError:
   names = [f.name for f in features]
+  if name == HISTORY:
+    return RequestError(
+      f"{where}: this model's query tower reads no history; leave it out"
+    )
   return RequestError(
     f"{where}: unknown feature {name!r}; this model's query features are "
     f"{names} (plus {EXCLUDE!r} and {TOP_K!r})"

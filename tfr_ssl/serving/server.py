@@ -6,7 +6,8 @@ Routes (NAME is `Options.model_name`; V is `/versions/N` or `/labels/L`):
   POST /v1/models/NAME[V]:predict     top-k ids and scores
   GET  /                              the page for people
   GET  /ui/model                      the page's form and the serving facts
-  GET  /ui/samples, /ui/history?query_id=ID     the page's data
+  GET  /ui/samples, /ui/history?query_id=ID, /ui/items?ids=A,B
+                                      the page's data
 
 Every error is JSON, `{"error": "field: what is wrong"}`, with a 4xx status
 for the client's mistakes (400 for a malformed request, also one the HTTP
@@ -354,6 +355,7 @@ class Server:
     app.router.add_get("/ui/model", self._model)
     app.router.add_get("/ui/samples", self._samples)
     app.router.add_get("/ui/history", self._history)
+    app.router.add_get("/ui/items", self._items)
     return app
 
   async def start(self) -> str:
@@ -475,8 +477,13 @@ class Server:
     return web.json_response(
       {
         "model_name": self.options.model_name,
+        # The history input is a list of item ids, not a feature value.
         "query_features": [
-          {"name": f.name, "kind": f.kind} for f in current.features
+          {
+            "name": f.name,
+            "kind": "history" if f.name == protocol.HISTORY else f.kind,
+          }
+          for f in current.features
         ],
         "multi_separator": "|",
         "top_k": {"default": current.k, "max": current.k},
@@ -559,6 +566,23 @@ class Server:
           for i in found["ids"][:UI_HISTORY_SHOWN]
         ],
         "exclude": found["ids"],
+      }
+    )
+
+  async def _items(self, request: web.Request) -> web.Response:
+    """The features of item ids (comma-separated), for a typed history."""
+    ids = [i for i in request.query.get("ids", "").split(",") if i]
+    if len(ids) > self.options.max_exclude:
+      raise RequestError(
+        f"ids: at most {self.options.max_exclude} item ids, got {len(ids)}"
+      )
+    items = self.versions.current.items
+    return web.json_response(
+      {
+        "items": [
+          {"id": i, "known": i in items, "features": items.get(i, {})}
+          for i in ids
+        ]
       }
     )
 
