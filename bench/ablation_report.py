@@ -158,6 +158,25 @@ def config_of(run: dict[str, Any]) -> Config:
     ) from None
 
 
+def default_twin(runs: list[dict[str, Any]]) -> str | None:
+  """The first variant (in `VARIANTS` order) among `runs` whose model and
+  SSL settings equal `Config()`'s, or None."""
+  defaults = Config()
+  for variant in VARIANTS:
+    mine = [r for r in runs if r["variant"] == variant]
+    if (
+      mine
+      and all("overrides" in r for r in mine)
+      and all(
+        config_of(r).model == defaults.model
+        and config_of(r).ssl == defaults.ssl
+        for r in mine
+      )
+    ):
+      return variant
+  return None
+
+
 def config_value(config: Config, key: str) -> Any:
   return functools.reduce(getattr, key.split("."), config)
 
@@ -267,13 +286,19 @@ class Results:
     self.results = results
 
   def runs(self, data, fraction, variant=None) -> list[dict[str, Any]]:
-    return [
+    found = [
       r
       for r in self.results
       if r["data"] == data
       and r["fraction"] == fraction
       and (variant is None or r["variant"] == variant)
     ]
+    if variant == "default" and not found:
+      # A variant whose model and SSL settings are the defaults is the
+      # default configuration: its runs stand for `default`.
+      twin = default_twin(self.runs(data, fraction))
+      found = [r for r in self.runs(data, fraction) if r["variant"] == twin]
+    return found
 
   def variants(self, data, fraction) -> list[str]:
     present = {r["variant"] for r in self.runs(data, fraction)}
@@ -640,9 +665,27 @@ def targets(res: Results, args) -> list[str]:
     *_target_heldout(res, args),
     *_target_ssl(res, args),
   ]
+  twins = sorted(
+    {
+      default_twin(res.runs(d, f)) or ""
+      for d, f in res.settings()
+      if not any(r["variant"] == "default" for r in res.runs(d, f))
+    }
+    - {""}
+  )
+  note = (
+    [
+      f"`default` stands for the runs of {', '.join(twins)}: their model "
+      "and SSL settings are `Config()`'s.",
+      "",
+    ]
+    if twins
+    else []
+  )
   return [
     "## Targets",
     "",
+    *note,
     *(part for line in lines for part in (line, "")),
     "`*`: beyond seed noise (every seed of one variant beats every seed of "
     "the other); `~`: within it; `?`: fewer than two seeds, noise unknown "

@@ -480,3 +480,15 @@ def test_from_json_bad_file_is_one_line(tmp_path, content, message):
   assert str(e.value).startswith(f"error: --from_json {path}: ")
   assert message in str(e.value)
   assert "\n" not in str(e.value)
+
+
+def test_a_variant_with_the_default_settings_stands_for_default():
+  # hist_item's overrides change nothing of the model and SSL sections
+  # (only the seed and the data), so it is `Config()`'s model; hist turns
+  # the item SSL off, so it is not.
+  runs = [
+    {**_result("hist", 0, 0.1), "overrides": {"ssl.alpha": 0.0}},
+    {**_result("hist_item", 0, 0.2), "overrides": {"train.seed": 0}},
+  ]
+  assert ablation_report.default_twin(runs) == "hist_item"
+  assert ablation_report.default_twin(runs[:1]) is None
