@@ -35,8 +35,14 @@ def test_a_checkpoint_of_the_flat_layout_restores_exactly(tmp_path):
   dataset = model_fakes.tiny_dataset()
   # The fields that run's config did not have take what they meant then
   # (an id-only query tower), as `Config.from_saved_json` reads a workdir.
+  # Its overrides list what differed from the defaults of its day, when
+  # logQ was streaming by default.
   config = config_lib.Config().override(
-    {**config_lib.BEFORE_FIELD, **expected["overrides"]}
+    {
+      **config_lib.BEFORE_FIELD,
+      "model.logq": "streaming",
+      **expected["overrides"],
+    }
   )
   model = model_lib.TwoTowerModel(config, dataset)
   model.compile(optimizer=optimizers.make_optimizer("adam", 0.01))

@@ -164,6 +164,8 @@ def test_round_trip_without_timestamps_synthetic(tmp_path):
     synthetic=SyntheticConfig(
       num_items=50, num_users=20, num_interactions=300, num_topics=2
     ),
+    # The cache stores every user; holding users out happens after it.
+    heldout_users=0.0,
   )
   built = data.build(cfg)
   built.splits = {

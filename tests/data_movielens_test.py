@@ -242,6 +242,9 @@ def test_real_ml100k(tmp_path):
     data_dir=os.path.join(SHARED, "ml-100k"),
     cache_dir=str(tmp_path),
     split="temporal",
+    # The splits as the file gives them (held-out users are checked in
+    # tests/heldout_test.py).
+    heldout_users=0.0,
   )
   prepared = data.build(cfg)
   assert prepared.num_items == 1682
