@@ -454,3 +454,63 @@ def test_evaluate_model_reads_test_histories_and_slices_users():
   )
   assert validation["num_pairs"] == 3
   assert validation["recall@1"] == 0.0
+
+
+# `others` (N = 3, timed): each training row reads its user's latest
+# training items but itself. u0 latest first: i2 (r3), i0 (r0), i3 (r4),
+# i1 (r1); u1: i4 (r5), i2 (r2).
+TRAIN_OTHERS_TIMED = [
+  [2, 3, 1],  # r0 (i0): i2, i3, i1
+  [2, 0, 3],  # r1 (i1): the latest three, u0's validation history
+  [4, P, P],  # r2 (i2): i4
+  [0, 3, 1],  # r3 (i2): i0, i3, i1
+  [2, 0, 1],  # r4 (i3): i2, i0, i1
+  [2, P, P],  # r5 (i4): i2
+]
+
+
+def test_others_histories_are_the_evaluation_history_less_the_row():
+  prepared = leak_dataset(True)
+  train = history.training_histories(prepared)
+  got = train.rows(np.arange(6), 3, mode=history.OTHERS)
+  np.testing.assert_array_equal(got, TRAIN_OTHERS_TIMED)
+  items = prepared.splits["train"].item_index
+  # Never the row's own item, never a validation or test item (i5, i6,
+  # i7 are held out).
+  for row, hist in enumerate(got):
+    assert items[row] not in hist
+    assert not set(hist) & {5, 6, 7}
+  # A row older than the latest N reads exactly its user's validation
+  # history (what the evaluation reads).
+  validation = history.evaluation_histories(prepared, "validation", 3)
+  np.testing.assert_array_equal(got[1], validation[0])
+  # The stream gathers the same, shuffled.
+  row_of = {
+    (int(q), int(i)): r
+    for r, (q, i) in enumerate(
+      zip(prepared.splits["train"].query_index, items, strict=True)
+    )
+  }
+  stream = data.main_dataset(
+    prepared, "train", 3, seed=3, history_length=3, history_mode="others"
+  )
+  seen = []
+  for batch in stream:
+    for user, item, hist in zip(
+      batch["query"]["user_id"].numpy() - 1,
+      batch["item_index"].numpy(),
+      batch["query"]["history"].numpy(),
+      strict=True,
+    ):
+      row = row_of[(int(user), int(item))]
+      seen.append(row)
+      np.testing.assert_array_equal(hist, TRAIN_OTHERS_TIMED[row])
+  assert sorted(seen) == list(range(6))
+
+
+def test_auto_reads_before_for_temporal_and_others_for_random_splits():
+  assert history.training_mode("auto", "temporal") == history.BEFORE
+  assert history.training_mode("auto", "random") == history.OTHERS
+  assert history.training_mode("before", "random") == history.BEFORE
+  with pytest.raises(ValueError):
+    history.training_mode("sideways", "random")

@@ -258,6 +258,12 @@ class ModelConfig:
     history_pooling: How the history's item embeddings are pooled: `mean`,
       or `recency` (a learned weight per position, most recent first,
       renormalised over the positions present).
+    training_history: How a training example's history is drawn from the
+      user's training items (never the example itself, never a held-out
+      interaction): `before` (the items before it), `others` (the user's
+      latest N items but itself: the history its user is evaluated with)
+      or `auto` (`before` for a temporal split, `others` for a random
+      one; see `data/history.py`).
     query_id: Whether the query tower reads the user id: `on` (with
       `query_id_dropout`) or `off` (always its unknown embedding: the user
       is its features and history).
@@ -358,6 +364,13 @@ class ModelConfig:
   )
   query_id: str = _field(
     "on", "Query tower reads the user id.", choices=("on", "off")
+  )
+  training_history: str = _field(
+    "auto",
+    "A training example's history: the user's items before it, or the "
+    "user's latest items but itself (what a random split evaluates); auto "
+    "= before for a temporal split, others for a random one.",
+    choices=("auto", "before", "others"),
   )
 
 
@@ -649,6 +662,7 @@ class Config:
 # without them had an id-only query tower and every user in training.
 BEFORE_FIELD = {
   "model.history_length": 0,
+  "model.training_history": "auto",
   "data.heldout_users": 0.0,
   "ssl.dependence": "corrected",
   "ssl.user_alpha": 0.0,

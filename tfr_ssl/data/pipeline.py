@@ -93,6 +93,7 @@ def _main_parts(
   seed: int,
   drop_remainder: bool,
   history_length: int = 0,
+  history_mode: str = "before",
 ):
   """(row batches, function gathering a batch of rows) of the main stream."""
   if split not in SPLITS:
@@ -113,7 +114,7 @@ def _main_parts(
   item_rows = tf.convert_to_tensor(data.item_index.astype(np.int32))
   weights = tf.convert_to_tensor(data.weight.astype(np.float32))
   histories = (
-    _history_gather(prepared, split, history_length)
+    _history_gather(prepared, split, history_length, history_mode)
     if history_length and not side.is_item
     else None
   )
@@ -144,27 +145,48 @@ def _main_parts(
   return batches, gather
 
 
-def _history_gather(prepared: PreparedDataset, split: str, length: int):
+def _history_gather(
+  prepared: PreparedDataset, split: str, length: int, mode: str
+):
   """The function (split rows, query rows) -> int32 [B, length] histories.
 
-  Training rows read the training items before them (`TrainingHistories`:
-  two position vectors and the ordered items, no [rows, N] matrix);
-  validation and test rows read their user's history at evaluation time
-  (`history.evaluation_histories`).
+  Training rows read training items by `mode` (`history.TrainingHistories`:
+  position vectors and the ordered items, no [rows, N] matrix): `before`,
+  the items before them, or `others`, the user's latest items but the
+  row's own; validation and test rows read their user's history at
+  evaluation time (`history.evaluation_histories`).
   """
   if split == "train":
     train = history.training_histories(prepared)
     items = tf.convert_to_tensor(train.items)
     position = tf.convert_to_tensor(train.position)
     start = tf.convert_to_tensor(train.start)
-    offsets = tf.range(1, length + 1, dtype=tf.int32)
+    end = tf.convert_to_tensor(train.end)
+    if mode == history.BEFORE:
+      offsets = tf.range(1, length + 1, dtype=tf.int32)
 
-    def gather(rows, _):
-      at = tf.gather(position, rows)[:, tf.newaxis] - offsets[tf.newaxis]
-      valid = at >= tf.gather(start, rows)[:, tf.newaxis]
-      return tf.where(valid, tf.gather(items, tf.maximum(at, 0)), PAD)
+      def gather(rows, _):
+        at = tf.gather(position, rows)[:, tf.newaxis] - offsets[tf.newaxis]
+        valid = at >= tf.gather(start, rows)[:, tf.newaxis]
+        return tf.where(valid, tf.gather(items, tf.maximum(at, 0)), PAD)
 
-    return gather
+      return gather
+    # `others`: the latest N + 1 positions, the row's own dropped, the
+    # rest moved to the front (their order kept) and cut to N.
+    offsets = tf.range(1, length + 2, dtype=tf.int32)
+    columns = tf.range(length + 1, dtype=tf.int32)
+
+    def gather_others(rows, _):
+      at = tf.gather(end, rows)[:, tf.newaxis] - offsets[tf.newaxis]
+      own = tf.gather(position, rows)[:, tf.newaxis]
+      valid = (at >= tf.gather(start, rows)[:, tf.newaxis]) & (at != own)
+      order = tf.argsort(
+        tf.where(valid, columns, length + 1 + columns), axis=1, stable=True
+      )
+      found = tf.where(valid, tf.gather(items, tf.maximum(at, 0)), PAD)
+      return tf.gather(found, order, batch_dims=1)[:, :length]
+
+    return gather_others
   matrix = tf.convert_to_tensor(
     history.evaluation_histories(prepared, split, length)
   )
@@ -188,6 +210,7 @@ def main_dataset(
   seed: int = 0,
   drop_remainder: bool = True,
   history_length: int = 0,
+  history_mode: str = "before",
 ) -> tf.data.Dataset:
   """Interactions of one split with their gathered features.
 
@@ -202,6 +225,8 @@ def main_dataset(
     seed: Seed of the permutations.
     drop_remainder: Drop a last partial batch (gives static batch shapes).
     history_length: User-to-item: add `query["history"]` of this length.
+    history_mode: How training rows' histories are drawn: `before` or
+      `others` (`history.py`).
 
   Returns:
     A dataset of {"query", "item", "item_index", "weight"}.
@@ -220,6 +245,7 @@ def main_dataset(
     seed=seed,
     drop_remainder=drop_remainder,
     history_length=history_length,
+    history_mode=history_mode,
   )
   return batches.map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
@@ -284,6 +310,7 @@ def train_dataset(
   shard: Shard | None = None,
   start_step: int = 0,
   history_length: int = 0,
+  history_mode: str = "before",
   user_ssl: bool = False,
 ) -> tf.data.Dataset:
   """The training stream: main batches zipped with uniform item batches.
@@ -304,7 +331,9 @@ def train_dataset(
     start_step: Skip the first `start_step` global steps (resuming). Only
       row numbers are skipped, so this is cheap.
     history_length: User-to-item: each query also carries `history`, the
-      user's training items before the example (`history.py`).
+      user's training items before the example (`history_mode="before"`)
+      or the user's latest other training items (`"others"`; `history.py`).
+    history_mode: `before` or `others`.
     user_ssl: Add `ssl_user`, a uniform sample (`ssl_batch_size` per step)
       of the users with at least two training interactions: their query
       features and `history`, their latest `2 * history_length` training
@@ -324,6 +353,7 @@ def train_dataset(
     seed=seed,
     drop_remainder=True,
     history_length=history_length,
+    history_mode=history_mode,
   )
   item_rows, item_gather = _item_parts(
     prepared, ssl_batch_size, uniform=True, seed=seed

@@ -24,7 +24,7 @@ import tf_keras
 
 from tfr_ssl import atomic
 from tfr_ssl import config as config_lib
-from tfr_ssl.data import contract, csv_source, pipeline, query_side
+from tfr_ssl.data import contract, csv_source, history, pipeline, query_side
 from tfr_ssl.evaluation import embed
 from tfr_ssl.model import diagnostics, optimizers
 from tfr_ssl.model import two_tower as model_lib
@@ -533,6 +533,9 @@ def train_stream(
     shard=shard,
     start_step=start_step,
     history_length=query_history_length(config),
+    history_mode=history.training_mode(
+      config.model.training_history, config.data.split
+    ),
     user_ssl=config.ssl.user_alpha > 0,
   )
 
