@@ -109,6 +109,18 @@ def dataset():
   return model_fakes.tiny_dataset()
 
 
+def _user_stream(dataset):
+  """The training stream with histories of 4 and the user SSL sample."""
+  return data.train_dataset(
+    dataset,
+    batch_size=32,
+    ssl_batch_size=16,
+    history_length=4,
+    user_ssl=True,
+    repeat=True,
+  )
+
+
 def _model(dataset, seed=0, **overrides):
   config = Config().override({**SMALL, "model.history_length": 4, **overrides})
   tf_keras.utils.set_random_seed(seed)
@@ -193,15 +205,7 @@ def test_user_ssl_views_are_two_disjoint_halves_of_the_history():
 
 
 def test_user_ssl_trains_the_item_tables_through_the_history(dataset):
-  stream = data.train_dataset(
-    dataset,
-    batch_size=32,
-    ssl_batch_size=16,
-    history_length=4,
-    user_ssl=True,
-    repeat=True,
-  )
-  batch = next(iter(stream))
+  batch = next(iter(_user_stream(dataset)))
   with_task = _model(dataset, **{"ssl.user_alpha": 0.5})
   without = _model(dataset, **{"ssl.user_alpha": 0.0})
   without.set_weights(with_task.get_weights())
@@ -235,15 +239,7 @@ def test_user_ssl_trains_the_item_tables_through_the_history(dataset):
 
 
 def test_a_few_training_steps_report_a_finite_user_ssl_loss(dataset):
-  stream = data.train_dataset(
-    dataset,
-    batch_size=32,
-    ssl_batch_size=16,
-    history_length=4,
-    user_ssl=True,
-    repeat=True,
-  )
-  batches = list(stream.take(3))
+  batches = list(_user_stream(dataset).take(3))
   with_task = _model(dataset, **{"ssl.user_alpha": 0.5})
   without = _model(dataset, **{"ssl.user_alpha": 0.0})
   without.set_weights(with_task.get_weights())
@@ -270,15 +266,7 @@ def test_user_ssl_gradient_norms_scale_with_beta(dataset):
   # As for the item task: the user task's gradient on the query tower is
   # beta * dL_user/dw, so doubling beta doubles its norm and leaves the
   # main task's norm on the query tower and the cosine unchanged.
-  stream = data.train_dataset(
-    dataset,
-    batch_size=32,
-    ssl_batch_size=16,
-    history_length=4,
-    user_ssl=True,
-    repeat=True,
-  )
-  batch = next(iter(stream))
+  batch = next(iter(_user_stream(dataset)))
   norms = []
   for beta in (0.5, 1.0):
     model = _model(dataset, **{"ssl.user_alpha": beta})

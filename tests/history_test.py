@@ -138,29 +138,9 @@ def test_the_training_stream_gathers_the_same_histories(timestamps, expected):
   )
   (batch,) = list(stream)
   np.testing.assert_array_equal(batch["query"]["history"], expected)
-  # Shuffled, each history still follows its row: (user, item) names a
-  # training row uniquely here.
-  train = prepared.splits["train"]
-  row_of = {
-    (int(q), int(i)): r
-    for r, (q, i) in enumerate(
-      zip(train.query_index, train.item_index, strict=True)
-    )
-  }
+  # Shuffled, each history still follows its row.
   stream = data.main_dataset(prepared, "train", 3, seed=5, history_length=3)
-  seen = []
-  for batch in stream:
-    users = batch["query"]["user_id"].numpy() - 1
-    for user, item, got in zip(
-      users,
-      batch["item_index"].numpy(),
-      batch["query"]["history"].numpy(),
-      strict=True,
-    ):
-      row = row_of[(int(user), int(item))]
-      seen.append(row)
-      np.testing.assert_array_equal(got, expected[row])
-  assert sorted(seen) == list(range(6))
+  _assert_stream_histories(prepared, stream, expected)
 
 
 # Evaluation histories (N = 5). Validation reads training items only; test
@@ -485,18 +465,25 @@ def test_others_histories_are_the_evaluation_history_less_the_row():
   validation = history.evaluation_histories(prepared, "validation", 3)
   np.testing.assert_array_equal(got[1], validation[0])
   # The stream gathers the same, shuffled.
-  row_of = {
-    (int(q), int(i)): r
-    for r, (q, i) in enumerate(
-      zip(prepared.splits["train"].query_index, items, strict=True)
-    )
-  }
   stream = data.main_dataset(
     prepared, "train", 3, seed=3, history_length=3, history_mode="others"
   )
+  _assert_stream_histories(prepared, stream, TRAIN_OTHERS_TIMED)
+
+
+def _assert_stream_histories(prepared, stream, expected):
+  """Every training row comes once, with its expected history; (user,
+  item) names a training row uniquely in `leak_dataset`."""
+  train = prepared.splits["train"]
+  row_of = {
+    (int(q), int(i)): r
+    for r, (q, i) in enumerate(
+      zip(train.query_index, train.item_index, strict=True)
+    )
+  }
   seen = []
   for batch in stream:
-    for user, item, hist in zip(
+    for user, item, got in zip(
       batch["query"]["user_id"].numpy() - 1,
       batch["item_index"].numpy(),
       batch["query"]["history"].numpy(),
@@ -504,8 +491,8 @@ def test_others_histories_are_the_evaluation_history_less_the_row():
     ):
       row = row_of[(int(user), int(item))]
       seen.append(row)
-      np.testing.assert_array_equal(hist, TRAIN_OTHERS_TIMED[row])
-  assert sorted(seen) == list(range(6))
+      np.testing.assert_array_equal(got, expected[row])
+  assert sorted(seen) == list(range(len(train)))
 
 
 def test_auto_reads_before_for_temporal_and_others_for_random_splits():

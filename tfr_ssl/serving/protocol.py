@@ -232,25 +232,20 @@ def _exclude(value: Any, where: str, limits: Limits) -> tuple[str, ...]:
   return tuple(ids)
 
 
-def _history(value: Any, where: str, limits: Limits) -> str:
-  """A history (a list of item ids or a `|`-joined string), `|`-joined."""
-  if isinstance(value, list):
-    ids = []
-    for i, item in enumerate(value):
-      text = _string(item, f"{where}[{i}]")
-      if text is None:
-        raise RequestError(
-          f"{where}[{i}]: item ids are strings, got {_type_name(item)}"
-        )
-      ids.append(text)
-    value = export.MULTI_SEPARATOR.join(ids)
-  elif (text := _string(value, where)) is not None:
-    value = text
-  else:
-    raise RequestError(
-      f"{where}: expected a list of item ids, oldest first (strings), or "
-      f'a "|"-joined string, got {_type_name(value)}'
-    )
+def _joined(values: list, where: str, what: str) -> str:
+  """A JSON list of strings, `|`-joined; `what` names them in the error."""
+  parts = []
+  for i, part in enumerate(values):
+    text = _string(part, f"{where}[{i}]")
+    if text is None:
+      raise RequestError(
+        f"{where}[{i}]: {what} are strings, got {_type_name(part)}"
+      )
+    parts.append(text)
+  return export.MULTI_SEPARATOR.join(parts)
+
+
+def _bounded(value: str, where: str, limits: Limits) -> str:
   if len(value) > limits.max_value_chars:
     raise RequestError(
       f"{where}: longer than {limits.max_value_chars} characters"
@@ -258,21 +253,26 @@ def _history(value: Any, where: str, limits: Limits) -> str:
   return value
 
 
+def _history(value: Any, where: str, limits: Limits) -> str:
+  """A history (a list of item ids or a `|`-joined string), `|`-joined."""
+  if isinstance(value, list):
+    value = _joined(value, where, "item ids")
+  elif (text := _string(value, where)) is not None:
+    value = text
+  else:
+    raise RequestError(
+      f"{where}: expected a list of item ids, oldest first (strings), or "
+      f'a "|"-joined string, got {_type_name(value)}'
+    )
+  return _bounded(value, where, limits)
+
+
 def _value(value: Any, where: str, feature, limits: Limits) -> str:
   """A raw feature value as the tower takes it (multi: `|`-joined)."""
   if feature.name == HISTORY:
     return _history(value, where, limits)
   if feature.multi and isinstance(value, list):
-    parts = []
-    for i, part in enumerate(value):
-      text = _string(part, f"{where}[{i}]")
-      if text is None:
-        raise RequestError(
-          f"{where}[{i}]: values of a multi-valued feature are strings, got "
-          f"{_type_name(part)}"
-        )
-      parts.append(text)
-    value = export.MULTI_SEPARATOR.join(parts)
+    value = _joined(value, where, "values of a multi-valued feature")
   elif (text := _string(value, where)) is not None:
     value = text
   else:
@@ -286,11 +286,7 @@ def _value(value: Any, where: str, feature, limits: Limits) -> str:
       f"{where}: {feature.name} is {feature.kind}: expected {expected}, got "
       f"{_type_name(value)}{hint}"
     )
-  if len(value) > limits.max_value_chars:
-    raise RequestError(
-      f"{where}: longer than {limits.max_value_chars} characters"
-    )
-  return value
+  return _bounded(value, where, limits)
 
 
 def _unknown_feature(name: str, where: str, features) -> RequestError:
