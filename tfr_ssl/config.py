@@ -460,7 +460,7 @@ class TrainConfig:
     learning_rate: Learning rate of the optimizer.
     optimizer: `adam` (default: on the synthetic data Adam at 0.003 reached
       twice the validation recall of the paper's Adagrad after one epoch,
-      bench/results/ablation.md; embedding rows are updated when in the
+      bench/results/ablation_id_query.md; embedding rows are updated when in the
       batch, catching up the updates they sat out, see optimizers.py),
       `adam_dense` (Keras's Adam, whose step costs passes over every
       table) or `adagrad` (the paper).
