@@ -117,15 +117,17 @@ def build_ours(config, prepared, steps_per_loop: int):
   model = train.build_model(config, prepared)
   window = {name: tf_keras.metrics.Mean(name) for name in train._PER_BATCH_LOGS}
   phase = "joint" if config.ssl.alpha > 0 else "main_only"
+  nonfinite_step = tf.Variable(-1, dtype=tf.int64, trainable=False)
   step_fn = train._train_step_fn(
-    model, phase, window, tf.distribute.get_strategy()
+    model, phase, window, tf.distribute.get_strategy(), nonfinite_step
   )
   iterator = iter(train.train_stream(config, prepared))
   count = tf.constant(steps_per_loop, tf.int32)
+  first = tf.constant(0, tf.int64)
 
   def run(steps: int) -> None:
     for _ in range(steps // steps_per_loop):
-      step_fn(iterator, count)
+      step_fn(iterator, count, first)
     model.optimizer.iterations.numpy()  # wait for the last step
 
   return model, run
