@@ -360,7 +360,11 @@ def test_most_popular_baseline_matches_a_loop_over_the_pairs(run):
 def test_warm_start_carries_known_values_and_initialises_new_ones(
   run, tmp_path, logq
 ):
-  old_model, old_data, old_config = train.load_trained_model(run["workdir"])
+  # Warm starting reads the run's latest checkpoint (the best epoch's may
+  # be an earlier one).
+  old_model, old_data, old_config = train.load_trained_model(
+    run["workdir"], which="latest"
+  )
   # More items: ids 300..329 are new to the vocabulary. The sampling state
   # (per corpus row, and sized by the corpus when static) starts afresh.
   config = old_config.override(
