@@ -103,9 +103,8 @@ def history_input(
   )
   query_rows[query_ids] = np.arange(query_ids.shape[0], dtype=np.int32)
   query_rows[contract.OOV] = contract.PAD
-  stored = history.latest_items(
-    history.sequences(prepared, ("train", "validation")), length
-  )
+  # Exactly the histories the test split is scored with.
+  stored = history.evaluation_histories(prepared, "test", length)
   return HistoryInput(
     length=int(length),
     item_id=schema.item_id,
