@@ -100,18 +100,38 @@ class HistoryEncoder(tf_keras.layers.Layer):
     item_features = {
       name: tf.gather(table, safe) for name, table in self._table.items()
     }
-    embedded = tf.gather(self.item_encoder(item_features), where)
-    embedded = tf.reshape(
-      embedded, tf.concat([tf.shape(rows), [self.output_dim]], 0)
-    )
-    weights = tf.cast(valid, tf.float32)
-    if self.recency_logits is not None:
+    embedded = self.item_encoder(item_features)  # [U, F * D]
+    # Pooling never materialises every slot's embedding ([B, N, F * D],
+    # N times the pooled output): mean is one fused gather-and-sum over
+    # the slots present; recency weighs them in a sparse [B, U] product.
+    count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1, keepdims=True)
+    if self.recency_logits is None:
+      slots = tf.cast(tf.where(tf.reshape(valid, [-1]))[:, 0], tf.int32)
+      pooled = tf.sparse.segment_sum(
+        embedded,
+        tf.gather(where, slots),
+        slots // tf.shape(rows)[1],  # sorted, as segment_sum needs
+        num_segments=tf.shape(rows)[0],
+      ) / tf.maximum(count, 1.0)
+    else:
       columns = tf.shape(rows)[1]
       logits = self.recency_logits[:columns]
-      weights *= tf.exp(logits - tf.reduce_max(logits))[tf.newaxis]
-    total = tf.reduce_sum(weights, axis=1, keepdims=True)
-    pooled = tf.reduce_sum(
-      embedded * (weights / tf.maximum(total, 1e-12))[..., tf.newaxis], axis=1
-    )
-    empty = tf.reduce_sum(tf.cast(valid, tf.int32), axis=1) == 0
+      weights = (
+        tf.cast(valid, tf.float32)
+        * tf.exp(logits - tf.reduce_max(logits))[tf.newaxis]
+      )
+      weights /= tf.maximum(tf.reduce_sum(weights, 1, keepdims=True), 1e-12)
+      shape = tf.shape(rows, out_type=tf.int64)
+      pooling = tf.sparse.SparseTensor(
+        indices=tf.stack(
+          [tf.repeat(tf.range(shape[0]), shape[1]), tf.cast(where, tf.int64)],
+          axis=1,
+        ),
+        values=tf.reshape(weights, [-1]),
+        dense_shape=tf.stack(
+          [shape[0], tf.shape(distinct, out_type=tf.int64)[0]]
+        ),
+      )
+      pooled = tf.sparse.sparse_dense_matmul(pooling, embedded)
+    empty = count[:, 0] == 0
     return tf.where(empty[:, tf.newaxis], self.empty[tf.newaxis], pooled)
