@@ -8,11 +8,11 @@ sample query embeddings. The queries are split in two halves:
      `IndexConfig.recall_floor` (`tuning.fewest_leaves`). Each depth with
      its leaves is one candidate.
   2. held out: every candidate's recall@10 is measured again on queries the
-     tuning did not see, and every candidate and exact search are
-     timed on them: queries per second of
-     batched searches, the best of 3 passes taken in alternating order
-     (`audit.best_pass_seconds`), so a burst of load from another process
-     slows one pass of every candidate rather than all passes of one.
+     tuning did not see, and every candidate and exact search are timed on
+     them: queries per second of batched searches, the best of 3 passes
+     taken in alternating order (`audit.best_pass_seconds`), so a burst of
+     load from another process slows one pass of every candidate rather
+     than all passes of one.
 
 The winner is the fastest candidate whose held-out recall reaches the
 floor, provided it answers at least `MIN_SPEEDUP` times as many queries per
@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from tfr_ssl.config import IndexConfig
 from tfr_ssl.index import audit as index_audit
 from tfr_ssl.index import tuning
 
@@ -303,7 +304,7 @@ def describe(choice: Mapping[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def explicit_settings(config) -> list[str]:
+def explicit_settings(config: IndexConfig) -> list[str]:
   """The ScaNN settings of an `IndexConfig` given explicitly (non-zero)."""
   return [
     name
