@@ -1,14 +1,23 @@
 r"""Builds the retrieval index of a run and audits it against exact search.
 
 Index settings (--k, --exact_below, --num_leaves, --leaves_to_search,
---reorder, --quantization_threshold, --audit_queries) default to the run's
-config and can be changed here without retraining.
+--reorder, --quantization_threshold, --audit_queries, --recall_floor)
+default to the run's config and can be changed here without retraining.
 
-Embeds the whole corpus with the exported item tower, builds ScaNN (exact
-search for small corpora), prints the audit recall and query speed, and saves
-one retrieval SavedModel (raw query features -> top-k ids and scores) to
-WORKDIR/index/, with WORKDIR/index/items.jsonl (the features `retrieve`
-shows).
+Embeds the whole corpus with the exported item tower and chooses the index
+by measuring on it (tfr_ssl/index/choice.py): ScaNN's leaves_to_search and
+reordering depth are tuned on sample queries, and each candidate and exact
+search are timed on other queries. The fastest ScaNN search whose held-out
+recall@10 against exact search reaches --recall_floor (default 0.95) wins
+if it is clearly faster than exact search; otherwise exact search does.
+--num_leaves, --leaves_to_search or --reorder set to a non-zero value is
+used as given (and asks for ScaNN); corpora below --exact_below use exact
+search without measuring. Prints the choice (every candidate: settings,
+recall@10, queries/s), the audit recall and query speed of the winner on a
+third set of queries, and saves one retrieval SavedModel (raw query
+features -> top-k ids and scores) to WORKDIR/index/, with the choice in
+WORKDIR/index/manifest.json and WORKDIR/index/items.jsonl (the features
+`retrieve` shows).
 
 --add_items=PATH/items.csv (the daily incremental update) also indexes the
 items of that CSV, embedded by the same exported item tower: no retraining,
@@ -24,8 +33,8 @@ given file only: pass every file still to be served (or merge them first).
 
 Example:
   python -m pipelines.build_index --workdir=runs/cfm
-  python -m pipelines.build_index --workdir=runs/cfm --exact_below=0 \
-      --reorder=1000
+  python -m pipelines.build_index --workdir=runs/cfm --recall_floor=0.99
+  python -m pipelines.build_index --workdir=runs/cfm --reorder=1000
   python -m pipelines.build_index --workdir=runs/cfm \
       --add_items=feeds/2024-05-01/items.csv
 """
@@ -34,6 +43,7 @@ from absl import app, flags
 
 from pipelines import common, tf_chatter
 from tfr_ssl import run_report, workflow
+from tfr_ssl.index import choice
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory of the run.")
 flags.mark_flag_as_required("workdir")
@@ -59,6 +69,8 @@ def main(argv):
     overrides,
     add_items=_ADD_ITEMS.value,
   )
+  if "choice" in manifest["index"]:
+    print(choice.describe(manifest["index"]["choice"]))
   print(run_report.describe_index(manifest))
   added = manifest.get("added_items")
   if added:

@@ -13,7 +13,6 @@ import tf_keras
 from tfr_ssl.config import IndexConfig
 from tfr_ssl.index import audit as index_audit
 from tfr_ssl.index import search as index
-from tfr_ssl.index import tuning as index_tuning
 from tfr_ssl.serving import retrieval as serving
 
 # TFRS layers, reached through tfr_ssl so that Keras 2 is selected first.
@@ -97,12 +96,17 @@ def test_tuned_scann_reaches_high_recall(corpus):
   assert isinstance(untuned, index.ScaNNIndex)
   untuned_recall = index_audit.audit_recall(untuned, audit_queries, items, k=10)
   searcher = index.build_searcher(items, ids, config, tune_queries=tune_queries)
-  # 55 leaves; tuning stopped at the first value reaching 0.95 on its own
-  # queries, below all 55 leaves.
+  # 55 leaves; reorder is explicit, so only leaves_to_search is measured
+  # (one candidate) and the climb stopped at the first value reaching the
+  # floor on the tuning half of the queries, below all 55 leaves.
+  record = searcher.choice
+  assert record.explicit == ["reorder"]
+  (candidate,) = record.candidates
   chosen = searcher.num_leaves_to_search
-  assert searcher.tuning[chosen] >= index_tuning.TARGET_RECALL
-  assert chosen < 55 and max(searcher.tuning) == chosen
-  assert searcher.settings()["tuning_recall_by_leaves"][str(chosen)] >= 0.95
+  assert (candidate.leaves_to_search, candidate.reorder) == (chosen, 200)
+  assert candidate.tuning[str(chosen)] >= 0.95 and chosen < 55
+  assert all(r < 0.95 for r in list(candidate.tuning.values())[:-1])
+  assert searcher.settings()["choice"]["candidates"][0]["reorder"] == 200
   # On held-out queries of the same kind.
   tuned = index_audit.audit_recall(searcher, audit_queries, items, k=10)
   # TFRS's ScaNN defaults: 100 leaves, 10 searched, AH without the

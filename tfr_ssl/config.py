@@ -566,36 +566,73 @@ class EvalConfig:
 
 @dataclasses.dataclass
 class IndexConfig:
-  """The ScaNN index over item embeddings.
+  """The item index: exact search or ScaNN, chosen by measuring.
+
+  `pipelines.build_index` measures on the corpus at hand which index to
+  serve (`tfr_ssl/index/choice.py`): on sample queries it tunes ScaNN's
+  leaves_to_search for each of a few reordering depths, then times those
+  candidates and exact search on held-out queries. The fastest ScaNN
+  search whose held-out recall@10 against exact search reaches
+  `recall_floor` wins if it is clearly faster than exact search (1.1x);
+  otherwise exact search wins.
 
   Attributes:
     k: Neighbours the retrieval model returns.
-    exact_below: Corpora smaller than this use exact (brute-force) search.
+    exact_below: Corpora smaller than this use exact (brute-force) search
+      without measuring.
     num_leaves: Tree leaves (0 = about sqrt(n)).
-    leaves_to_search: Leaves searched per query (0 = auto).
-    reorder: Candidates re-scored exactly (at least 10k recommended).
+    leaves_to_search: Leaves searched per query (0 = measured).
+    reorder: Candidates re-scored exactly (0 = measured). Runs saved
+      before the measured choice hold the old default, 10000, which they
+      keep; pass 0 to measure.
     quantization_threshold: Anisotropic quantization threshold `T`.
-    audit_queries: Sampled queries for the recall audit against exact.
+    audit_queries: Sampled queries for the recall audit against exact,
+      and as many others to choose the index on (half tune, half measure).
+    recall_floor: Recall@10 against exact search (on held-out queries)
+      that a ScaNN index must reach to be chosen.
+
+  A non-zero num_leaves, leaves_to_search or reorder is an explicit
+  setting: it is used as given, and asks for ScaNN (exact search is then
+  not a candidate; `exact_below` still applies). Only the ScaNN settings
+  left at 0 are measured.
   """
 
   k: int = _field(100, "Neighbours returned by the index.", bounds=AT_LEAST_1)
   exact_below: int = _field(
-    20_000, "Use exact search for corpora smaller than this.", bounds=AT_LEAST_0
+    20_000,
+    "Use exact search, without measuring, for corpora smaller than this.",
+    bounds=AT_LEAST_0,
   )
   num_leaves: int = _field(
-    0, "ScaNN tree leaves (0 = ~sqrt(n)).", bounds=AT_LEAST_0
+    0,
+    "ScaNN tree leaves (0 = ~sqrt(n); non-zero asks for ScaNN).",
+    bounds=AT_LEAST_0,
   )
   leaves_to_search: int = _field(
-    0, "ScaNN leaves searched (0 = auto).", bounds=AT_LEAST_0
+    0,
+    "ScaNN leaves searched (0 = measured; non-zero asks for ScaNN).",
+    bounds=AT_LEAST_0,
   )
   reorder: int = _field(
-    10_000, "ScaNN exact re-scoring candidates.", bounds=AT_LEAST_0
+    0,
+    "ScaNN exact re-scoring candidates (0 = measured; non-zero asks for "
+    "ScaNN).",
+    bounds=AT_LEAST_0,
   )
   quantization_threshold: float = _field(
     0.2, "ScaNN anisotropic quantization threshold.", bounds=AT_LEAST_0
   )
   audit_queries: int = _field(
-    1000, "Queries sampled for the recall audit.", bounds=AT_LEAST_1
+    1000,
+    "Queries sampled for the recall audit (and as many to choose the "
+    "index on).",
+    bounds=AT_LEAST_1,
+  )
+  recall_floor: float = _field(
+    0.95,
+    "Held-out recall@10 against exact search a ScaNN index needs to be "
+    "chosen over exact search.",
+    bounds=Bounds(low=0, high=1),
   )
 
 

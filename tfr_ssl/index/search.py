@@ -1,7 +1,13 @@
 """The item index: exact or ScaNN search, built for a corpus.
 
-`build_searcher` picks exact search (`tfrs.layers.factorized_top_k.
-BruteForce`) for small corpora and ScaNN above `IndexConfig.exact_below`.
+`build_searcher` indexes the corpus with exact search (`tfrs.layers.
+factorized_top_k.BruteForce`) or ScaNN, chosen by measuring on the corpus
+at hand (`choice.py`): given sample queries, it keeps the fastest ScaNN
+search whose recall@10 against exact search reaches
+`IndexConfig.recall_floor` on held-out queries, and exact search when no
+ScaNN search is both that accurate and clearly faster. Corpora below
+`IndexConfig.exact_below` items use exact search without measuring.
+
 TFRS's own `ScaNN` layer builds `tree + score_ah` with the anisotropic
 quantization threshold left unset (plain reconstruction loss) and no exact
 reordering unless asked; it cannot set the threshold at all. `ScaNNIndex`
@@ -9,26 +15,23 @@ therefore builds the searcher with `scann_ops.builder` directly:
 
   * tree: about sqrt(N) leaves, the balance between centroid scoring
     (grows with leaves) and leaf scanning (grows with N / leaves);
-  * leaves_to_search: how many leaves a query needs depends on how queries
-    sit relative to the item clusters (measured: 10% of the leaves gives
-    recall@10 0.98 when queries look like items, 0.85 when they do not).
-    Given sample queries, `build_searcher` tries a ladder of values and
-    keeps the smallest whose recall@k against exact search reaches
-    `target_recall` (the search-time override of ScaNN, so the tree is
-    built once); without queries it searches 20% of the leaves. Either way
-    at least 20 corpus points per requested neighbour are searched;
+  * leaves_to_search: measured (`tuning.py`); without sample queries 20%
+    of the leaves. Either way at least 20 corpus points per requested
+    neighbour are searched;
   * score_ah with 2 dimensions per 4-bit block and the anisotropic threshold
     T (0.2 is ScaNN's suggestion for unit-norm data): the quantizer
     penalises the error parallel to the datapoint, the part that changes
     inner products, so top scores are ranked better;
-  * reorder: the best `IndexConfig.reorder` AH candidates are re-scored
-    exactly, so returned scores are exact inner products (at 20k-100k items
-    1,000 candidates kept the recall of 10,000 at up to 3.5x the
-    throughput, see bench/results/index.md).
+  * reorder: the best quantized candidates are re-scored exactly, so
+    returned scores are exact inner products. How many is measured too;
+    without sample queries 10 x k (at 20k-1M items 1,000 candidates for
+    k = 100 kept the recall of 10,000 at up to 5x the throughput,
+    bench/results/index.md and index_1m.md).
 
-Tuning leaves_to_search on sample queries is `index_tuning.py`; the audit
-against exact search and the speed benchmark are `index_audit.py`. The
-served model (query tower + index) is written and loaded by `serving.py`.
+leaves_to_search and the reordering depth are search-time settings of one
+tree, so the measurement builds the tree once. The audit against exact
+search and the speed benchmark are `audit.py`. The served model (query
+tower + index) is written and loaded by `serving/retrieval.py`.
 """
 
 from __future__ import annotations
@@ -44,12 +47,15 @@ import tensorflow_recommenders as tfrs
 
 from tfr_ssl.config import IndexConfig
 from tfr_ssl.index import audit as index_audit
+from tfr_ssl.index import choice as index_choice
 from tfr_ssl.index import tuning as index_tuning
-from tfr_ssl.index.tuning import TARGET_RECALL
 
 factorized_top_k = tfrs.layers.factorized_top_k
 
+# Without sample queries: the share of the leaves searched, and the
+# reordering depth as a multiple of k.
 DEFAULT_LEAVES_FRACTION = 0.2
+DEFAULT_REORDER_PER_RESULT = 10
 
 
 class ExactIndex(factorized_top_k.BruteForce):
@@ -83,8 +89,15 @@ class ExactIndex(factorized_top_k.BruteForce):
   def dim(self) -> int:
     return int(self._candidates.shape[1])
 
+  # How the index was chosen (`choice.Choice`), set by `build_searcher`.
+  choice: index_choice.Choice | None = None
+
   def settings(self) -> dict[str, Any]:
-    return {"kind": "exact", "num_items": self.num_items}
+    return {
+      "kind": "exact",
+      "num_items": self.num_items,
+      **_choice_record(self.choice),
+    }
 
   def get_config(self) -> dict[str, Any]:
     return {"k": self._k, "name": self.name}
@@ -138,7 +151,8 @@ class ScaNNIndex(factorized_top_k.TopK):
     self.query_model = query_model
     self._num_leaves = num_leaves
     self._num_leaves_to_search = num_leaves_to_search
-    self.tuning: dict[int, float] = {}
+    # How the settings were chosen (`choice.Choice`), set by build_searcher.
+    self.choice: index_choice.Choice | None = None
     self._dimensions_per_block = dimensions_per_block
     self._quantization_threshold = quantization_threshold
     self._num_reordering_candidates = num_reordering_candidates
@@ -195,20 +209,37 @@ class ScaNNIndex(factorized_top_k.TopK):
     self._reset_tf_function_cache()
     return self
 
-  def search(self, embeddings: tf.Tensor, k: int | tf.Tensor):
+  def search(
+    self,
+    embeddings: tf.Tensor,
+    k: int | tf.Tensor,
+    leaves_to_search: int | None = None,
+    reorder: int | None = None,
+  ):
     """Top-k (scores, identifiers) of query *embeddings* (no query model).
 
     Rows with fewer than k candidates in the searched leaves are padded with
     NaN scores (and row 0's identifier); `save_retrieval_model` turns those
     into -inf and "".
+
+    Args:
+      embeddings: float [B, D] query embeddings.
+      k: Results per query.
+      leaves_to_search: Overrides the layer's leaves_to_search for this
+        call (ScaNN's search-time setting; the tree is not rebuilt).
+      reorder: Overrides the layer's reordering depth for this call.
     """
     from scann.scann_ops.py import scann_ops
 
     if self._serialized_searcher is None:
       raise ValueError("Call `index` before searching.")
     searcher = scann_ops.searcher_from_module(self._serialized_searcher)
+    if leaves_to_search is None:
+      leaves_to_search = self._num_leaves_to_search
+    if reorder is None:
+      reorder = self._num_reordering_candidates
     # Reordering must see at least the k results it is asked for.
-    pre_reorder = tf.maximum(k, self._num_reordering_candidates)
+    pre_reorder = tf.maximum(k, reorder)
     search = (
       searcher.search_batched_parallel
       if self._parallelize
@@ -218,7 +249,7 @@ class ScaNNIndex(factorized_top_k.TopK):
       embeddings,
       final_num_neighbors=k,
       pre_reorder_num_neighbors=pre_reorder,
-      leaves_to_search=self._num_leaves_to_search,
+      leaves_to_search=leaves_to_search,
     )
     return result.distances, tf.gather(self._identifiers, result.indices)
 
@@ -239,6 +270,16 @@ class ScaNNIndex(factorized_top_k.TopK):
   def num_leaves_to_search(self, value: int) -> None:
     """Changes the leaves searched per query without rebuilding the tree."""
     self._num_leaves_to_search = int(min(max(1, value), self._num_leaves))
+    self._reset_tf_function_cache()
+
+  @property
+  def num_reordering_candidates(self) -> int:
+    return self._num_reordering_candidates
+
+  @num_reordering_candidates.setter
+  def num_reordering_candidates(self, value: int) -> None:
+    """Changes the candidates re-scored exactly (a search-time setting)."""
+    self._num_reordering_candidates = int(max(1, value))
     self._reset_tf_function_cache()
 
   @property
@@ -263,7 +304,7 @@ class ScaNNIndex(factorized_top_k.TopK):
       "quantization_threshold": self._quantization_threshold,
       "num_reordering_candidates": self._num_reordering_candidates,
       "training_iterations": self._training_iterations,
-      "tuning_recall_by_leaves": {str(n): r for n, r in self.tuning.items()},
+      **_choice_record(self.choice),
     }
 
   def get_config(self) -> dict[str, Any]:
@@ -284,8 +325,16 @@ class ScaNNIndex(factorized_top_k.TopK):
     return cls(**config)
 
 
+def _choice_record(choice: index_choice.Choice | None) -> dict[str, Any]:
+  """The `choice` entry of an index's settings (none if it has no record)."""
+  return {} if choice is None else {"choice": choice.to_dict()}
+
+
 def scann_settings(num_items: int, config: IndexConfig) -> dict[str, Any]:
   """ScaNN constructor arguments for a corpus of `num_items` (see module doc).
+
+  These are the settings used without sample queries; with them,
+  `build_searcher` measures the ones left at 0 on the built tree.
 
   Args:
     num_items: Corpus size N.
@@ -303,25 +352,35 @@ def scann_settings(num_items: int, config: IndexConfig) -> dict[str, Any]:
       math.ceil(DEFAULT_LEAVES_FRACTION * num_leaves),
       index_tuning.min_leaves(num_items, num_leaves, k),
     )
+  reorder = config.reorder
+  if not reorder:
+    # The deepest tried value within 10 x k (k itself on a tiny corpus).
+    ladder = index_tuning.reorder_ladder(num_items, k) or [k]
+    reorder = max(
+      [r for r in ladder if r <= DEFAULT_REORDER_PER_RESULT * k] or ladder[:1]
+    )
   return {
     "k": k,
     "num_leaves": num_leaves,
     "num_leaves_to_search": min(max(1, leaves_to_search), num_leaves),
     "dimensions_per_block": 2,
     "quantization_threshold": config.quantization_threshold,
-    "num_reordering_candidates": min(max(config.reorder, k), num_items),
+    "num_reordering_candidates": min(max(reorder, k), num_items),
   }
 
 
 def use_exact_search(num_items: int, config: IndexConfig) -> bool:
-  """Whether brute force beats ScaNN for this corpus.
+  """Whether exact search is used without measuring anything.
 
-  Below `config.exact_below` items a matmul is fast enough and exact. Above
-  it, ScaNN pays off only while the candidates it re-scores exactly are a
-  small part of the corpus: re-scoring half of it or more costs about as
-  much as scoring all of it, plus the tree search on top.
+  Below `config.exact_below` items a matmul is fast enough and exact.
+  Above it, ScaNN pays off only while the candidates it re-scores exactly
+  are a small part of the corpus: re-scoring half of it or more costs
+  about as much as scoring all of it, plus the tree search on top. That is
+  the explicit `config.reorder` or, when it is measured (0), the shallowest
+  depth that would be tried (k).
   """
-  return num_items < config.exact_below or 2 * config.reorder >= num_items
+  reorder = config.reorder or min(config.k, num_items)
+  return num_items < config.exact_below or 2 * reorder >= num_items
 
 
 def build_searcher(
@@ -330,9 +389,17 @@ def build_searcher(
   config: IndexConfig,
   query_model: tf.keras.Model | None = None,
   tune_queries: np.ndarray | None = None,
-  target_recall: float = TARGET_RECALL,
+  timer: index_audit.Timer = index_audit.best_pass_seconds,
 ) -> ExactIndex | ScaNNIndex:
-  """Indexes the corpus: exact search when `use_exact_search`, else ScaNN.
+  """Indexes the corpus with exact search or ScaNN, chosen by measuring.
+
+  Exact search when `use_exact_search`; otherwise a ScaNN tree is built
+  and, given `tune_queries`, the settings left at 0 in `config`
+  (leaves_to_search, reorder) are measured on them against
+  `config.recall_floor`, exact search competing unless a ScaNN setting
+  was given explicitly (`choice.choose`). Without queries, the defaults of
+  `scann_settings`. How the index was chosen is in its `choice` (and its
+  `settings()`).
 
   Args:
     item_embeddings: float [N, D], item tower outputs by corpus row.
@@ -340,12 +407,11 @@ def build_searcher(
     config: Index settings.
     query_model: Optional model from raw query features to embeddings; the
       returned layer then accepts raw features like any TFRS top-k layer.
-    tune_queries: Optional float [Q, D] sample of query embeddings. When
-      ScaNN is used and `config.leaves_to_search` is 0, up to
-      `config.audit_queries` of them pick leaves_to_search (see
-      `index_tuning.tune_leaves_to_search`). Audit the result on other
-      queries (`index_audit.audit_recall`).
-    target_recall: Recall@k against exact search that tuning aims for.
+    tune_queries: Optional float [Q, D] sample of query embeddings; up to
+      `config.audit_queries` of them are used, half to tune and half to
+      measure the candidates. Audit the result on other queries
+      (`audit.audit_recall`).
+    timer: Times the candidates' searches (tests pass a fake one).
 
   Returns:
     An `ExactIndex` (a TFRS BruteForce) or a `ScaNNIndex`, already indexed.
@@ -372,24 +438,70 @@ def build_searcher(
       f"item_ids must be unique; {unique[counts > 1][:5].tolist()} repeat."
     )
   num_items = embeddings.shape[0]
+  k = min(config.k, num_items)
+  ids_t = tf.constant(ids, tf.string)
+
+  def exact(record: index_choice.Choice) -> ExactIndex:
+    layer = ExactIndex(query_model=query_model, k=k)
+    layer.index(tf.constant(embeddings), ids_t)
+    layer.choice = record
+    return layer
+
   if use_exact_search(num_items, config):
-    layer = ExactIndex(query_model=query_model, k=min(config.k, num_items))
-  else:
-    layer = ScaNNIndex(
-      query_model=query_model, **scann_settings(num_items, config)
+    if num_items < config.exact_below:
+      why = (
+        f"{num_items:,} items, fewer than exact_below ({config.exact_below:,})"
+      )
+    else:
+      why = (
+        f"re-scoring {config.reorder or k:,} candidates is half of the "
+        f"{num_items:,} items or more"
+      )
+    return exact(
+      index_choice.fixed(
+        index_choice.EXACT,
+        f"exact search without measuring: {why}",
+        config.recall_floor,
+        k,
+      )
     )
-  layer.index(tf.constant(embeddings), tf.constant(ids, tf.string))
-  if (
-    isinstance(layer, ScaNNIndex)
-    and tune_queries is not None
-    and not config.leaves_to_search
-  ):
+  layer = ScaNNIndex(
+    query_model=query_model, **scann_settings(num_items, config)
+  )
+  layer.index(tf.constant(embeddings), ids_t)
+  explicit = index_choice.explicit_settings(config)
+  measured = config.leaves_to_search == 0 or config.reorder == 0
+  queries = None
+  if tune_queries is not None and measured:
     # Seed 1: a default audit (seed 0) of the same array samples others.
     queries = index_audit.sample_queries(
       tune_queries, config.audit_queries, seed=1
     )
-    k = min(config.k, num_items)
-    index_tuning.tune_leaves_to_search(
-      layer, queries, embeddings, k, target_recall
+  if queries is None or queries.shape[0] < 2:
+    if not measured:
+      why = "num_leaves, leaves_to_search and reorder set explicitly"
+    else:
+      why = "no sample queries to measure on: the defaults"
+    layer.choice = index_choice.fixed(
+      index_choice.SCANN, why, config.recall_floor, k
     )
+    return layer
+  record = index_choice.choose(
+    layer,
+    embeddings,
+    queries,
+    k,
+    config.recall_floor,
+    # Explicit values as the layer clamped them (0 = measured).
+    leaves_to_search=config.leaves_to_search and layer.num_leaves_to_search,
+    reorder=config.reorder and layer.num_reordering_candidates,
+    explicit=explicit,
+    timer=timer,
+  )
+  if record.kind == index_choice.EXACT:
+    return exact(record)
+  winner = record.candidates[record.winner]
+  layer.num_leaves_to_search = winner.leaves_to_search
+  layer.num_reordering_candidates = winner.reorder
+  layer.choice = record
   return layer

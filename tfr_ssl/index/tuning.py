@@ -1,15 +1,26 @@
-"""Tuning ScaNN's leaves_to_search on sample queries (see `index.py`).
+"""Tuning ScaNN's search-time settings on sample queries (see `choice.py`).
 
-How many leaves a query must search depends on how queries sit relative to
-the item clusters, so `index.build_searcher` hands a sample of query
-embeddings here: a ladder of shares of the leaves is tried with ScaNN's
-search-time override (the tree is built once), and the smallest whose
-recall@k against exact search reaches the target is kept.
+Both knobs that set the cost of a ScaNN search are search-time settings of
+one built tree: leaves_to_search (how many partitions a query scores) and
+the reordering depth (how many of the best quantized scores are re-scored
+exactly). So one tree is built and the ladders below are tried on it:
+
+  * reorder: multiples of k. Re-scoring more candidates can only raise
+    recall (the best r quantized scores contain the best r' < r), and
+    costs one exact dot product per candidate: at 1M items re-scoring
+    10,000 per query ran at 7.5x exact search, 1,000 at 36x, with the
+    same recall@10 (bench/results/index_1m.md). A value that re-scores
+    half of the corpus or more is never tried: that is exact search with
+    a tree search on top.
+  * leaves_to_search: shares of the leaves, never fewer than the leaves
+    that hold 20 corpus points per requested result. How many a query
+    needs depends on how queries sit relative to the item clusters (10%
+    of the leaves gave recall@10 0.98 for queries that look like items,
+    0.85 for queries that do not), so it is measured, not fixed.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Protocol
 
@@ -18,29 +29,35 @@ import tensorflow as tf
 
 from tfr_ssl.index import audit as index_audit
 
+# Searched leaves should hold this many corpus points per requested result.
+_POINTS_PER_RESULT = 20
+# The recall that the floor applies to: recall@10 against exact search (or
+# @k when fewer than 10 results are returned).
+RECALL_AT = 10
+# Shares of the leaves tried for leaves_to_search.
+_LEAVES_LADDER = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+# Multiples of k tried for the reordering depth.
+_REORDER_LADDER = (1, 3, 10, 30, 100)
+
 
 class TunableSearcher(Protocol):
-  """What tuning needs of a searcher (`index.ScaNNIndex` is one): its
-  config, a search-time leaves_to_search, a search, and a place for the
-  tuning record."""
-
-  num_leaves_to_search: int
-  tuning: dict
+  """What tuning needs of a built searcher (`search.ScaNNIndex` is one):
+  its config and a search that takes the two settings per call."""
 
   def get_config(self) -> dict[str, Any]: ...
 
   def search(
-    self, queries: tf.Tensor, k: int
+    self,
+    embeddings: tf.Tensor,
+    k: int,
+    leaves_to_search: int | None = None,
+    reorder: int | None = None,
   ) -> tuple[tf.Tensor, tf.Tensor]: ...
 
 
-# Searched leaves should hold this many corpus points per requested result.
-_POINTS_PER_RESULT = 20
-TARGET_RECALL = 0.95
-# Shares of the leaves tried when tuning leaves_to_search on sample queries.
-_LEAVES_LADDER = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
-
-_log = logging.getLogger(__name__)
+def recall_at(k: int) -> int:
+  """The cut-off of the recall floor for an index returning k results."""
+  return min(RECALL_AT, k)
 
 
 def min_leaves(num_items: int, num_leaves: int, k: int) -> int:
@@ -48,52 +65,52 @@ def min_leaves(num_items: int, num_leaves: int, k: int) -> int:
   return math.ceil(_POINTS_PER_RESULT * k * num_leaves / num_items)
 
 
-def tune_leaves_to_search(
-  searcher: TunableSearcher,
-  query_embeddings: np.ndarray,
-  item_embeddings: np.ndarray,
-  k: int,
-  target_recall: float = TARGET_RECALL,
-) -> int:
-  """Sets the fewest leaves_to_search whose recall@k reaches the target.
-
-  Tries shares of the leaves from `_LEAVES_LADDER` (never fewer than the
-  leaves that hold 20 points per result) with ScaNN's search-time override,
-  so the tree is not rebuilt. The recall of every tried value is kept in
-  `searcher.tuning` and written to the manifest.
-
-  Args:
-    searcher: A built `ScaNNIndex`.
-    query_embeddings: float [Q, D] sample queries.
-    item_embeddings: float [N, D], the indexed embeddings.
-    k: Cut-off of the recall.
-    target_recall: Recall@k to reach; all leaves if none reaches it.
-
-  Returns:
-    The chosen number of leaves to search.
-  """
-  queries = np.asarray(query_embeddings, np.float32)
-  items = np.asarray(item_embeddings, np.float32)
-  k = min(k, items.shape[0])
-  num_leaves = searcher.get_config()["num_leaves"]
-  floor = min_leaves(items.shape[0], num_leaves, k)
-  ladder = sorted(
+def leaves_ladder(num_items: int, num_leaves: int, k: int) -> list[int]:
+  """The leaves_to_search values tried, ascending (see module doc)."""
+  floor = min_leaves(num_items, num_leaves, k)
+  return sorted(
     {
       min(num_leaves, max(floor, math.ceil(f * num_leaves)))
       for f in _LEAVES_LADDER
     }
   )
-  exact_ids = index_audit.exact_ids(searcher, queries, items, k)
-  searcher.tuning = {}
+
+
+def reorder_ladder(num_items: int, k: int) -> list[int]:
+  """The reordering depths tried, ascending: multiples of k that re-score
+  less than half of the corpus (empty when even k would not)."""
+  return [m * k for m in _REORDER_LADDER if 2 * m * k < num_items]
+
+
+def fewest_leaves(
+  searcher: TunableSearcher,
+  queries: tf.Tensor,
+  exact_ids: np.ndarray,
+  k: int,
+  reorder: int,
+  ladder: list[int],
+  floor: float,
+) -> dict[int, float]:
+  """Climbs the ladder of leaves_to_search until recall reaches the floor.
+
+  Args:
+    searcher: A built ScaNN searcher.
+    queries: float [Q, D] tuning queries.
+    exact_ids: Identifiers of their exact top `recall_at(k)`, [Q, cut].
+    k: Results per search (the index's k).
+    reorder: The reordering depth of every search.
+    ladder: leaves_to_search values to try, ascending.
+    floor: The recall@`recall_at(k)` to reach.
+
+  Returns:
+    leaves_to_search -> recall of every value tried, in order; the last is
+    the first that reached the floor, or the top of the ladder.
+  """
+  cut = exact_ids.shape[1]
+  tried = {}
   for leaves in ladder:
-    searcher.num_leaves_to_search = leaves
-    _, found = searcher.search(tf.constant(queries), k)
-    searcher.tuning[leaves] = index_audit.recall_against(
-      found.numpy(), exact_ids, k
-    )
-    if searcher.tuning[leaves] >= target_recall:
+    _, found = searcher.search(queries, k, leaves, reorder)
+    tried[leaves] = index_audit.recall_against(found.numpy(), exact_ids, cut)
+    if tried[leaves] >= floor:
       break
-  _log.info(
-    "ScaNN leaves_to_search tuning (leaves: recall@%d): %s", k, searcher.tuning
-  )
-  return searcher.num_leaves_to_search
+  return tried
