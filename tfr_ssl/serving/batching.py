@@ -3,12 +3,17 @@
 A retrieval model call costs about the same for 1 query as for 32: the query
 tower is a few small matmuls and the index search (a [B, D] x [D, N] matmul
 or a ScaNN batched search) is dominated by reading the N items, once per
-call. Requests therefore join an asyncio queue; one batcher task takes the
-first waiting request, gathers more for at most `max_wait` seconds (or until
-`max_batch_size` queries), and runs the whole batch in one call on the model
-thread. While a batch runs, new requests queue up and form the next batch,
-so under load batches grow by themselves and an idle service adds at most
-`max_wait` to a lone request.
+call. Requests therefore join an asyncio queue, and one batcher task forms
+batches opportunistically: it takes the first waiting request and, without
+waiting, every request queued behind it (up to `max_batch_size` queries),
+and runs them in one call on the model thread. A request that finds the
+batcher idle is run at once, alone; requests that arrive while a call runs
+queue up and form the next batch together, so batches grow with load by
+themselves and an idle service adds no delay.
+
+`max_wait` (0 by default) lets a batch that already holds more than one
+request, a sign of load, wait that long for more before it runs: fewer,
+larger calls at the cost of latency. A lone request never waits.
 
 The batch reads the serving version once, when it starts: a refresh that
 swaps versions mid-batch does not touch it (see `versions`).
@@ -49,12 +54,16 @@ class _Pending:
 
 @dataclasses.dataclass
 class Stats:
-  """Counters of the batcher since it started."""
+  """Counters of the batcher since it started.
+
+  `waits` counts the batches that waited `max_wait` for more requests.
+  """
 
   batches: int = 0
   queries: int = 0
   requests: int = 0
   largest_batch: int = 0
+  waits: int = 0
   failed_batches: int = 0
   failed_requests: int = 0
 
@@ -120,7 +129,8 @@ class MicroBatcher:
   Args:
     current: Returns the serving version (read once per batch).
     max_batch_size: Queries per model call (a larger request is one call).
-    max_wait: Seconds the first query of a batch waits for others.
+    max_wait: Seconds a batch of more than one request waits for more (0:
+      never wait; a lone request never waits).
     max_queue: Queries waiting at most; more are refused with 503.
     run: The batch function (tests substitute it).
   """
@@ -129,7 +139,7 @@ class MicroBatcher:
     self,
     current: Callable,
     max_batch_size: int = 64,
-    max_wait: float = 0.002,
+    max_wait: float = 0.0,
     max_queue: int = 4096,
     run: Callable = run_batch,
   ):
@@ -213,20 +223,42 @@ class MicroBatcher:
   async def _loop(self) -> None:
     loop = asyncio.get_running_loop()
     while True:
-      first = await self._next(None)
+      first = await self._next(None)  # Idle until a request arrives.
       batch = [first]
-      size = len(first.queries)
-      deadline = loop.time() + self.max_wait
-      while size < self.max_batch_size:
-        item = await self._next(deadline - loop.time())
-        if item is None:
-          break
-        if size + len(item.queries) > self.max_batch_size:
-          self._carry = item  # Starts the next batch.
-          break
-        batch.append(item)
-        size += len(item.queries)
+      # What queued while the last call ran joins now, without a wait.
+      size = await self._fill(batch, len(first.queries), None)
+      if (
+        self.max_wait > 0
+        and len(batch) > 1
+        and self._carry is None
+        and size < self.max_batch_size
+      ):
+        self.stats.waits += 1
+        size = await self._fill(batch, size, loop.time() + self.max_wait)
       await self._answer(loop, batch, size)
+
+  async def _fill(
+    self, batch: list[_Pending], size: int, deadline: float | None
+  ) -> int:
+    """Adds queued requests to `batch` until it is full; returns its size.
+
+    With no `deadline` only requests already queued join; otherwise the
+    batch waits for more until the loop's clock reaches `deadline`. A
+    request that does not fit is kept to start the next batch (a request is
+    never split).
+    """
+    loop = asyncio.get_running_loop()
+    while size < self.max_batch_size:
+      timeout = 0.0 if deadline is None else deadline - loop.time()
+      item = await self._next(timeout)
+      if item is None:
+        break
+      if size + len(item.queries) > self.max_batch_size:
+        self._carry = item  # Starts the next batch.
+        break
+      batch.append(item)
+      size += len(item.queries)
+    return size
 
   async def _answer(self, loop, batch: list[_Pending], size: int) -> None:
     self._waiting -= size

@@ -68,7 +68,8 @@ class Options:
       or TF Serving's numbered version directories.
     poll_seconds: How often to look for a newer index (0: never).
     max_batch_size: Queries per model call.
-    batch_wait_ms: How long a batch's first query waits for others.
+    batch_wait_ms: How long a batch of more than one request waits for
+      more (0: never; a lone request never waits; see `batching`).
     max_queue: Queries waiting at most before requests get 503.
     max_body_bytes: Request body limit (413 beyond it).
     max_instances: Queries per request.
@@ -89,7 +90,7 @@ class Options:
   index_dir: str | None = None
   poll_seconds: float = 2.0
   max_batch_size: int = 64
-  batch_wait_ms: float = 2.0
+  batch_wait_ms: float = 0.0
   max_queue: int = 4096
   max_body_bytes: int = 1 << 20
   max_instances: int = 256
