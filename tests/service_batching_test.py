@@ -20,12 +20,14 @@ class Model:
 
   def __init__(self):
     self.calls = []
+    self.threads = []
     self.hold = threading.Event()
     self.hold.set()
     self.called = threading.Event()
 
   def __call__(self, version, queries):
     self.calls.append([q.features["q"] for q in queries])
+    self.threads.append(threading.get_ident())
     self.called.set()
     if not self.hold.wait(TIMEOUT):
       raise RuntimeError("the test never released the call")
@@ -51,14 +53,18 @@ def test_a_lone_request_is_not_delayed_by_the_wait_window():
     try:
       # Answered although the window is an hour: an idle batcher runs a
       # lone request at once (the old batcher waited the window out).
-      return await batcher.submit(request("a")), batcher.stats
+      answer = await batcher.submit(request("a"))
+      return answer, batcher.stats, threading.get_ident()
     finally:
       await batcher.stop()
 
-  answer, stats = run(scenario)
+  answer, stats, loop_thread = run(scenario)
   assert answer == ("v1", [(["a"], [1.0])])
   assert model.calls == [["a"]]
   assert stats.waits == 0 and stats.batches == 1
+  # Nothing else in flight: the loop's own thread made the call (no
+  # hand-off to the model thread and back).
+  assert model.threads == [loop_thread] and stats.inline == 1
 
 
 def test_requests_arriving_during_a_call_share_the_next_call():
@@ -67,7 +73,11 @@ def test_requests_arriving_during_a_call_share_the_next_call():
 
   async def scenario():
     loop = asyncio.get_running_loop()
-    batcher = batching.MicroBatcher(lambda: "v1", max_batch_size=3, run=model)
+    # The server reports another request being received: the call goes to
+    # the model thread, leaving the loop free to gather the next batch.
+    batcher = batching.MicroBatcher(
+      lambda: "v1", max_batch_size=3, run=model, in_flight=lambda: 2
+    )
     batcher.start()
     try:
       first = asyncio.ensure_future(batcher.submit(request("a")))
@@ -82,9 +92,9 @@ def test_requests_arriving_during_a_call_share_the_next_call():
       answers = await asyncio.gather(first, *later)
     finally:
       await batcher.stop()
-    return answers, batcher.stats
+    return answers, batcher.stats, threading.get_ident()
 
-  answers, stats = run(scenario)
+  answers, stats, loop_thread = run(scenario)
   # "a" ran alone at once; "b" and "c", "d" (3 queries, the maximum) that
   # queued during its call shared the next call without waiting; "e" did
   # not fit and started the third.
@@ -97,6 +107,7 @@ def test_requests_arriving_during_a_call_share_the_next_call():
   ]
   assert stats.batches == 3 and stats.waits == 0
   assert stats.requests == 4 and stats.queries == 5
+  assert loop_thread not in model.threads and stats.inline == 0
 
 
 def test_the_wait_window_applies_only_to_a_batch_under_load():

@@ -316,6 +316,7 @@ class Server:
       max_exclude=self.options.max_exclude,
     )
     self.batcher: batching.MicroBatcher | None = None
+    self._predicting = 0  # Predict requests received and not answered.
     self.url: str | None = None
     self._runner: web.AppRunner | None = None
     self._poller: asyncio.Task | None = None
@@ -369,6 +370,7 @@ class Server:
       max_batch_size=options.max_batch_size,
       max_wait=options.batch_wait_ms / 1000.0,
       max_queue=options.max_queue,
+      in_flight=lambda: self._predicting,
     )
     self.batcher.start()
     self._runner = _Runner(
@@ -504,6 +506,13 @@ class Server:
         f":{method}: not supported; a retrieval model answers :predict",
         status=404,
       )
+    self._predicting += 1
+    try:
+      return await self._predict(request)
+    finally:
+      self._predicting -= 1
+
+  async def _predict(self, request: web.Request) -> web.Response:
     timeout = self.options.body_timeout_seconds
     try:
       async with asyncio.timeout(timeout if timeout > 0 else None):
