@@ -159,7 +159,7 @@ class MicroBatcher:
     max_queue: Queries waiting at most; more are refused with 503.
     run: The batch function (tests substitute it).
     inline_when_idle: Run a lone request on the event loop's thread when
-      nothing else is queued or in flight (see `_answer`).
+      nothing else is queued or in flight (see the module docstring).
     in_flight: Returns how many requests the server is handling (received
       but not answered); by default the batcher's own count.
   """
@@ -309,7 +309,7 @@ class MicroBatcher:
       if len(live) == 1 and self._idle():
         # Nothing else is waiting: the loop would sit idle during the call,
         # so it makes the call itself and saves the two thread wake-ups of
-        # a hand-off, which cost more than the HTTP parsing on a busy host.
+        # a hand-off to the model thread and back.
         self.stats.inline += 1
         results = self._run(version, queries)
       else:
