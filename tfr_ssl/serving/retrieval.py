@@ -316,10 +316,10 @@ class RetrievalModel:
 def _strings(values) -> tf.Tensor:
   """`values` (strings, any shape) as a 1-D string tensor.
 
-  An eager op costs tens to hundreds of microseconds, as much as a small
-  batch's whole query tower: a tensor that is already a 1-D string tensor is
-  used as it is, and Python values become one constant (a reshape only for
-  another rank).
+  Each eager op costs tens to hundreds of microseconds, a noticeable part
+  of a one-query call: a tensor that is already a 1-D string tensor is used
+  as it is, Python values become one constant, and only another rank is
+  reshaped.
   """
   tensor = values
   if not isinstance(tensor, tf.Tensor):
