@@ -9,21 +9,25 @@ and a ScaNN index of the same export:
     formed (micro-batching);
   * the same SavedModel called in this process (`serving.RetrievalModel`,
     one query per call, from 1, 8 and 32 threads): the cost without HTTP,
-    JSON and batching; the ratio of the two is the serving overhead.
+    JSON and batching; the difference and ratio of the two are the serving
+    overhead. The two alternate in short slices (--slices per level), so
+    that a background load that changes during the run moves both.
 Then a refresh under load: with 8 clients running, a new index (the same
 export plus 100 new items, built beforehand) is renamed into place; the
 table gives the time from the rename until the service serves it (poll
 interval included), the service's own load time, the latency while it
 loads, and the failed requests (there must be none).
 
-The clients are aiohttp coroutines in this process, on the same 2 shared
-cores as the service: at 32 clients the client's own CPU is part of what is
-measured. Bounded: every level runs --seconds (and at most --max_requests),
-the whole benchmark a few minutes.
+The clients are coroutines in this process, each on one keep-alive
+connection, sending requests encoded before the clock starts (`Connection`:
+a minimal HTTP/1.1 client, far cheaper per request than aiohttp's); they
+share the 2 cores with the service, so at 32 clients the clients' own CPU
+is still part of what is measured. Bounded: every level runs --seconds
+(and at most --max_requests), the whole benchmark a few minutes.
 
 Usage:
   .venv/bin/python bench/serve_bench.py [--workdir workdir/demo]
-      [--seconds 5] [--out bench/results/serve.md]
+      [--seconds 5] [--slices 5] [--out bench/results/serve.md]
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 
 import aiohttp
 import numpy as np
@@ -110,6 +115,8 @@ def new_items_csv(workdir: str, path: str, n: int) -> str:
 def summarise(latencies: list[float], seconds: float, failures: int) -> dict:
   ms = np.array(latencies) * 1000.0
   return {
+    "latencies": list(latencies),
+    "seconds": seconds,
     "requests": len(latencies),
     "qps": len(latencies) / seconds if seconds else 0.0,
     "p50": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
@@ -167,6 +174,62 @@ class Service:
     self.log.close()
 
 
+class Connection:
+  """A minimal HTTP/1.1 keep-alive connection for the load's requests.
+
+  It writes a request encoded beforehand and reads the status line, the
+  Content-Length and the body, nothing else: with aiohttp's client the
+  client's own CPU per request (session, headers, JSON encoding of the
+  body, response objects) was a large part of one client's latency, which
+  is not the service's.
+
+  Args:
+    url: The service's base URL (http://host:port).
+  """
+
+  def __init__(self, url: str):
+    parts = urllib.parse.urlsplit(url)
+    self.host, self.port = parts.hostname, parts.port
+    self._reader = self._writer = None
+
+  def request(self, path: str, body: bytes) -> bytes:
+    """The bytes of a POST of `body` (JSON) to `path`."""
+    head = (
+      f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+      "Content-Type: application/json\r\n"
+      f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+  async def send(self, request: bytes) -> tuple[int, bytes]:
+    """(status, body) of one request; reconnects if needed."""
+    if self._writer is None:
+      self._reader, self._writer = await asyncio.open_connection(
+        self.host, self.port
+      )
+    self._writer.write(request)
+    head = await self._reader.readuntil(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    status = int(lines[0].split()[1])
+    length, close = 0, False
+    for line in lines[1:]:
+      name, _, value = line.partition(b":")
+      name = name.strip().lower()
+      if name == b"content-length":
+        length = int(value)
+      elif name == b"connection":
+        close = value.strip().lower() == b"close"
+    body = await self._reader.readexactly(length)
+    if close:
+      self.close()
+    return status, body
+
+  def close(self) -> None:
+    if self._writer is not None:
+      self._writer.close()
+    self._reader = self._writer = None
+
+
 async def http_load(
   url: str,
   queries: list[dict],
@@ -176,26 +239,33 @@ async def http_load(
   on_start=None,
 ) -> tuple[dict, list[float], list[tuple[float, float]]]:
   """Closed-loop clients posting one query per request."""
-  path = f"{url}/v1/models/{MODEL}:predict"
+  path = f"/v1/models/{MODEL}:predict"
   latencies, timeline = [], []
   failures = 0
+  connections = [Connection(url) for _ in range(clients)]
+  # Encoded before the clock starts, as the in-process inputs are.
+  requests = [
+    connections[0].request(
+      path, json.dumps({"instances": [q], "top_k": TOP_K}).encode()
+    )
+    for q in queries
+  ]
   stop_at = time.perf_counter() + seconds
   counter = iter(range(max_requests))
-  connector = aiohttp.TCPConnector(limit=clients)
-  timeout = aiohttp.ClientTimeout(total=60)
 
-  async def client(session, seed):
+  async def client(connection, seed):
     nonlocal failures
     i = seed
     while time.perf_counter() < stop_at and next(counter, None) is not None:
-      body = {"instances": [queries[i % len(queries)]], "top_k": TOP_K}
+      request = requests[i % len(requests)]
       i += clients
       started = time.perf_counter()
       try:
-        async with session.post(path, json=body) as response:
-          payload = await response.read()
-          ok = response.status == 200 and b'"predictions"' in payload
-      except (aiohttp.ClientError, TimeoutError):
+        async with asyncio.timeout(60):
+          status, payload = await connection.send(request)
+        ok = status == 200 and b'"predictions"' in payload
+      except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError):
+        connection.close()
         ok = False
       done = time.perf_counter()
       if ok:
@@ -204,15 +274,16 @@ async def http_load(
       else:
         failures += 1
 
-  async with aiohttp.ClientSession(
-    connector=connector, timeout=timeout
-  ) as session:
-    tasks = [client(session, s) for s in range(clients)]
-    started = time.perf_counter()
-    if on_start is not None:
-      on_start()
+  tasks = [client(c, s) for s, c in enumerate(connections)]
+  started = time.perf_counter()
+  if on_start is not None:
+    on_start()
+  try:
     await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - started
+  finally:
+    for connection in connections:
+      connection.close()
+  elapsed = time.perf_counter() - started
   return summarise(latencies, elapsed, failures), latencies, timeline
 
 
@@ -227,6 +298,24 @@ def status(url: str) -> dict:
       return await response.json()
 
   return asyncio.run(get())
+
+
+def without_latencies(value):
+  """`value` without its lists of latencies (for printing)."""
+  if isinstance(value, dict):
+    return {
+      k: without_latencies(v) for k, v in value.items() if k != "latencies"
+    }
+  return value
+
+
+def combine(parts: list[dict]) -> dict:
+  """One summary of several slices of the same load."""
+  return summarise(
+    [x for p in parts for x in p["latencies"]],
+    sum(p["seconds"] for p in parts),
+    sum(p["failures"] for p in parts),
+  )
 
 
 def in_process_load(
@@ -264,34 +353,41 @@ def in_process_load(
 
 
 def bench_variant(name, workdir, queries, args, log_dir) -> dict:
+  """HTTP and in-process at each level, in alternating slices.
+
+  The two alternate in `--slices` slices per level, so that both see the
+  same background load on a shared machine (a load that changes during
+  the run moves both, not their ratio).
+  """
   print(f"[{name}] starting the service", flush=True)
   service = Service(workdir, os.path.join(log_dir, f"serve_{name}.log"))
+  model = serving.load_retrieval_model(os.path.join(workdir, "index"))
+  seconds = args.seconds / args.slices
+  cap = max(1, args.max_requests // args.slices)
   rows = {}
   try:
     asyncio.run(http_load(service.url, queries, 4, 1.0, 10**6))  # warm-up
     for clients in LEVELS:
+      http, local = [], []
       before = status(service.url)["batching"]
-      result, _, _ = asyncio.run(
-        http_load(
-          service.url, queries, clients, args.seconds, args.max_requests
+      for _ in range(args.slices):
+        http.append(
+          asyncio.run(http_load(service.url, queries, clients, seconds, cap))[0]
         )
-      )
+        local.append(in_process_load(model, queries, clients, seconds, cap))
       after = status(service.url)["batching"]
       batches = after["batches"] - before["batches"]
+      result = combine(http)
       result["mean_batch"] = (
         (after["queries"] - before["queries"]) / batches if batches else 0.0
       )
       rows[("http", clients)] = result
-      print(f"[{name}] http c={clients}: {result}", flush=True)
+      rows[("in-process", clients)] = combine(local)
+      for kind in ("http", "in-process"):
+        shown = without_latencies(rows[(kind, clients)])
+        print(f"[{name}] {kind} c={clients}: {shown}", flush=True)
   finally:
     service.stop()
-  model = serving.load_retrieval_model(os.path.join(workdir, "index"))
-  for clients in LEVELS:
-    result = in_process_load(
-      model, queries, clients, args.seconds, args.max_requests
-    )
-    rows[("in-process", clients)] = result
-    print(f"[{name}] in-process c={clients}: {result}", flush=True)
   manifest = serving.read_manifest(os.path.join(workdir, "index"))
   return {"rows": rows, "manifest": manifest}
 
@@ -364,7 +460,7 @@ def report(variants: dict, refresh: dict, args, total_seconds: float) -> str:
     "# Serving benchmark: HTTP service vs the SavedModel in-process",
     "",
     f"Command: `.venv/bin/python bench/serve_bench.py --workdir={args.workdir}"
-    f" --seconds={args.seconds:g}`",
+    f" --seconds={args.seconds:g} --slices={args.slices}`",
     "",
     f"Machine: {platform.machine()}, {os.cpu_count()} shared cores (Python "
     f"{platform.python_version()}, TF {tf.__version__}); other jobs were "
@@ -375,14 +471,16 @@ def report(variants: dict, refresh: dict, args, total_seconds: float) -> str:
     f"{TOP_K}, {args.seconds:g} s per level (closed loop: each client sends "
     "its next request when the last is answered). *In-process*: "
     "`serving.RetrievalModel` called with one query per call from N threads "
-    "(no HTTP, JSON or batching). *Overhead*: HTTP p50 / in-process p50 at "
-    "the same concurrency, and in-process QPS / HTTP QPS. *Batch*: mean "
-    "queries per model call the service formed.",
+    "(no HTTP, JSON or batching). HTTP and in-process alternate in "
+    f"{args.slices} slices per level, so both see the same background load. "
+    "*Overhead*: HTTP p50 - in-process p50 (ms) and HTTP p50 / in-process "
+    "p50 at the same concurrency, and in-process QPS / HTTP QPS. *Batch*: "
+    "mean queries per model call the service formed.",
     "",
     "| index | clients | HTTP QPS | HTTP p50 ms | HTTP p99 ms | batch | "
     "failed | in-process QPS | in-process p50 ms | in-process p99 ms | "
-    "p50 ratio | QPS ratio |",
-    "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    "p50 diff ms | p50 ratio | QPS ratio |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for name, result in variants.items():
     settings = result["manifest"]["index"]
@@ -401,7 +499,8 @@ def report(variants: dict, refresh: dict, args, total_seconds: float) -> str:
         f"| {label} | {clients} | {fmt(h['qps'], 0)} | {fmt(h['p50'])} | "
         f"{fmt(h['p99'])} | {fmt(h['mean_batch'])} | {h['failures']} | "
         f"{fmt(p['qps'], 0)} | {fmt(p['p50'])} | {fmt(p['p99'])} | "
-        f"{h['p50'] / p['p50']:.1f}x | {p['qps'] / h['qps']:.2f}x |"
+        f"{h['p50'] - p['p50']:+.1f} | {h['p50'] / p['p50']:.1f}x | "
+        f"{p['qps'] / h['qps']:.2f}x |"
       )
   r = refresh
   lines += [
@@ -434,6 +533,12 @@ def main():
   parser.add_argument("--workdir", default="workdir/demo")
   parser.add_argument("--seconds", type=float, default=5.0)
   parser.add_argument("--max_requests", type=int, default=50_000)
+  parser.add_argument(
+    "--slices",
+    type=int,
+    default=5,
+    help="HTTP and in-process alternate in this many slices per level",
+  )
   parser.add_argument("--queries", type=int, default=2000)
   parser.add_argument("--out", default="bench/results/serve.md")
   parser.add_argument(
@@ -470,7 +575,7 @@ def main():
     refresh = bench_refresh(
       current, os.path.join(following, "index"), queries, args, tmp
     )
-    print(f"[refresh] {refresh}", flush=True)
+    print(f"[refresh] {without_latencies(refresh)}", flush=True)
     text = report(variants, refresh, args, time.perf_counter() - started)
   finally:
     shutil.rmtree(tmp, ignore_errors=True)

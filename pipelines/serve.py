@@ -52,7 +52,10 @@ _HELP = {
   ),
   "poll_seconds": "How often to look for a newer index (0: only on SIGHUP).",
   "max_batch_size": "Queries per model call.",
-  "batch_wait_ms": "How long the first query of a batch waits for others (ms).",
+  "batch_wait_ms": (
+    "How long a batch of more than one request waits for more (ms; 0: "
+    "never). A request that finds the model idle never waits."
+  ),
   "max_queue": "Queries waiting at most; beyond it requests get 503.",
   "max_body_bytes": "Request body limit (413).",
   "max_instances": "Queries per request.",

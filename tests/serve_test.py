@@ -439,6 +439,24 @@ def test_a_full_queue_is_refused_with_503():
   assert error.status == 503 and "overloaded" in error.message
 
 
+def test_one_client_is_answered_without_a_batch_wait_or_hand_off(server, run):
+  # The server has a 1 ms window (`options`): a request that waited for
+  # company would count in `waits`.
+  queries = raw_queries(run["prepared"], [0, 1, 2])
+  _, _, before = call(server.url, path="/ui/model")
+  for query in queries:
+    _, value = predict(server.url, {"instances": [query], "top_k": 5})
+    assert len(value["predictions"][0]["ids"]) == 5
+  _, _, after = call(server.url, path="/ui/model")
+  counts = {
+    k: after["batching"][k] - before["batching"][k]
+    for k in ("batches", "inline", "waits")
+  }
+  # One request at a time, nothing else in flight: each was its own batch,
+  # called on the event loop's thread, and none waited.
+  assert counts == {"batches": 3, "inline": 3, "waits": 0}
+
+
 class Load:
   """Client threads posting predict requests until stopped (bounded)."""
 

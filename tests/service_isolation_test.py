@@ -143,8 +143,9 @@ def run(tmp_path_factory):
 
 def test_a_bad_request_under_load_fails_only_itself(run):
   """8 clients x 40 valid requests, and a surrogate request every 50 ms."""
-  # A longer gathering window makes every bad request share its batch with
-  # valid ones, which is what failed them before.
+  # A gathering window (batches of two or more requests wait 20 ms for more)
+  # makes bad requests share their batch with valid ones, which is what
+  # failed them before.
   flags = ("--nosamples", "--batch_wait_ms=20")
   with serve_binary(run["workdir"], *flags) as (process, url):
     port = int(url.rsplit(":", 1)[1])

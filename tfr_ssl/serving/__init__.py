@@ -15,8 +15,8 @@ small page for people at `/`.
 Web stack: aiohttp. Micro-batching is an asyncio queue in front of one model
 thread, which an asyncio server expresses directly: requests wait on futures
 while the batcher collects them, with no thread per connection. aiohttp is a
-maintained asyncio HTTP server and client (its client drives the benchmark
-and the tests), parses HTTP itself (no hand-rolled parsing here) and bounds
+maintained asyncio HTTP server and client (its client drives the tests),
+parses HTTP itself (no hand-rolled parsing here) and bounds
 request bodies.
 
   versions    finding, loading, checking and swapping index versions

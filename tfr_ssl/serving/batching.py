@@ -3,12 +3,24 @@
 A retrieval model call costs about the same for 1 query as for 32: the query
 tower is a few small matmuls and the index search (a [B, D] x [D, N] matmul
 or a ScaNN batched search) is dominated by reading the N items, once per
-call. Requests therefore join an asyncio queue; one batcher task takes the
-first waiting request, gathers more for at most `max_wait` seconds (or until
-`max_batch_size` queries), and runs the whole batch in one call on the model
-thread. While a batch runs, new requests queue up and form the next batch,
-so under load batches grow by themselves and an idle service adds at most
-`max_wait` to a lone request.
+call. Requests therefore join an asyncio queue, and one batcher task forms
+batches opportunistically: it takes the first waiting request and, without
+waiting, every request queued behind it (up to `max_batch_size` queries),
+and runs them in one call on the model thread. A request that finds the
+batcher idle is run at once, alone; requests that arrive while a call runs
+queue up and form the next batch together, so batches grow with load by
+themselves and an idle service adds no delay.
+
+The model thread keeps the event loop free to read and parse the next
+batch's requests during a call. When a request is alone, with nothing else
+queued or in flight, the loop has nothing to do meanwhile, and it makes the
+call itself: handing the call to a thread and the answer back costs two
+thread wake-ups, which on a busy host weigh more than the call's own
+Python.
+
+`max_wait` (0 by default) lets a batch that already holds more than one
+request, a sign of load, wait that long for more before it runs: fewer,
+larger calls at the cost of latency. A lone request never waits.
 
 The batch reads the serving version once, when it starts: a refresh that
 swaps versions mid-batch does not touch it (see `versions`).
@@ -49,12 +61,18 @@ class _Pending:
 
 @dataclasses.dataclass
 class Stats:
-  """Counters of the batcher since it started."""
+  """Counters of the batcher since it started.
+
+  `waits` counts the batches that waited `max_wait` for more requests,
+  `inline` the calls made on the event loop's thread (a lone request).
+  """
 
   batches: int = 0
   queries: int = 0
   requests: int = 0
   largest_batch: int = 0
+  waits: int = 0
+  inline: int = 0
   failed_batches: int = 0
   failed_requests: int = 0
 
@@ -91,27 +109,43 @@ def run_batch(version, queries: Sequence[Query]) -> list[tuple[list, list]]:
   Missing results (fewer than k items, or excluded) are dropped, so a list
   may be shorter than its top_k.
   """
-  names = version.feature_names
+  # Lists of strings: the model makes one constant of each, with no
+  # per-value conversion.
   features = {
-    n: np.array([q.features.get(n, "") for q in queries], dtype=object)
-    for n in names
+    n: [q.features.get(n, "") for q in queries] for n in version.feature_names
   }
   exclude = None
   if any(q.exclude for q in queries):
     exclude = [list(q.exclude) for q in queries]
   scores, ids = version.model(features, exclude=exclude)
-  scores, ids = np.asarray(scores), np.asarray(ids)
+  # Only the columns some query returns are read; the checks are
+  # vectorised (a Python loop per item cost more than the model call's
+  # own Python for a lone query).
+  width = max(q.top_k for q in queries)
+  scores, ids = _numpy(scores)[:, :width], _numpy(ids)[:, :width]
+  keep = np.isfinite(scores) & (ids != b"") & (ids != "")
   out = []
-  for q, row_scores, row_ids in zip(queries, scores, ids, strict=True):
-    keep_ids, keep_scores = [], []
-    top = slice(0, q.top_k)
-    for score, item in zip(row_scores[top], row_ids[top], strict=True):
-      key = item.decode() if isinstance(item, bytes) else str(item)
-      if key and np.isfinite(score):
-        keep_ids.append(key)
-        keep_scores.append(float(score))
-    out.append((keep_ids, keep_scores))
+  for q, row_scores, row_ids, row_keep in zip(
+    queries, scores, ids, keep, strict=True
+  ):
+    top = row_keep[: q.top_k]
+    out.append(
+      (
+        [_text(i) for i in row_ids[: q.top_k][top]],
+        row_scores[: q.top_k][top].tolist(),
+      )
+    )
   return out
+
+
+def _numpy(values) -> np.ndarray:
+  # np.asarray reads a tensor through the buffer protocol, whose dtype
+  # parsing costs more than the copy; `numpy()` does not.
+  return values.numpy() if hasattr(values, "numpy") else np.asarray(values)
+
+
+def _text(item) -> str:
+  return item.decode() if isinstance(item, bytes) else str(item)
 
 
 class MicroBatcher:
@@ -120,18 +154,25 @@ class MicroBatcher:
   Args:
     current: Returns the serving version (read once per batch).
     max_batch_size: Queries per model call (a larger request is one call).
-    max_wait: Seconds the first query of a batch waits for others.
+    max_wait: Seconds a batch of more than one request waits for more (0:
+      never wait; a lone request never waits).
     max_queue: Queries waiting at most; more are refused with 503.
     run: The batch function (tests substitute it).
+    inline_when_idle: Run a lone request on the event loop's thread when
+      nothing else is queued or in flight (see the module docstring).
+    in_flight: Returns how many requests the server is handling (received
+      but not answered); by default the batcher's own count.
   """
 
   def __init__(
     self,
     current: Callable,
     max_batch_size: int = 64,
-    max_wait: float = 0.002,
+    max_wait: float = 0.0,
     max_queue: int = 4096,
     run: Callable = run_batch,
+    inline_when_idle: bool = True,
+    in_flight: Callable[[], int] | None = None,
   ):
     if max_batch_size < 1:
       raise ValueError("max_batch_size must be at least 1.")
@@ -140,6 +181,9 @@ class MicroBatcher:
     self.max_wait = max_wait
     self.max_queue = max_queue
     self._run = run
+    self.inline_when_idle = inline_when_idle
+    self._submitted = 0
+    self._in_flight = in_flight or (lambda: self._submitted)
     self._queue: asyncio.Queue[_Pending] | None = None
     self._carry: _Pending | None = None
     self._waiting = 0
@@ -192,8 +236,12 @@ class MicroBatcher:
       )
     future = asyncio.get_running_loop().create_future()
     self._waiting += len(queries)
+    self._submitted += 1
     self._queue.put_nowait(_Pending(queries, future))
-    return await future
+    try:
+      return await future
+    finally:
+      self._submitted -= 1
 
   async def _next(self, timeout: float | None) -> _Pending | None:
     if self._carry is not None:
@@ -213,20 +261,42 @@ class MicroBatcher:
   async def _loop(self) -> None:
     loop = asyncio.get_running_loop()
     while True:
-      first = await self._next(None)
+      first = await self._next(None)  # Idle until a request arrives.
       batch = [first]
-      size = len(first.queries)
-      deadline = loop.time() + self.max_wait
-      while size < self.max_batch_size:
-        item = await self._next(deadline - loop.time())
-        if item is None:
-          break
-        if size + len(item.queries) > self.max_batch_size:
-          self._carry = item  # Starts the next batch.
-          break
-        batch.append(item)
-        size += len(item.queries)
+      # What queued while the last call ran joins now, without a wait.
+      size = await self._fill(batch, len(first.queries), None)
+      if (
+        self.max_wait > 0
+        and len(batch) > 1
+        and self._carry is None
+        and size < self.max_batch_size
+      ):
+        self.stats.waits += 1
+        size = await self._fill(batch, size, loop.time() + self.max_wait)
       await self._answer(loop, batch, size)
+
+  async def _fill(
+    self, batch: list[_Pending], size: int, deadline: float | None
+  ) -> int:
+    """Adds queued requests to `batch` until it is full; returns its size.
+
+    With no `deadline` only requests already queued join; otherwise the
+    batch waits for more until the loop's clock reaches `deadline`. A
+    request that does not fit is kept to start the next batch (a request is
+    never split).
+    """
+    loop = asyncio.get_running_loop()
+    while size < self.max_batch_size:
+      timeout = 0.0 if deadline is None else deadline - loop.time()
+      item = await self._next(timeout)
+      if item is None:
+        break
+      if size + len(item.queries) > self.max_batch_size:
+        self._carry = item  # Starts the next batch.
+        break
+      batch.append(item)
+      size += len(item.queries)
+    return size
 
   async def _answer(self, loop, batch: list[_Pending], size: int) -> None:
     self._waiting -= size
@@ -236,9 +306,16 @@ class MicroBatcher:
     queries = [q for p in live for q in p.queries]
     version = self._current()
     try:
-      results = await loop.run_in_executor(
-        self._executor, self._run, version, queries
-      )
+      if len(live) == 1 and self._idle():
+        # Nothing else is waiting: the loop would sit idle during the call,
+        # so it makes the call itself and saves the two thread wake-ups of
+        # a hand-off to the model thread and back.
+        self.stats.inline += 1
+        results = self._run(version, queries)
+      else:
+        results = await loop.run_in_executor(
+          self._executor, self._run, version, queries
+        )
     except Exception as e:
       if len(live) == 1:
         self._fail(live[0], version, e)
@@ -259,6 +336,15 @@ class MicroBatcher:
       if not p.future.done():
         p.future.set_result((version, results[start:end]))
       start = end
+
+  def _idle(self) -> bool:
+    """No other request is queued or (per `in_flight`) being received."""
+    return (
+      self.inline_when_idle
+      and self._carry is None
+      and self._queue.empty()
+      and self._in_flight() <= 1
+    )
 
   async def _answer_alone(self, loop, version, pending: _Pending) -> None:
     """Runs one request of a failed batch by itself (same version)."""

@@ -68,7 +68,8 @@ class Options:
       or TF Serving's numbered version directories.
     poll_seconds: How often to look for a newer index (0: never).
     max_batch_size: Queries per model call.
-    batch_wait_ms: How long a batch's first query waits for others.
+    batch_wait_ms: How long a batch of more than one request waits for
+      more (0: never; a lone request never waits; see `batching`).
     max_queue: Queries waiting at most before requests get 503.
     max_body_bytes: Request body limit (413 beyond it).
     max_instances: Queries per request.
@@ -89,7 +90,7 @@ class Options:
   index_dir: str | None = None
   poll_seconds: float = 2.0
   max_batch_size: int = 64
-  batch_wait_ms: float = 2.0
+  batch_wait_ms: float = 0.0
   max_queue: int = 4096
   max_body_bytes: int = 1 << 20
   max_instances: int = 256
@@ -315,6 +316,7 @@ class Server:
       max_exclude=self.options.max_exclude,
     )
     self.batcher: batching.MicroBatcher | None = None
+    self._predicting = 0  # Predict requests received and not answered.
     self.url: str | None = None
     self._runner: web.AppRunner | None = None
     self._poller: asyncio.Task | None = None
@@ -368,6 +370,7 @@ class Server:
       max_batch_size=options.max_batch_size,
       max_wait=options.batch_wait_ms / 1000.0,
       max_queue=options.max_queue,
+      in_flight=lambda: self._predicting,
     )
     self.batcher.start()
     self._runner = _Runner(
@@ -503,6 +506,13 @@ class Server:
         f":{method}: not supported; a retrieval model answers :predict",
         status=404,
       )
+    self._predicting += 1
+    try:
+      return await self._predict(request)
+    finally:
+      self._predicting -= 1
+
+  async def _predict(self, request: web.Request) -> web.Response:
     timeout = self.options.body_timeout_seconds
     try:
       async with asyncio.timeout(timeout if timeout > 0 else None):
