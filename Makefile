@@ -21,10 +21,15 @@ $(VENV)/.installed: setup.py
 # Two worker processes (pytest-xdist): many tests wait on binaries, servers
 # and multi-worker training in subprocesses, and those waits overlap with the
 # other worker's work. `--dist loadfile` keeps each test file on one worker,
-# so a module-scoped fixture (a trained run) is still built once.
+# so a module-scoped fixture (a trained run) is still built once. Files are
+# handed out in collection order (`--no-loadscope-reorder`; xdist would
+# otherwise start the files with the most tests first), which puts the
+# files marked `long_file` first (tests/conftest.py): a file of minutes
+# started last would leave the other worker idle.
 test: install
 	$(VENV)/bin/ruff check tfr_ssl pipelines tests bench
-	$(PY) -m pytest -q -n 2 --dist loadfile --durations=10 tests
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder \
+		--durations=10 tests
 
 lint: install
 	$(VENV)/bin/ruff check tfr_ssl pipelines tests bench

@@ -29,6 +29,9 @@ from tests.pipelines_test import REPO, TINY_RUN, binary, run_binary
 from tfr_ssl.data import pipeline
 from tfr_ssl.training import distribute, train
 
+# Minutes of training processes: started first (tests/conftest.py).
+pytestmark = pytest.mark.long_file
+
 # 3 steps per epoch; 2 epochs = 6 steps; losses logged every step.
 STEPS = 3
 RUN = [

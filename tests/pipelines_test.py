@@ -13,6 +13,9 @@ import tensorflow as tf
 
 import tfr_ssl  # noqa: F401
 
+# Minutes of training processes: started first (tests/conftest.py).
+pytestmark = pytest.mark.long_file
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Data and model flags of a run that trains in seconds.
 TINY_RUN = [
@@ -60,26 +63,48 @@ def model_variables(workdir: str) -> dict[str, np.ndarray]:
 def test_training_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
   flags = [f"--cache_dir={tmp_path / 'cache'}", *TINY]
   straight = tmp_path / "straight"
-  done = run_binary("train", f"--workdir={straight}", *flags)
-  assert done.returncode == 0, done.stderr
-
   crashed = tmp_path / "crashed"
-  with open(tmp_path / "first.log", "w") as log:
+  # The uninterrupted run and the one to be killed are independent, so they
+  # run at the same time; each prepares the (same, seeded) data in a cache
+  # of its own, so neither reads a cache the other is writing.
+  with (
+    open(tmp_path / "straight.log", "w") as straight_log,
+    open(tmp_path / "first.log", "w") as log,
+  ):
+    reference = subprocess.Popen(
+      binary(
+        "train",
+        f"--workdir={straight}",
+        *TINY,
+        f"--cache_dir={tmp_path / 'straight_cache'}",
+      ),
+      cwd=REPO,
+      stdout=straight_log,
+      stderr=subprocess.STDOUT,
+    )
     process = subprocess.Popen(
       binary("train", f"--workdir={crashed}", *flags),
       cwd=REPO,
       stdout=log,
       stderr=log,
     )
-    # Kill as soon as the first checkpoint exists: mid-run, no clean-up.
-    marker = crashed / "checkpoints" / "checkpoint"
-    deadline = time.monotonic() + 300
-    while not marker.exists() and process.poll() is None:
-      assert time.monotonic() < deadline, "no checkpoint within 300 s"
-      time.sleep(0.02)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    try:
+      # Kill as soon as the first checkpoint exists: mid-run, no clean-up.
+      marker = crashed / "checkpoints" / "checkpoint"
+      deadline = time.monotonic() + 300
+      while not marker.exists() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.02)
+      process.send_signal(signal.SIGKILL)
+      process.wait(timeout=30)
+      reference.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+      for started in (reference, process):
+        if started.poll() is None:
+          started.kill()
+          started.wait(timeout=30)
   assert process.returncode == -signal.SIGKILL
+  assert reference.returncode == 0, (tmp_path / "straight.log").read_text()
 
   resumed = run_binary("train", f"--workdir={crashed}", *flags)
   assert resumed.returncode == 0, resumed.stderr

@@ -266,6 +266,12 @@ class TwoTowerModel(tfrs.Model):
   ) -> tf.Tensor:
     """The scalar loss of one batch (see the class doc); updates metrics.
 
+    Every branch here and in the parts it calls is decided by Python values
+    (the phase, alpha, the config, the batch's keys), never by a tensor:
+    the training loop traces the step without autograph, which is most of
+    what tracing it used to cost. Data-dependent control flow belongs in
+    `tf.cond` / `tf.where`.
+
     Args:
       inputs: A batch in the format of `tfr_ssl.data.pipeline` (`query`,
         `item`, `item_index`, `weight`, `ssl_item`, `ssl_item_index`).

@@ -210,6 +210,12 @@ class _Run:
       checkpoint, self._path(CHECKPOINT_DIR), max_to_keep=3
     )
     self._resume_or_warm_start(checkpoint)
+    with strategy.scope():
+      # The optimizer's variables are made now, not by the first step: a
+      # `tf.function` whose first trace creates variables is traced a
+      # second time. After the restore, so restored slots take their saved
+      # values as they are created (as the first step would have made them).
+      self.model.optimizer.build(self.model.trainable_variables)
     if self.role.distributed:
       self.iterator = self._distributed_iterator(int(self.step))
     self.writer = (
@@ -227,8 +233,10 @@ class _Run:
     # taken on a fixed probe batch: the first of the training stream.
     self.grad_norms = self.probe = None
     if not self.role.distributed:
+      # No autograph: like the step's, its branches are Python's.
       self.grad_norms = tf.function(
-        functools.partial(diagnostics.gradient_norms, self.model)
+        functools.partial(diagnostics.gradient_norms, self.model),
+        autograph=False,
       )
       self.probe = next(iter(train_stream(config, self.prepared)))
     if _should_stop(self.history, train.early_stopping_patience):
@@ -740,6 +748,11 @@ def _train_step_fn(
   """
   replicas = strategy.num_replicas_in_sync
 
+  # Not converted by autograph: every branch of the model's step (phase,
+  # SSL on or off, logQ mode, dropout) is decided by Python values, so
+  # converting the whole model's code would only cost trace time (about
+  # half of it on ML-1M). Only the loop below needs autograph.
+  @tf.autograph.experimental.do_not_convert
   def replica_step(batch):
     # compute_loss reads the phase when traced; setting it inside the
     # traced function keeps a retrace from picking up another phase's value.
@@ -769,7 +782,7 @@ def _finite_check(model: TwoTowerModel):
   per call, one trace per model)."""
   variables = model.trainable_variables
 
-  @tf.function
+  @tf.function(autograph=False)
   def finite():
     return tf.reduce_all(
       [tf.reduce_all(tf.math.is_finite(v)) for v in variables]
