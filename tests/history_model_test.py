@@ -82,6 +82,38 @@ def test_an_empty_history_reads_the_learned_empty_vector():
     np.testing.assert_allclose(out, [[7, 8, 9, 10], [1, 10, 100, -1]])
 
 
+def test_the_item_tables_get_the_gradient_of_the_slots_present_only():
+  # d(sum of outputs)/d(table rows): a row of the mean over k items gets
+  # 1/k per use per column. Row 0 of the batch is [0, 2] (k = 2), row 1
+  # is empty (reads `empty`, no table gradient), row 2 is [2] (k = 1):
+  #   id 1 (corpus row 0): 1/2;  id 3 (corpus row 2): 1/2 + 1 = 3/2;
+  #   category 1 (rows 0 and 2): 1/2 + 1/2 + 1 = 2; ids 0, 2, 4 and
+  #   categories 0, 2: exactly 0.
+  # An all-empty batch sends exactly 0 everywhere. (A pooling that also
+  # embedded an item for the empty slots sent that row a gradient from
+  # no slot: uninitialised memory, values up to 1e29.)
+  encoder, table = _item_encoder()
+  for pooling in history.POOLINGS:
+    layer = history.HistoryEncoder(encoder, table, 3, pooling)
+    for rows, ids, categories in (
+      ([[0, 2, P], [P, P, P], [2, P, P]], [0, 0.5, 0, 1.5, 0], [0, 2, 0]),
+      ([[P, P, P], [P, P, P]], [0] * 5, [0] * 3),
+    ):
+      with tf.GradientTape() as tape:
+        total = tf.reduce_sum(layer(tf.constant(rows)))
+      id_grad, category_grad = (
+        tf.convert_to_tensor(g) for g in tape.gradient(total, encoder.tables)
+      )
+      np.testing.assert_allclose(
+        id_grad, np.repeat(np.array(ids)[:, None], 2, 1), err_msg=pooling
+      )
+      np.testing.assert_allclose(
+        category_grad,
+        np.repeat(np.array(categories)[:, None], 2, 1),
+        err_msg=pooling,
+      )
+
+
 def test_the_history_reads_the_item_encoder_variables_not_a_copy():
   encoder, table = _item_encoder()
   layer = history.HistoryEncoder(encoder, table, 3)

@@ -94,42 +94,39 @@ class HistoryEncoder(tf_keras.layers.Layer):
     (columns past N are ignored; fewer are fine)."""
     rows = tf.cast(rows, tf.int32)[:, : self.length]
     valid = rows > contract.PAD
-    # Each distinct item once: histories of one batch overlap a lot.
-    distinct, where = tf.unique(tf.reshape(rows, [-1]))
-    safe = tf.maximum(distinct, 0)
+    columns = tf.shape(rows)[1]
+    # The slots that hold an item, in row-major order, and each distinct
+    # item once (histories of one batch overlap a lot). Only present items
+    # are embedded: an embedded row no slot refers to would get a gradient
+    # row from no slot, and segment_sum's gradient leaves such a row
+    # uninitialised (garbage in the tables, seen in tests).
+    slots = tf.cast(tf.where(tf.reshape(valid, [-1]))[:, 0], tf.int32)
+    distinct, where = tf.unique(tf.gather(tf.reshape(rows, [-1]), slots))
     item_features = {
-      name: tf.gather(table, safe) for name, table in self._table.items()
+      name: tf.gather(table, distinct) for name, table in self._table.items()
     }
     embedded = self.item_encoder(item_features)  # [U, F * D]
+    segments = slots // columns  # each slot's batch row, sorted
     # Pooling never materialises every slot's embedding ([B, N, F * D],
     # N times the pooled output): mean is one fused gather-and-sum over
-    # the slots present; recency weighs them in a sparse [B, U] product.
+    # the slots; recency weighs them in a sparse [B, U] product.
     count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1, keepdims=True)
     if self.recency_logits is None:
-      slots = tf.cast(tf.where(tf.reshape(valid, [-1]))[:, 0], tf.int32)
       pooled = tf.sparse.segment_sum(
-        embedded,
-        tf.gather(where, slots),
-        slots // tf.shape(rows)[1],  # sorted, as segment_sum needs
-        num_segments=tf.shape(rows)[0],
+        embedded, where, segments, num_segments=tf.shape(rows)[0]
       ) / tf.maximum(count, 1.0)
     else:
-      columns = tf.shape(rows)[1]
       logits = self.recency_logits[:columns]
       weights = (
         tf.cast(valid, tf.float32)
         * tf.exp(logits - tf.reduce_max(logits))[tf.newaxis]
       )
       weights /= tf.maximum(tf.reduce_sum(weights, 1, keepdims=True), 1e-12)
-      shape = tf.shape(rows, out_type=tf.int64)
       pooling = tf.sparse.SparseTensor(
-        indices=tf.stack(
-          [tf.repeat(tf.range(shape[0]), shape[1]), tf.cast(where, tf.int64)],
-          axis=1,
-        ),
-        values=tf.reshape(weights, [-1]),
-        dense_shape=tf.stack(
-          [shape[0], tf.shape(distinct, out_type=tf.int64)[0]]
+        indices=tf.cast(tf.stack([segments, where], axis=1), tf.int64),
+        values=tf.gather(tf.reshape(weights, [-1]), slots),
+        dense_shape=tf.cast(
+          tf.stack([tf.shape(rows)[0], tf.shape(distinct)[0]]), tf.int64
         ),
       )
       pooled = tf.sparse.sparse_dense_matmul(pooling, embedded)
