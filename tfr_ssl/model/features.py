@@ -133,6 +133,23 @@ def _lookup(table, ids: tf.Tensor) -> tf.Tensor:
   return tf.reshape(rows, tf.concat([tf.shape(ids), tf.shape(rows)[1:]], 0))
 
 
+def _bag_mean(table, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """Mean of the known values' rows of `[B, L]` bags, and which bags have none.
+
+  OOV (0) and padding (-1) drop out of the mean. Only the known values are
+  looked up: a bag is mostly padding (the widest bag sets L), and every
+  row gathered is a row of the table's gradient that the optimizer then
+  deduplicates.
+  """
+  known = ids > contract.OOV
+  at = tf.where(known)  # row-major: the bag of each value, sorted
+  rows = _lookup(table, tf.gather_nd(ids, at))
+  batch = tf.shape(ids, out_type=tf.int64)[0]
+  total = tf.math.unsorted_segment_sum(rows, at[:, 0], batch)
+  count = tf.reduce_sum(tf.cast(known, tf.float32), axis=1)
+  return total / tf.maximum(count, 1.0)[:, tf.newaxis], count == 0
+
+
 @tf_keras.saving.register_keras_serializable(package=_SERIALIZABLE)
 class FeatureEncoder(tf_keras.layers.Layer):
   """Embeds a dict of categorical feature ids, with per-feature unknowns.
@@ -263,15 +280,10 @@ class FeatureEncoder(tf_keras.layers.Layer):
       zip(self._specs, self.tables, strict=True)
     ):
       ids = self._ids(features, spec)
-      safe = tf.maximum(ids, 0)
       if spec["multi"]:
-        # OOV (0) and padding (-1) drop out of the mean.
-        valid = tf.cast(ids > contract.OOV, tf.float32)[..., tf.newaxis]
-        count = tf.reduce_sum(valid, axis=1)
-        total = tf.reduce_sum(_lookup(table, safe) * valid, axis=1)
-        embedding = total / tf.maximum(count, 1.0)
-        missing = count[:, 0] == 0
+        embedding, missing = _bag_mean(table, ids)
       else:
+        safe = tf.maximum(ids, 0)
         embedding = _lookup(table, safe)
         missing = ids <= contract.OOV
         if spec["name"] in self._known:

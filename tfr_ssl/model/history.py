@@ -112,8 +112,8 @@ class HistoryEncoder(tf_keras.layers.Layer):
     # the slots; recency weighs them in a sparse [B, U] product.
     count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1, keepdims=True)
     if self.recency_logits is None:
-      pooled = tf.sparse.segment_sum(
-        embedded, where, segments, num_segments=tf.shape(rows)[0]
+      pooled = _sum_slots(
+        embedded, where, segments, tf.shape(rows)[0]
       ) / tf.maximum(count, 1.0)
     else:
       logits = self.recency_logits[:columns]
@@ -132,3 +132,38 @@ class HistoryEncoder(tf_keras.layers.Layer):
       pooled = tf.sparse.sparse_dense_matmul(pooling, embedded)
     empty = count[:, 0] == 0
     return tf.where(empty[:, tf.newaxis], self.empty[tf.newaxis], pooled)
+
+
+def _sum_slots(
+  embedded: tf.Tensor,
+  where: tf.Tensor,
+  segments: tf.Tensor,
+  num_segments: tf.Tensor,
+) -> tf.Tensor:
+  """`out[b]`: the sum of `embedded[where[s]]` over slots `s` of row `b`.
+
+  `tf.sparse.segment_sum` with a faster gradient. Its registered gradient
+  (`SparseSegmentSumGrad`) scatters one row per slot into `embedded`'s
+  shape and ran at 4x the forward op in the step's profile. The gradient
+  here is the same sum read the other way: the slots sorted by the row
+  they read, each row the sum of its slots' output gradients, which is the
+  forward kernel again (gathers, sorted segments). Equal up to the order of
+  float additions.
+  """
+
+  @tf.custom_gradient
+  def forward(embedded):
+    def gradient(upstream):
+      order = tf.argsort(where, stable=True)
+      return tf.sparse.segment_sum(
+        upstream,
+        tf.gather(segments, order),
+        tf.gather(where, order),
+        num_segments=tf.shape(embedded)[0],
+      )
+
+    return tf.sparse.segment_sum(
+      embedded, where, segments, num_segments=num_segments
+    ), gradient
+
+  return forward(embedded)
