@@ -161,3 +161,49 @@ def test_tower_trains_with_gradient_steps():
     )
     losses.append(float(loss))
   assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("dense_values", [0, 512])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_pool_equals_summing_the_call_embeddings(
+  monkeypatch, dense_values, weighted
+):
+  # `pool` must give, per output row, the sum (weighted or not) of what
+  # `call` gives for the slots' entries, with every unknown rule in play:
+  # an OOV id (0), padding (-1), an id marked untrained (id 2), a bag with
+  # one unknown value and an all-padding bag. Both ways of summing (the
+  # dense count matrix, for few values, and the sparse one) are run, and
+  # the table gradients must agree with those of the plain sum too.
+  monkeypatch.setattr(features, "DENSE_POOL_VALUES", dense_values)
+  encoder = features.FeatureEncoder(
+    SPECS, 2, known_values={"id": np.array([True, True, False, True])}
+  )
+  entries_features = {
+    "id": tf.constant([1, 3, -1, 2, 0]),
+    "tags": tf.constant(
+      [[1, 3, -1], [2, 0, -1], [-1, -1, -1], [4, 4, 1], [3, -1, -1]]
+    ),
+  }
+  entries = tf.constant([0, 1, 1, 3, 2, 4, 0, 3])
+  rows = tf.constant([0, 0, 0, 1, 1, 1, 3, 3])  # row 2 holds no slot
+  weights = tf.constant([0.5, 1, 2, 0.25, 1, 3, 1, 0.1]) if weighted else None
+  with tf.GradientTape(persistent=True) as tape:
+    pooled = encoder.pool(entries_features, entries, rows, 4, weights)
+    slots = tf.gather(encoder(entries_features), entries)
+    if weighted:
+      slots *= weights[:, tf.newaxis]
+    expected = tf.math.unsorted_segment_sum(slots, rows, 4)
+    upstream = tf.reshape(tf.range(16, dtype=tf.float32), [4, 4])
+    loss_pool = tf.reduce_sum(pooled * upstream)
+    loss_plain = tf.reduce_sum(expected * upstream)
+  np.testing.assert_allclose(pooled, expected, rtol=1e-6)
+  np.testing.assert_allclose(pooled[2], [0, 0, 0, 0])
+  variables = encoder.trainable_variables
+  for ours, theirs in zip(
+    tape.gradient(loss_pool, variables),
+    tape.gradient(loss_plain, variables),
+    strict=True,
+  ):
+    np.testing.assert_allclose(
+      tf.convert_to_tensor(ours), tf.convert_to_tensor(theirs), rtol=1e-5
+    )

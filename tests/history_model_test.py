@@ -115,7 +115,7 @@ def test_the_item_tables_get_the_gradient_of_the_slots_present_only():
 
 
 def test_the_slot_sum_gradient_equals_tensorflows_own():
-  # `_sum_slots` replaces the registered gradient of
+  # `features._sum_rows` replaces the registered gradient of
   # `tf.sparse.segment_sum` by a transposed segment sum; on random slots
   # (rows repeated across and within histories, an empty history) both
   # gradients must agree, as must the forward sums.
@@ -126,7 +126,7 @@ def test_the_slot_sum_gradient_equals_tensorflows_own():
   upstream = tf.constant(rng.normal(size=(5, 3)), tf.float32)
   results = []
   for pool in (
-    history._sum_slots,
+    lambda e, w, s, n: features._sum_rows(e, w, s, n, None),
     lambda e, w, s, n: tf.sparse.segment_sum(e, w, s, num_segments=n),
   ):
     with tf.GradientTape() as tape:

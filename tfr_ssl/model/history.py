@@ -4,14 +4,16 @@ A `HistoryEncoder` embeds a batch of histories (`[B, N]` corpus rows,
 latest first, PAD-padded; `data/history.py` decides which items may be in
 one) into one vector per user:
 
-  1. each distinct history item is embedded by the **item encoder** itself
-     (the item tower's tables and unknown embeddings, shared variables:
-     what the item-side SSL task teaches the item tables reaches the query
+  1. each history item is embedded as the item encoder embeds it (the
+     item tower's tables and unknown embeddings, shared variables: what
+     the item-side SSL task teaches the item tables reaches the query
      side, and a history item with no training interactions reads the
      id's unknown embedding, the items' cold rule);
   2. the items are pooled: `mean` over the items present, or `recency`, a
      learned weight per position (position 0 is the latest item) passed
-     through a softmax over the positions present;
+     through a softmax over the positions present. The item encoder sums
+     per user (`FeatureEncoder.pool`): each distinct value of a feature is
+     looked up once per batch, never one row per history slot;
   3. a history with no item reads a learned `empty` vector: "nothing
      known" has one representation, as every unknown value has.
 
@@ -105,65 +107,23 @@ class HistoryEncoder(tf_keras.layers.Layer):
     item_features = {
       name: tf.gather(table, distinct) for name, table in self._table.items()
     }
-    embedded = self.item_encoder(item_features)  # [U, F * D]
     segments = slots // columns  # each slot's batch row, sorted
-    # Pooling never materialises every slot's embedding ([B, N, F * D],
-    # N times the pooled output): mean is one fused gather-and-sum over
-    # the slots; recency weighs them in a sparse [B, U] product.
     count = tf.reduce_sum(tf.cast(valid, tf.float32), axis=1, keepdims=True)
-    if self.recency_logits is None:
-      pooled = _sum_slots(
-        embedded, where, segments, tf.shape(rows)[0]
-      ) / tf.maximum(count, 1.0)
-    else:
+    weights = None
+    if self.recency_logits is not None:
       logits = self.recency_logits[:columns]
       weights = (
         tf.cast(valid, tf.float32)
         * tf.exp(logits - tf.reduce_max(logits))[tf.newaxis]
       )
       weights /= tf.maximum(tf.reduce_sum(weights, 1, keepdims=True), 1e-12)
-      pooling = tf.sparse.SparseTensor(
-        indices=tf.cast(tf.stack([segments, where], axis=1), tf.int64),
-        values=tf.gather(tf.reshape(weights, [-1]), slots),
-        dense_shape=tf.cast(
-          tf.stack([tf.shape(rows)[0], tf.shape(distinct)[0]]), tf.int64
-        ),
-      )
-      pooled = tf.sparse.sparse_dense_matmul(pooling, embedded)
+      weights = tf.gather(tf.reshape(weights, [-1]), slots)
+    # Pooling never materialises every slot's embedding ([B, N, F * D],
+    # N times the pooled output): the item encoder sums per batch row.
+    pooled = self.item_encoder.pool(
+      item_features, where, segments, tf.shape(rows)[0], weights
+    )
+    if weights is None:
+      pooled /= tf.maximum(count, 1.0)
     empty = count[:, 0] == 0
     return tf.where(empty[:, tf.newaxis], self.empty[tf.newaxis], pooled)
-
-
-def _sum_slots(
-  embedded: tf.Tensor,
-  where: tf.Tensor,
-  segments: tf.Tensor,
-  num_segments: tf.Tensor,
-) -> tf.Tensor:
-  """`out[b]`: the sum of `embedded[where[s]]` over slots `s` of row `b`.
-
-  `tf.sparse.segment_sum` with a faster gradient. Its registered gradient
-  (`SparseSegmentSumGrad`) scatters one row per slot into `embedded`'s
-  shape and ran at 4x the forward op in the step's profile. The gradient
-  here is the same sum read the other way: the slots sorted by the row
-  they read, each row the sum of its slots' output gradients, which is the
-  forward kernel again (gathers, sorted segments). Equal up to the order of
-  float additions.
-  """
-
-  @tf.custom_gradient
-  def forward(embedded):
-    def gradient(upstream):
-      order = tf.argsort(where, stable=True)
-      return tf.sparse.segment_sum(
-        upstream,
-        tf.gather(segments, order),
-        tf.gather(where, order),
-        num_segments=tf.shape(embedded)[0],
-      )
-
-    return tf.sparse.segment_sum(
-      embedded, where, segments, num_segments=num_segments
-    ), gradient
-
-  return forward(embedded)
