@@ -8,7 +8,7 @@ evaluates that model on the **test** split with full-corpus exact search
 chosen on validation Recall@10, never on test.
 
 Variants (overrides on top of `Config()`; whatever a variant does not list
-keeps its default: static logQ, id dropout, `model.history_length` 10,
+keeps its default: static logQ, id dropout, `model.history_length` 20,
 CFM masking on the corrected dependence, `ssl.alpha` 0.3). "Item SSL" is
 `ssl.masking=cfm` at the default `ssl.alpha`; "user SSL" is
 `ssl.user_alpha=--user_alpha`:

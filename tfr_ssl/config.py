@@ -254,9 +254,7 @@ class ModelConfig:
       on synthetic full data).
     history_length: User-to-item: the query tower also reads the user's
       last N interacted items, embedded by the item tower's own tables
-      (0 = the query is the user's features and id only). 10 by default:
-      5, 10 and 20 could not be told apart on validation (three datasets,
-      bench/results/tune.md), and a shorter history costs less per step.
+      (0 = the query is the user's features and id only).
     history_pooling: How the history's item embeddings are pooled: `mean`,
       or `recency` (a learned weight per position, most recent first,
       renormalised over the positions present).
@@ -354,7 +352,7 @@ class ModelConfig:
     bounds=RATE,
   )
   history_length: int = _field(
-    10,
+    20,
     "User-to-item: last N items of the user's history read by the query "
     "tower (0 = id and features only).",
     bounds=AT_LEAST_0,
