@@ -363,12 +363,15 @@ def build_setups(base: config_lib.Config, prepared) -> dict:
 @dataclasses.dataclass
 class Measured:
   """Per setup: counted FLOPs per step, batch size, examples/s per round;
-  and the matmul roof (GFLOP/s) per round."""
+  the matmul roof (GFLOP/s) per round; and per setup, the process's CPU
+  seconds per step in each round (every thread: a step that leaves a core
+  idle shows a wall-time cost above its CPU-time cost)."""
 
   flops: dict[str, float]
   batch: dict[str, int]
   rates: dict[str, list[float]]
   roofs: list[float]
+  cpu: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
 
 def warm_up(setups: dict, base: config_lib.Config) -> Measured:
@@ -393,10 +396,13 @@ def measure(setups: dict, measured: Measured, rounds: int, steps: int):
     measured.roofs.append(matmul_roof())
     for name in names if round_ % 2 == 0 else names[::-1]:
       (_, run), _, _ = setups[name]
-      start = time.perf_counter()
+      start, cpu = time.perf_counter(), time.process_time()
       run(steps)
       measured.rates[name].append(
         steps * measured.batch[name] / (time.perf_counter() - start)
+      )
+      measured.cpu.setdefault(name, []).append(
+        (time.process_time() - cpu) / steps
       )
     print(
       f"round {round_ + 1}: roof {measured.roofs[-1]:.0f} GFLOP/s; "
@@ -465,6 +471,19 @@ def profile_section(profiles: dict, steps: int) -> list[str]:
   ]
 
 
+def cpu_ratio(measured: Measured) -> str:
+  """`, and N.NNx in CPU time` for the SSL step over the main-only one
+  (medians of the rounds), or nothing when either was not measured."""
+  main, ssl = measured.cpu.get(MAIN_20), measured.cpu.get(SSL_20)
+  if not main or not ssl:
+    return ""
+  return (
+    f", and **{float(np.median(ssl)) / float(np.median(main)):.2f}x** in "
+    "the process's CPU time per step (equal ratios: no core idles longer "
+    "in the SSL step than in the main-only one)"
+  )
+
+
 def render(
   args: argparse.Namespace,
   argv: list[str],
@@ -508,7 +527,7 @@ def render(
     *speed_table(measured),
     "",
     f"A main + SSL step costs **{main_20 / ssl_20:.2f}x** a main-only step "
-    "(20 steps per call, by examples/s).",
+    "(20 steps per call, by examples/s)" + cpu_ratio(measured) + ".",
     *query_lines,
     *profile_section(profiles, args.profile_steps),
   ]

@@ -95,3 +95,26 @@ def test_render_derives_rates_flops_and_ratios():
   )
   assert "## Profile" not in no_profile
   assert no_profile.endswith("(20 steps per call, by examples/s).\n")
+
+
+def test_render_gives_the_ssl_steps_cpu_ratio_when_measured():
+  args = train_speed.parse_args(["--rounds", "3", "--steps", "5"])
+  prepared = types.SimpleNamespace(num_items=1234, splits={"train": [0] * 99})
+  base = train_speed.base_config(
+    train_speed.parse_args(["--data_dir", "/nonexistent"])
+  )
+  measured = _measured()
+  # CPU s per step: main median 0.10, SSL median 0.15: 1.50x in CPU time
+  # beside 2.00x by examples/s (a core idles in the SSL step).
+  measured.cpu = {
+    train_speed.MAIN_20: [0.10, 0.30, 0.05],
+    train_speed.SSL_20: [0.15],
+  }
+  text = train_speed.render(args, [], 1.5, base, prepared, measured, {})
+  assert (
+    "A main + SSL step costs **2.00x** a main-only step (20 steps per "
+    "call, by examples/s), and **1.50x** in the process's CPU time" in text
+  )
+  measured.cpu = {train_speed.MAIN_20: [0.1]}  # SSL not measured: no ratio
+  text = train_speed.render(args, [], 1.5, base, prepared, measured, {})
+  assert "CPU time" not in text
