@@ -31,6 +31,8 @@ import time
 
 import numpy as np
 
+from tfr_ssl import atomic
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Run inside each version's tree: its own package, its own bench helper,
@@ -146,9 +148,6 @@ def main() -> None:
   report = "\n".join(lines) + "\n"
   print(report)
   if args.out:
-    sys.path.insert(0, REPO)
-    from tfr_ssl import atomic  # imported here: the parent needs no TF
-
     atomic.write_text(args.out, report)
 
 

@@ -98,10 +98,8 @@ class HistoryEncoder(tf_keras.layers.Layer):
     valid = rows > contract.PAD
     columns = tf.shape(rows)[1]
     # The slots that hold an item, in row-major order, and each distinct
-    # item once (histories of one batch overlap a lot). Only present items
-    # are embedded: an embedded row no slot refers to would get a gradient
-    # row from no slot, and segment_sum's gradient leaves such a row
-    # uninitialised (garbage in the tables, seen in tests).
+    # item once (histories of one batch overlap a lot): only the items
+    # present are looked up, so padding sends the tables no gradient row.
     slots = tf.cast(tf.where(tf.reshape(valid, [-1]))[:, 0], tf.int32)
     distinct, where = tf.unique(tf.gather(tf.reshape(rows, [-1]), slots))
     item_features = {
