@@ -65,6 +65,7 @@ COLUMNS = (
   "tail/recall@100",
   "cold/recall@100",
   "sparse/recall@10",
+  "heldout/recall@10",
 )
 
 
@@ -97,6 +98,8 @@ def _pairs(items: list[str], flag: str) -> list[tuple[str, str]]:
 def metric_of(metrics: dict[str, Any], name: str) -> float | None:
   if "/" in name:
     part, metric = name.split("/")
+    if part == "heldout":
+      return metrics.get("heldout_users", {}).get(metric)
     if part in metrics.get("user_slices", {}):
       return metrics["user_slices"][part][metric]
     if part not in metrics.get("slices", {}):
@@ -185,14 +188,23 @@ def report(args, argv, rows, seconds) -> str:
     f"time {seconds / 60:.1f} min. Each run keeps its best validation "
     f"epoch (early stopping patience {args.patience}, at most "
     f"{args.epochs} epochs); scores are full-corpus exact search on the "
-    "whole validation split, excluding the query's training items.",
+    "whole validation split, excluding the query's training items. "
+    "`heldout`: the users held out of training, each with the first 60% "
+    "of its interactions folded in as history and the next 20% scored.",
     "",
     "| setting | seeds | best epoch | " + " | ".join(COLUMNS) + " |",
     "|" + "---|" * (len(COLUMNS) + 3),
   ]
   # The most-popular ranking of the same validation pairs (the same for
   # every run of a dataset and fraction).
-  baseline = rows[0][1][0]["metrics"].get("baseline", {}).get("most_popular")
+  first = rows[0][1][0]["metrics"]
+  baseline = first.get("baseline", {}).get("most_popular")
+  if baseline and "heldout_users" in first:
+    # The held-out users' most-popular ranking of their own pairs.
+    baseline = {
+      **baseline,
+      "heldout_users": first["heldout_users"]["most_popular"],
+    }
   if baseline:
     cells = [
       f"{metric_of(baseline, c):.4f}"

@@ -229,6 +229,32 @@ def test_fold_in_folds_the_first_80_percent_and_scores_the_rest():
   )
 
 
+def test_validation_folds_in_60_percent_and_scores_up_to_the_test_fold():
+  fold = heldout.fold_in(fold_dataset(), 3, split="validation")
+  np.testing.assert_array_equal(fold.queries, [0, 2])
+  # u0 (i0..i7, i9, i9 by time): 3 * 10 // 5 = 6 folded in (i0..i5), then
+  # i6 and i7 scored, up to the test fold-in point 8; test's i9 is not
+  # read. u2 (i10..i14): 3 folded in (i10..i12), i13 scored (test folds in
+  # 4 and scores i14).
+  np.testing.assert_array_equal(fold.histories, [[5, 4, 3], [12, 11, 10]])
+  np.testing.assert_array_equal(fold.query_of_pair, [0, 0, 1])
+  np.testing.assert_array_equal(fold.targets, [6, 7, 13])
+  indptr, indices = fold.excluded_items
+  np.testing.assert_array_equal(indptr, [0, 6, 9])
+  np.testing.assert_array_equal(indices, [0, 1, 2, 3, 4, 5, 10, 11, 12])
+  assert fold.folded_in == 9
+  # Every validation item lies before the test fold-in point: it is in
+  # test's folded-in history, never among test's scored items.
+  test = heldout.fold_in(fold_dataset(), 10)
+  for index in range(2):
+    scored = fold.targets[fold.query_of_pair == index]
+    start, stop = test.excluded_items[0][index : index + 2]
+    assert set(scored) <= set(test.excluded_items[1][start:stop])
+    assert not set(scored) & set(test.targets[test.query_of_pair == index])
+  with pytest.raises(ValueError, match="train"):
+    heldout.fold_in(fold_dataset(), 3, split="train")
+
+
 def test_without_timestamps_fold_in_reads_train_then_validation_then_test():
   prepared = six_users(timestamps=False)
   out = heldout.hold_out_users(prepared, 0.5, seed=0)
@@ -283,6 +309,16 @@ def test_evaluate_heldout_scores_the_fold_beside_most_popular():
   assert popular["num_pairs"] == 2
   assert popular["recall@2"] == 0.5
   assert popular["recall@6"] == 1.0
+  # Validation: u0 folds in i0..i5 (latest i5: ranks lowest row first,
+  # i6 at position 1 and i7 at 2); u2 folds in i10..i12 and ranks i0..i9
+  # then i13 at position 11. Recall@2: 2 of the 3 pairs.
+  held = embed.evaluate_heldout(
+    query_tower, items, prepared, eval_config, 3, split="validation"
+  )
+  assert held["num_pairs"] == 3 and held["folded_in"] == 9
+  assert held["recall@2"] == pytest.approx(2 / 3)
+  assert held["recall@6"] == pytest.approx(2 / 3)
+  assert held["recall@11"] == 1.0
   assert heldout.fold_in(prepared, 3) is not None
   without = dict(prepared.splits)
   del without["heldout"]

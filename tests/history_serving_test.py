@@ -229,6 +229,21 @@ def test_index_evaluation_matches_the_exact_one(run):
         )
 
 
+def test_both_splits_score_the_held_out_users_on_their_own_pairs(run):
+  # Validation folds in each held-out user's first 60% and scores up to
+  # 80%; test folds in 80% and scores the rest: the same users, more
+  # history at test, and no pair counted twice as a fold-in (`heldout.py`).
+  held = {
+    split: workflow.evaluate_run(run["workdir"], split=split)["heldout_users"]
+    for split in ("validation", "test")
+  }
+  assert held["validation"]["num_users"] == held["test"]["num_users"] > 0
+  assert held["validation"]["num_pairs"] > 0
+  assert held["validation"]["folded_in"] < held["test"]["folded_in"]
+  for metrics in held.values():
+    assert metrics["most_popular"]["num_pairs"] == metrics["num_pairs"]
+
+
 def test_the_service_takes_a_history(run):
   keys = run["keys"]
   typed = [keys[3], keys[11], keys[20]]

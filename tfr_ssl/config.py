@@ -254,7 +254,9 @@ class ModelConfig:
       on synthetic full data).
     history_length: User-to-item: the query tower also reads the user's
       last N interacted items, embedded by the item tower's own tables
-      (0 = the query is the user's features and id only).
+      (0 = the query is the user's features and id only). 20 by default:
+      on validation, 20 serves held-out users 9-25% better than 10 at
+      whole data, and seen users equally (bench/results/tune.md).
     history_pooling: How the history's item embeddings are pooled: `mean`,
       or `recency` (a learned weight per position, most recent first,
       renormalised over the positions present).

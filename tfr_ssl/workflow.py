@@ -340,13 +340,14 @@ def _evaluate_run(workdir, use_index, compared, split, max_pairs) -> dict:
       history_length=history_length,
       item_embeddings=item_embeddings,
     )
-    if split == "test" and not query_side.query_side(config.model.task).is_item:
+    if not query_side.query_side(config.model.task).is_item:
       held = embed.evaluate_heldout(
         model.query_tower,
         item_embeddings,
         prepared,
         config.eval,
         history_length,
+        split,
       )
       if held is not None:
         metrics["heldout_users"] = held

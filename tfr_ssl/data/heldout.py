@@ -9,6 +9,13 @@ with the folded-in items excluded from the ranking. This measures what a
 history query tower is for: answering a user it has never seen, without
 retraining.
 
+The validation split has the same slice, one step earlier in each user's
+sequence, as a seen user's validation interactions sit before its test
+ones: the first 60% is folded in and the interactions up to the test
+fold-in point (80%) are scored. So a setting that matters mainly to new
+users (the history length, the id's dropout) can be chosen on validation,
+and the validation slice never reads what test scores.
+
 Only users with at least `MIN_INTERACTIONS` interactions are candidates,
 so each has at least 4 folded-in items and 1 scored. The choice is seeded
 by `data.seed` and made after the split, so the splits of every other user
@@ -25,7 +32,6 @@ from tfr_ssl.data import contract, csr, history, stats
 
 HELDOUT = "heldout"
 MIN_INTERACTIONS = 5
-FOLD_IN = 0.8
 
 
 def hold_out_users(
@@ -127,23 +133,45 @@ class FoldIn:
   folded_in: int
 
 
-def fold_in(prepared: contract.PreparedDataset, length: int) -> FoldIn | None:
-  """The held-out users' `FoldIn` (None when no user is held out).
+def fold_in(
+  prepared: contract.PreparedDataset, length: int, split: str = "test"
+) -> FoldIn | None:
+  """The held-out users' `FoldIn` for `split` (None when no user is held
+  out).
 
-  Each user's first `floor(0.8 n)` interactions (at least 1, at most
-  n - 1) are the history; the others are scored.
+  Test: each user's first `floor(0.8 n)` interactions (at least 1, at most
+  n - 1) are the history; the others are scored. Validation: the first
+  `floor(0.6 n)` (at least 1, at most one fewer than the test fold-in) are
+  the history, and the interactions from there up to the test fold-in
+  point are scored, so none of test's scored interactions is read.
 
   Example:
-    A user with 10 interactions a..j (in order): a..h are folded in (the
-    history, latest first: h, g, ...), i and j are scored.
+    A user with 10 interactions a..j (in order). Test: a..h are folded in
+    (the history, latest first: h, g, ...), i and j are scored.
+    Validation: a..f are folded in, g and h are scored.
+
+  Raises:
+    ValueError: `split` is neither `test` nor `validation`.
   """
+  if split not in ("test", "validation"):
+    raise ValueError(
+      f"Held-out users are folded in for test or validation, not {split!r}."
+    )
   if HELDOUT not in prepared.splits:
     return None
   seq = history.sequences(prepared, (HELDOUT,))
   lengths = seq.lengths()
   queries = np.flatnonzero(lengths > 0)
   n = lengths[queries]
-  folded = np.clip(np.floor(FOLD_IN * n).astype(np.int64), 1, n - 1)
+  # Shares in integers: 4n // 5 is floor(0.8 n) without float rounding.
+  end = np.clip(4 * n // 5, 1, n - 1)
+  if split == "test":
+    folded, scored = end, n - end
+  else:
+    keep = end >= 2  # room for one folded-in and one scored interaction
+    queries, n, end = queries[keep], n[keep], end[keep]
+    folded = np.clip(3 * n // 5, 1, end - 1)
+    scored = end - folded
   starts = seq.indptr[queries]
   # Histories: the folded-in part of each user as its own sequence.
   fold_indptr = np.zeros(queries.shape[0] + 1, np.int64)
@@ -153,7 +181,6 @@ def fold_in(prepared: contract.PreparedDataset, length: int) -> FoldIn | None:
     fold_indptr, fold_items, np.arange(fold_items.shape[0])
   )
   user_of_fold = np.repeat(np.arange(queries.shape[0]), folded)
-  scored = n - folded
   user_of_pair = np.repeat(np.arange(queries.shape[0]), scored)
   targets = seq.items[_ranges(starts + folded, scored)]
   width = int(prepared.num_items)

@@ -155,19 +155,21 @@ def evaluate_heldout(
   prepared: contract.PreparedDataset,
   eval_config: config_lib.EvalConfig,
   history_length: int,
+  split: str = "test",
 ) -> dict | None:
   """Held-out users (`heldout.py`): never trained on, each embedded from
   its first 80% of interactions folded in as history (and its features,
   with the id's unknown embedding), the rest scored against the corpus
   with the folded-in items excluded; beside the most-popular ranking of
-  the same pairs. None when the data holds no user out.
+  the same pairs. For `split="validation"` the first 60% is folded in and
+  the next 20% scored. None when the data holds no user out.
 
   Returns:
     The metrics of `evaluate.evaluate_embeddings` (no item slices' deciles
     needed, they are included), `num_users`, `folded_in`, and
     `most_popular`: the baseline's metrics on the same pairs.
   """
-  fold = heldout.fold_in(prepared, history_length)
+  fold = heldout.fold_in(prepared, history_length, split)
   if fold is None:
     return None
   table = {
