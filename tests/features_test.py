@@ -63,6 +63,31 @@ def test_feature_mask_replaces_masked_features_by_their_default():
   np.testing.assert_allclose(per_batch.numpy()[:, 1], [[200, 200]] * 3)
 
 
+def test_choose_is_a_select_to_the_bit_gradients_included():
+  # `choose` replaces `tf.where` by multiplies by exactly 0 or 1, so its
+  # output and both gradients must equal the select's bit for bit.
+  rng = np.random.default_rng(3)
+  embedding = tf.constant(rng.normal(size=(6, 5)).astype(np.float32))
+  default = tf.constant(rng.normal(size=(1, 5)).astype(np.float32))
+  missing = tf.constant([True, False, False, True, False, False])
+  upstream = tf.constant(rng.normal(size=(6, 5)).astype(np.float32))
+
+  def run(pick):
+    with tf.GradientTape() as tape:
+      tape.watch([embedding, default])
+      out = pick()
+      loss = tf.reduce_sum(out * upstream)
+    return [out, *tape.gradient(loss, [embedding, default])]
+
+  got = run(lambda: features.choose(missing, default, embedding))
+  want = run(lambda: tf.where(missing[:, tf.newaxis], default, embedding))
+  for a, b in zip(got, want, strict=True):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  # And the rows really switch: row 0 is the default, row 1 its own.
+  np.testing.assert_array_equal(got[0][0], default[0])
+  np.testing.assert_array_equal(got[0][1], embedding[1])
+
+
 def test_padding_gets_no_gradient():
   encoder = _encoder()
   with tf.GradientTape() as tape:

@@ -153,6 +153,19 @@ def _bag_mean(table, ids: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
   return total / tf.maximum(count, 1.0)[:, tf.newaxis], count == 0
 
 
+def choose(missing: tf.Tensor, default: tf.Tensor, embedding: tf.Tensor):
+  """`default` where `missing` (bool, `embedding`'s shape but the last
+  axis), else `embedding`.
+
+  By arithmetic, not `tf.where`: the gradient of a select whose condition
+  broadcasts over the embedding axis runs two broadcast selects, about
+  twice the time of the multiplies here. The result is the same to the
+  bit (a factor is exactly 0 or 1), and so are both gradients.
+  """
+  keep = tf.cast(missing, embedding.dtype)[..., tf.newaxis]
+  return embedding * (1.0 - keep) + keep * default
+
+
 def _sum_rows(
   values: tf.Tensor,
   at: tf.Tensor,
@@ -345,7 +358,7 @@ class FeatureEncoder(tf_keras.layers.Layer):
     mask = tf.cast(feature_mask, tf.bool)
     if mask.shape.rank == 1:
       mask = tf.broadcast_to(mask, tf.shape(stacked)[:2])
-    return tf.where(mask[..., tf.newaxis], self.defaults[tf.newaxis], stacked)
+    return choose(mask, self.defaults[tf.newaxis], stacked)
 
   def call(
     self,
@@ -410,8 +423,7 @@ class FeatureEncoder(tf_keras.layers.Layer):
       if spec["name"] in self._known:
         known = tf.constant(self._known[spec["name"]])
         missing |= ~tf.gather(known, safe)
-    default = self.defaults[index][tf.newaxis, :]
-    return tf.where(missing[:, tf.newaxis], default, embedding)
+    return choose(missing, self.defaults[index][tf.newaxis, :], embedding)
 
   def _ids(self, features: Mapping[str, tf.Tensor], spec: dict) -> tf.Tensor:
     name = spec["name"]

@@ -123,5 +123,4 @@ class HistoryEncoder(tf_keras.layers.Layer):
     )
     if weights is None:
       pooled /= tf.maximum(count, 1.0)
-    empty = count[:, 0] == 0
-    return tf.where(empty[:, tf.newaxis], self.empty[tf.newaxis], pooled)
+    return features.choose(count[:, 0] == 0, self.empty[tf.newaxis], pooled)
