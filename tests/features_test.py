@@ -46,6 +46,19 @@ def test_lookup_and_masked_mean_pooling():
   np.testing.assert_allclose(out.numpy(), expected)
 
 
+def test_bag_mean_of_bags_with_no_known_value():
+  # The sorted segment sum stops at the last bag holding a value; the bags
+  # after it, and a batch of empty bags only, must still be zero rows.
+  table = tf.constant([[0.0, 0.0], [1.0, 10.0], [3.0, 30.0]])
+  for ids, mean, missing in (
+    ([[1, 2], [0, -1], [-1, -1]], [[2, 20], [0, 0], [0, 0]], [0, 1, 1]),
+    ([[-1, -1], [0, -1]], [[0, 0], [0, 0]], [1, 1]),
+  ):
+    got, none = features._bag_mean(table, tf.constant(ids))
+    np.testing.assert_array_equal(got.numpy(), mean)
+    np.testing.assert_array_equal(none.numpy(), np.array(missing, bool))
+
+
 def test_call_concatenates_features():
   out = _encoder()(_inputs())
   assert out.shape == (3, 4)
