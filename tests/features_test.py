@@ -76,29 +76,40 @@ def test_feature_mask_replaces_masked_features_by_their_default():
   np.testing.assert_allclose(per_batch.numpy()[:, 1], [[200, 200]] * 3)
 
 
-def test_choose_is_a_select_to_the_bit_gradients_included():
-  # `choose` replaces `tf.where` by multiplies by exactly 0 or 1, so its
-  # output and both gradients must equal the select's bit for bit.
+def test_choose_is_a_select_gradients_included():
+  # `choose` writes the default into the missing rows of a copy, so its
+  # output and the embedding's gradient equal the select's bit for bit;
+  # the default's gradient is the same sum in another order.
   rng = np.random.default_rng(3)
-  embedding = tf.constant(rng.normal(size=(6, 5)).astype(np.float32))
-  default = tf.constant(rng.normal(size=(1, 5)).astype(np.float32))
-  missing = tf.constant([True, False, False, True, False, False])
-  upstream = tf.constant(rng.normal(size=(6, 5)).astype(np.float32))
+  embedding = tf.constant(rng.normal(size=(6, 4, 5)).astype(np.float32))
+  missing = tf.constant(rng.random((6, 4)) < 0.4)
+  upstream = tf.constant(rng.normal(size=(6, 4, 5)).astype(np.float32))
+  # One default for every feature ([1, 1, D]) or one per feature.
+  for shape in ((1, 1, 5), (1, 4, 5)):
+    default = tf.constant(rng.normal(size=shape).astype(np.float32))
 
-  def run(pick):
-    with tf.GradientTape() as tape:
-      tape.watch([embedding, default])
-      out = pick()
-      loss = tf.reduce_sum(out * upstream)
-    return [out, *tape.gradient(loss, [embedding, default])]
+    def run(pick, default=default):
+      with tf.GradientTape() as tape:
+        tape.watch([embedding, default])
+        out = pick()
+        loss = tf.reduce_sum(out * upstream)
+      grads = tape.gradient(loss, [embedding, default])
+      return [out.numpy()] + [tf.convert_to_tensor(g).numpy() for g in grads]
 
-  got = run(lambda: features.choose(missing, default, embedding))
-  want = run(lambda: tf.where(missing[:, tf.newaxis], default, embedding))
-  for a, b in zip(got, want, strict=True):
-    np.testing.assert_array_equal(a.numpy(), b.numpy())
-  # And the rows really switch: row 0 is the default, row 1 its own.
-  np.testing.assert_array_equal(got[0][0], default[0])
-  np.testing.assert_array_equal(got[0][1], embedding[1])
+    got = run(lambda d=default: features.choose(missing, d, embedding))
+    want = run(
+      lambda d=default: tf.where(missing[..., tf.newaxis], d, embedding)
+    )
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    np.testing.assert_allclose(got[2], want[2], rtol=1e-5, atol=1e-6)
+    # And the rows really switch.
+    b, f = np.argwhere(missing.numpy())[0]
+    np.testing.assert_array_equal(
+      got[0][b, f], default[0, f if shape[1] > 1 else 0]
+    )
+    b, f = np.argwhere(~missing.numpy())[0]
+    np.testing.assert_array_equal(got[0][b, f], embedding[b, f])
 
 
 def test_padding_gets_no_gradient():

@@ -164,13 +164,18 @@ def choose(missing: tf.Tensor, default: tf.Tensor, embedding: tf.Tensor):
   """`default` where `missing` (bool, `embedding`'s shape but the last
   axis), else `embedding`.
 
-  By arithmetic, not `tf.where`: the gradient of a select whose condition
-  broadcasts over the embedding axis runs two broadcast selects, about
-  twice the time of the multiplies here. The result is the same to the
-  bit (a factor is exactly 0 or 1), and so are both gradients.
+  `default` has `embedding`'s rank; each axis but the last is 1
+  (broadcast) or full. Only the missing rows are written, over a copy of
+  `embedding`: a select whose condition broadcasts over the embedding
+  axis, and its gradient's two selects, cost several passes over every
+  row, where most rows are not missing. The output and `embedding`'s
+  gradient equal the select's to the bit; `default`'s gradient is the
+  same sum, added in another order.
   """
-  keep = tf.cast(missing, embedding.dtype)[..., tf.newaxis]
-  return embedding * (1.0 - keep) + keep * default
+  at = tf.where(missing)
+  broadcast = tf.cast(tf.shape(default)[:-1] > 1, at.dtype)
+  rows = tf.gather_nd(default, at * broadcast)
+  return tf.tensor_scatter_nd_update(embedding, at, rows)
 
 
 def _sum_rows(
